@@ -1,0 +1,434 @@
+"""The typed configuration tree: dataclasses, YAML presets, dotted ``key=value`` overrides.
+
+``load_config(preset, overrides)`` merges a preset with overrides, converts everything to the
+dataclasses below, and validates the whole tree up front, raising one :class:`ConfigError` that lists
+every problem (unknown keys get the nearest valid names, wrong types get the expected type).
+
+Method options live under ``method.*`` next to ``method.name`` and are checked against the method's
+own config dataclass (see ``fif.methods``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration; ``problems`` lists each as ``key: what is wrong``."""
+
+    def __init__(self, problems: list[str], source: str = ""):
+        self.problems = list(problems)
+        head = f"invalid configuration{f' ({source})' if source else ''}:"
+        super().__init__("\n  - ".join([head, *self.problems]))
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class RunConfig:
+    seed: int = _help("Run seed: every random choice derives from (seed, task, purpose).", 0)
+    out: str | None = _help("Run folder; default a new folder under runs/.", None)
+    device: str = _help("'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...", "auto")
+    threads: int = _help("CPU threads for torch (0 = torch's default).", 0)
+    cache_dir: str = _help("Where built base models and generated data are cached.", "~/.cache/fif")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _help("open_clip architecture, e.g. ViT-B-16, or fif-mini-rn32 for the mini benchmark.", "ViT-B-16")
+    pretrained: str | None = _help(
+        "Weights: an open_clip tag, a local .safetensors/.pt file, 'mini-base' (build/cached), or null.", None
+    )
+
+
+@dataclass
+class MixtureConfig:
+    pretraining: float = _help("λ_P: share of each batch from the pretraining pool.", 0.33)
+    update: float = _help("λ_D: share of each batch from the current task.", 0.34)
+    buffer: float = _help("λ_B: share of each batch from the buffer of all earlier tasks.", 0.33)
+    pool: str | None = _help("Pretraining pool: a dataset of the benchmark (role pretraining) or a path.", None)
+    buffer_cap: int | None = _help("Optional cap on buffer samples (uniform subsample); null = all past data.", None)
+
+
+@dataclass
+class DataConfig:
+    benchmark: str = _help("Benchmark name (mini, fif) or a folder of user datasets.", "mini")
+    root: str | None = _help("Where real datasets live (FiF layout).", None)
+    options: dict = _help("Benchmark-specific options (e.g. mini sizes).", factory=dict)
+    num_workers: int = _help("DataLoader workers for file-backed data (0 = in the main process).", 0)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+
+
+@dataclass
+class StreamConfig:
+    ordering: str = _help(
+        "Concept order: dataset, random, frequency, similarity, time, easy_to_hard, or file (see stream.file).",
+        "dataset",
+    )
+    tasks: int = _help("Number of update tasks T (ignored for ordering=dataset: one task per dataset).", 20)
+    reverse: bool = _help("Reverse the ordering.", False)
+    file: str | None = _help("A stream JSON file (list of 'DATASET+++classname') for ordering=file.", None)
+    datasets: list = _help("Restrict the stream to these adaptation datasets (empty = all).", factory=list)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _help("Samples per optimizer step (FiF: 512).", 512)
+    lr: float = _help("Peak learning rate.", 1e-5)
+    lr_min_ratio: float = _help("Cosine floor as a fraction of lr (FiF: 0.001).", 0.001)
+    warmup_frac: float = _help("Linear warmup as a fraction of each task's steps.", 0.1)
+    schedule: str = _help("Learning-rate schedule (see fif.schedules).", "cosine")
+    weight_decay: float = _help("AdamW weight decay (gains, biases, logit_scale excluded).", 0.2)
+    beta1: float = _help("AdamW beta1.", 0.9)
+    beta2: float = _help("AdamW beta2.", 0.999)
+    eps: float = _help("AdamW eps.", 1e-8)
+    grad_clip: float | None = _help("Clip the global grad norm to this (null = off).", 1.0)
+    precision: str = _help("'auto' (bf16 on GPU, fp32 on CPU), 'fp32', 'bf16', 'fp16'.", "auto")
+    log_every: int = _help("Log the loss every N steps (host sync point).", 50)
+
+
+@dataclass
+class BudgetConfig:
+    ft_steps: float | None = _help(
+        "Whole-stream budget in full fine-tuning steps at train.batch_size (FiF: 28,400 at batch 512).", 28400
+    )
+    mafs: float | None = _help("Whole-stream budget in absolute MAFs (overrides ft_steps).", None)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = _help("Evaluation batch size.", 256)
+    subset_frac: float = _help("p in FiF's subset rule n = min(N, max(2C, min_samples, floor(p N))).", 0.1)
+    min_samples: int = _help("Minimum subset size per dataset during the stream.", 300)
+    full_at_ends: bool = _help("Evaluate on full test sets before the first and after the last task.", True)
+    ensemble: bool = _help("Use the dataset's prompt template ensemble (else the primer only).", False)
+    datasets: list = _help("Evaluate only these datasets (empty = every adaptation and eval-only dataset).", factory=list)
+
+
+@dataclass
+class MethodConfig:
+    name: str = _help("Update method (see `fif run --list-methods`).", "finetune")
+    options: dict = _help("Method options, checked against the method's own config.", factory=dict)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets and overrides
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Parse a YAML mapping safely (no code execution).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {str(path)!r} does not exist"])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from e
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections (run, model, data, ...)"])
+    return data
+
+
+def preset_dict(name: str) -> dict:
+    """The raw mapping of preset ``name`` (or of a YAML file path)."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        return read_yaml(name)
+    if name not in preset_names():
+        close = difflib.get_close_matches(name, preset_names(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError([f"unknown preset {name!r}{hint} Valid presets: {', '.join(preset_names())}"])
+    return read_yaml(PRESET_DIR / f"{name}.yaml")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.lr=1e-4'`` → (['train', 'lr'], 0.0001). Values are parsed as YAML scalars/lists."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([f"override {text!r} is not of the form section.key=value"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``data`` with each dotted override set (method options go to method.options)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] == "method" and len(path) >= 2 and path[1] not in ("name", "options"):
+            path = ["method", "options", *path[1:]]
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(preset: str | None = "mini", overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Resolve a preset (name or YAML path) plus overrides into a validated :class:`Config`.
+
+    Args:
+        preset: preset name (see :func:`preset_names`), a YAML path, or None for the defaults.
+        overrides: dotted ``section.key=value`` strings, applied in order.
+        base: a raw mapping used instead of the preset (e.g. a saved run's config.yaml).
+
+    Raises:
+        ConfigError: listing every problem at once.
+    """
+    data = dict(base) if base is not None else (preset_dict(preset) if preset else {})
+    data = apply_overrides(data, overrides or [])
+    problems: list[str] = []
+    cfg = from_dict(Config, data, "", problems)
+    if not problems:
+        problems.extend(validate(cfg))
+    if problems:
+        raise ConfigError(problems, source=f"preset {preset!r}" if preset and base is None else "")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed conversion
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            return tp()
+        return from_dict(tp, value, key, problems)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            problems.append(f"{key}: must not be null (expected {_type_name(tp)})")
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            sub: list[str] = []
+            out = _convert(arg, value, key, sub)
+            if not sub:
+                return out
+        problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is Literal:
+        if value not in get_args(tp):
+            problems.append(f"{key}: {value!r} is not one of {_type_name(tp)}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{key}: expected a number, got {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp in (list, tuple) or origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        problems.append(f"{key}: expected a list, got {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        problems.append(f"{key}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from ``data``, appending every problem (with its dotted key) to ``problems``."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            where = f"section {prefix!r}" if prefix else "the top level"
+            problems.append(f"{path}: unknown key in {where}{hint} Valid keys: {', '.join(names)}")
+            continue
+        kwargs[key] = _convert(hints[key], value, path, problems)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        problems.append(f"{prefix or 'config'}: {e}")
+        return cls()
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def field_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, help, default) for every leaf field, for `--help` style listings."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = get_type_hints(cls)[f.name]
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(tp):
+            rows.extend(field_help(tp, key))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((key, f.metadata.get("help", ""), default))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-field validation
+
+
+def validate(cfg: Config) -> list[str]:
+    """Every cross-field problem of a converted config (empty list if valid)."""
+    p: list[str] = []
+    m = cfg.data.mixture
+    for name in ("pretraining", "update", "buffer"):
+        v = getattr(m, name)
+        if not 0.0 <= v <= 1.0:
+            p.append(f"data.mixture.{name}: {v} must be in [0, 1]")
+    total = m.pretraining + m.update + m.buffer
+    if abs(total - 1.0) > 1e-6:
+        p.append(
+            f"data.mixture: pretraining + update + buffer = {total:.4g}, must sum to 1 "
+            f"(e.g. data.mixture.pretraining=0.33 data.mixture.update=0.34 data.mixture.buffer=0.33)"
+        )
+    if m.update <= 0:
+        p.append("data.mixture.update: must be > 0, or there is nothing new to learn")
+    if m.buffer_cap is not None and m.buffer_cap < 1:
+        p.append("data.mixture.buffer_cap: must be a positive integer or null")
+    t = cfg.train
+    if t.batch_size < 1:
+        p.append(f"train.batch_size: {t.batch_size} must be >= 1")
+    if t.lr <= 0:
+        p.append(f"train.lr: {t.lr} must be > 0")
+    if not 0 <= t.lr_min_ratio <= 1:
+        p.append(f"train.lr_min_ratio: {t.lr_min_ratio} must be in [0, 1]")
+    if not 0 <= t.warmup_frac < 1:
+        p.append(f"train.warmup_frac: {t.warmup_frac} must be in [0, 1)")
+    if t.weight_decay < 0:
+        p.append("train.weight_decay: must be >= 0")
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        p.append("train.grad_clip: must be > 0 or null")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        p.append(f"train.precision: {t.precision!r} is not one of auto, fp32, bf16, fp16")
+    if t.log_every < 1:
+        p.append("train.log_every: must be >= 1")
+    if cfg.stream.tasks < 1:
+        p.append(f"stream.tasks: {cfg.stream.tasks} must be >= 1")
+    b = cfg.budget
+    if b.mafs is None and b.ft_steps is None:
+        p.append("budget: set budget.ft_steps (full fine-tuning steps) or budget.mafs")
+    if b.ft_steps is not None and b.ft_steps <= 0:
+        p.append(f"budget.ft_steps: {b.ft_steps} must be > 0")
+    if b.mafs is not None and b.mafs <= 0:
+        p.append(f"budget.mafs: {b.mafs} must be > 0")
+    e = cfg.eval
+    if e.batch_size < 1:
+        p.append("eval.batch_size: must be >= 1")
+    if not 0 < e.subset_frac <= 1:
+        p.append(f"eval.subset_frac: {e.subset_frac} must be in (0, 1]")
+    if cfg.run.threads < 0:
+        p.append("run.threads: must be >= 0")
+    p.extend(_validate_method(cfg))
+    return p
+
+
+def _validate_method(cfg: Config) -> list[str]:
+    from fif.methods import method_config_problems
+
+    return method_config_problems(cfg.method.name, cfg.method.options)
+
+
+_ = typing  # keep typing importable for get_type_hints on string annotations

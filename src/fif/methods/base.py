@@ -1,0 +1,239 @@
+"""The UpdateMethod contract, the CLIP loss every method builds on, and the method registry.
+
+A method is constructed once per run with the model (it may inject adapters into it) and its own
+config dataclass. The runner then drives it through the hooks, in this order, for every task::
+
+    begin_task(task) → [loss(batch, model) → backward → step → after_step(batch, step)] × steps
+                     → end_task(task) → deploy_weights() → evaluate
+
+Methods return values (losses, costs, weights); they never reach into the runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fif.model.clip import Clip
+
+
+@dataclass
+class Batch:
+    """One mixed training batch, already on the device.
+
+    Attributes:
+        images: normalised images (B, 3, S, S).
+        tokens: token ids (B, context_length).
+        source: (B,) int8 — 0 pretraining pool, 1 current task, 2 buffer of past tasks.
+    """
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    source: torch.Tensor
+
+    PRETRAINING: ClassVar[int] = 0
+    UPDATE: ClassVar[int] = 1
+    BUFFER: ClassVar[int] = 2
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def split(self, parts: int) -> list["Batch"]:
+        """Micro-batches for gradient accumulation."""
+        size = -(-len(self) // parts)
+        return [
+            Batch(self.images[i : i + size], self.tokens[i : i + size], self.source[i : i + size])
+            for i in range(0, len(self), size)
+        ]
+
+
+@dataclass
+class TaskInfo:
+    """What a method may know about a task."""
+
+    index: int  # 0-based task index
+    num_tasks: int
+    concepts: list[str]  # "DATASET+++classname"
+    steps: int  # optimizer steps this task gets from the budget
+
+
+@dataclass
+class LossOutput:
+    """The total loss to backpropagate and its named parts (detached, for logging)."""
+
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class HookCost:
+    """Compute a task hook spends outside the training steps (charged to the budget)."""
+
+    flops: float = 0.0
+    peak_memory_bytes: float = 0.0
+
+
+def clip_features(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image features, text features, logit scale) from an open_clip model with output_dict=True."""
+    out = model(batch.images, batch.tokens)
+    return out["image_features"], out["text_features"], out["logit_scale"]
+
+
+def clip_contrastive_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP (Radford et al. 2021, eq. in Fig. 3).
+
+    logits = exp(s)·I·Tᵀ with s the learned log-temperature (open_clip returns exp(s) already);
+    loss = ½ [CE(logits, i) + CE(logitsᵀ, i)] with the matching pair on the diagonal.
+    """
+    logits = logit_scale * image_features @ text_features.t()
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (
+        F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        + F.cross_entropy(logits.t(), labels, label_smoothing=label_smoothing)
+    )
+
+
+@dataclass
+class NoOptions:
+    """Config of a method without options."""
+
+
+class UpdateMethod:
+    """Base of every update method: plain fine-tuning unless a hook is overridden.
+
+    Subclasses set ``Config`` (a dataclass of options) and usually override one or two hooks. Keep
+    inheritance one level deep: share code through functions, not intermediate base classes.
+    """
+
+    Config: ClassVar[type] = NoOptions
+    name: ClassVar[str] = ""
+
+    def __init__(self, clip: Clip, config: Any, label_smoothing: float = 0.0):
+        self.clip = clip
+        self.config = config
+        self.label_smoothing = label_smoothing
+
+    # --- what trains -------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs the optimizer updates. Default: every parameter of the model."""
+        return list(self.clip.model.named_parameters())
+
+    # --- the objective -----------------------------------------------------------------------
+    def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
+        """CLIP contrastive loss over the whole mixed batch."""
+        img, txt, scale = clip_features(model, batch)
+        loss = clip_contrastive_loss(img, txt, scale, self.label_smoothing)
+        return LossOutput(loss, {"clip": loss.detach()})
+
+    # --- task hooks ----------------------------------------------------------------------------
+    def begin_task(self, task: TaskInfo) -> None:
+        """Called before a task's first step."""
+
+    def end_task(self, task: TaskInfo) -> None:
+        """Called after a task's last step, before evaluation."""
+
+    def after_step(self, batch: Batch, step: int) -> None:
+        """Optional per-step hook (online EMA, SI, reservoirs). Must stay on the device: no syncs."""
+
+    def extra_cost(self, task: TaskInfo) -> HookCost:
+        """Compute of this task's hooks, charged to the budget before its steps are set."""
+        return HookCost()
+
+    # --- weights -------------------------------------------------------------------------------
+    def training_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights the next task trains from; None = keep the model as it is."""
+        return None
+
+    def deploy_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights to evaluate and ship; None = the model as it is."""
+        return None
+
+    # --- resume --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond the model weights needed for exact resume (tensors or JSON-able values)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"method {self.name!r} has no state, but the checkpoint holds keys {sorted(state)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+
+_METHODS: dict[str, type[UpdateMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type[UpdateMethod]], type[UpdateMethod]]:
+    """Class decorator: register an UpdateMethod under ``name``. A duplicate name fails at import."""
+
+    def wrap(cls: type[UpdateMethod]) -> type[UpdateMethod]:
+        if name in _METHODS:
+            raise ValueError(f"update method {name!r} is registered twice ({_METHODS[name].__module__} and {cls.__module__})")
+            if not dataclasses.is_dataclass(cls.Config):
+            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered_methods() -> dict[str, type[UpdateMethod]]:
+    return dict(_METHODS)
+
+
+def method_class(name: str) -> type[UpdateMethod]:
+    if name not in _METHODS:
+        close = difflib.get_close_matches(name, list(_METHODS), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise KeyError(f"unknown method.name {name!r}{hint} Valid: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def method_config_problems(name: str, options: dict) -> list[str]:
+    """Problems with ``method.name`` and its options (empty if valid)."""
+    from fif.config import from_dict
+
+    if name not in _METHODS:
+        try:
+            method_class(name)
+        except KeyError as e:
+            return [str(e.args[0])]
+    cls = _METHODS[name]
+    problems: list[str] = []
+    if not dataclasses.fields(cls.Config):
+        return [f"method {name!r} takes no options, got method.{', method.'.join(sorted(options))}"] if options else []
+    from_dict(cls.Config, options, "method", problems)
+    return problems
+
+
+def build_method(name: str, options: dict, clip: Clip, label_smoothing: float = 0.0) -> UpdateMethod:
+    """Construct method ``name`` with validated ``options`` for ``clip``."""
+    from fif.config import ConfigError, from_dict
+
+    cls = method_class(name)
+    problems: list[str] = []
+    cfg = from_dict(cls.Config, options, "method", problems)
+    if problems:
+        raise ConfigError(problems)
+    return cls(clip, cfg, label_smoothing=label_smoothing)
+
+
+def freeze_all_but(model: nn.Module, trainable: list[tuple[str, nn.Parameter]]) -> int:
+    """Set requires_grad so that exactly ``trainable`` get gradients; returns their element count."""
+    keep = {id(p) for _, p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return sum(p.numel() for _, p in trainable)
