@@ -1,0 +1,5 @@
+import sys
+
+from fif.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The `fif` command line: thin wrappers over the library, one module per command.
+
+Each command module defines ``add_parser(subparsers)`` that registers its sub-command and sets
+``func(args) -> int``. The CLI owns everything users see: logging setup, printing, exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Order = order in `fif --help`. A module listed here must exist.
+COMMANDS = ["run", "pretrain"]
+
+
+class CliError(Exception):
+    """An error to show the user as one message (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fif import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fif",
+        description="FoMo-in-Flux: continual multimodal pretraining of CLIP under a compute budget.",
+    )
+    parser.add_argument("--version", action="version", version=f"fif {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"fif.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from fif.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        if args.verbose >= 2:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"fif {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fif {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
