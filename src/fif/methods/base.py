@@ -181,7 +181,7 @@ def register_method(name: str) -> Callable[[type[UpdateMethod]], type[UpdateMeth
     def wrap(cls: type[UpdateMethod]) -> type[UpdateMethod]:
         if name in _METHODS:
             raise ValueError(f"update method {name!r} is registered twice ({_METHODS[name].__module__} and {cls.__module__})")
-            if not dataclasses.is_dataclass(cls.Config):
+        if not dataclasses.is_dataclass(cls.Config):
             raise TypeError(f"{cls.__name__}.Config must be a dataclass")
         cls.name = name
         _METHODS[name] = cls
