@@ -1,0 +1,188 @@
+"""Per-batch mixture of the pretraining pool, the current task and the buffer of all earlier tasks.
+
+Every batch holds exactly the counts of :func:`batch_counts`. Which samples a batch holds is a pure
+function of (run seed, task, step), so a resumed run draws the same batches without saving any sampler
+state beyond the step counter:
+
+- current task and pretraining pool: epoch-wise permutations (seeded per task and epoch) read as one
+  endless sequence; step k takes positions [k·n, (k+1)·n) — sampling without replacement within an
+  epoch, cycling when the pool is smaller than needed;
+- buffer: uniform with replacement over the union of all earlier tasks' training data (FiF's buffer
+  has no capacity; ``buffer_cap`` optionally subsamples it once per task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from fif.data.specs import SplitData
+from fif.data.stream import rng_for
+from fif.methods.base import Batch
+
+SOURCES = ("pretraining", "update", "buffer")
+SOURCE_CODE = {"pretraining": Batch.PRETRAINING, "update": Batch.UPDATE, "buffer": Batch.BUFFER}
+
+
+@dataclass(frozen=True)
+class MixtureCounts:
+    pretraining: int
+    update: int
+    buffer: int
+
+    @property
+    def total(self) -> int:
+        return self.pretraining + self.update + self.buffer
+
+
+def batch_counts(
+    batch_size: int, pretraining: float, update: float, buffer: float, buffer_empty: bool = False
+) -> MixtureCounts:
+    """Samples per source in one batch: round(λ·B) by the largest-remainder method.
+
+    With an empty buffer (task 0) its share goes to the update data and the pretraining pool in
+    proportion to their λ's, as in FiF. Ties in the remainder go to update, then pretraining, then
+    buffer, so the result is deterministic and always sums to ``batch_size``.
+
+    Example: B=512, λ=(0.33, 0.34, 0.33) → 169 / 174 / 169.
+    """
+    lam = {"pretraining": pretraining, "update": update, "buffer": 0.0 if buffer_empty else buffer}
+    total = sum(lam.values())
+    if total <= 0:
+        raise ValueError("data.mixture: all shares are zero")
+    exact = {k: v / total * batch_size for k, v in lam.items()}
+    counts = {k: int(np.floor(v)) for k, v in exact.items()}
+    left = batch_size - sum(counts.values())
+    tie_order = ["update", "pretraining", "buffer"]
+    by_remainder = sorted(tie_order, key=lambda k: (-(exact[k] - counts[k]), tie_order.index(k)))
+    for k in by_remainder[:left]:
+        counts[k] += 1
+    return MixtureCounts(**counts)
+
+
+class Pool:
+    """Samples from several splits seen as one indexed sequence (e.g. a task spanning datasets)."""
+
+    def __init__(self, segments: Sequence[tuple[SplitData, np.ndarray]]):
+        self.segments = [(split, np.asarray(idx, dtype=np.int64)) for split, idx in segments if len(idx)]
+        self.offsets = np.cumsum([0] + [len(idx) for _, idx in self.segments])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def subsample(self, n: int, rng: np.random.Generator) -> "Pool":
+        """A uniform subsample of ``n`` samples (without replacement), keeping segment order."""
+        if n >= len(self):
+            return self
+        keep = np.sort(rng.choice(len(self), size=n, replace=False))
+        segs = []
+        for s, (split, idx) in enumerate(self.segments):
+            lo, hi = self.offsets[s], self.offsets[s + 1]
+            local = keep[(keep >= lo) & (keep < hi)] - lo
+            segs.append((split, idx[local]))
+        return Pool(segs)
+
+    def locate(self, positions: np.ndarray) -> list[tuple[SplitData, np.ndarray, np.ndarray]]:
+        """Group pool positions by segment: (split, split-local indices, where in ``positions``)."""
+        seg = np.searchsorted(self.offsets, positions, side="right") - 1
+        out = []
+        for s in np.unique(seg):
+            where = np.flatnonzero(seg == s)
+            split, idx = self.segments[s]
+            out.append((split, idx[positions[where] - self.offsets[s]], where))
+        return out
+
+
+def _epoch_positions(size: int, start: int, count: int, seed: int, purpose: tuple) -> np.ndarray:
+    """Positions [start, start+count) of an endless sequence of seeded permutations of range(size)."""
+    out = np.empty(count, dtype=np.int64)
+    filled = 0
+    while filled < count:
+        epoch, offset = divmod(start + filled, size)
+        perm = rng_for(seed, *purpose, "epoch", epoch).permutation(size)
+        take = min(count - filled, size - offset)
+        out[filled : filled + take] = perm[offset : offset + take]
+        filled += take
+    return out
+
+
+class MixtureSampler:
+    """Which samples go into batch ``step`` of one task (a pure function of seed, task and step)."""
+
+    def __init__(
+        self,
+        counts: MixtureCounts,
+        update: Pool,
+        buffer: Pool | None = None,
+        pretraining: Pool | None = None,
+        seed: int = 0,
+        task: int = 0,
+    ):
+        if counts.update and not len(update):
+            raise ValueError(f"task {task}: the current task has no training samples")
+        if counts.buffer and (buffer is None or not len(buffer)):
+            raise ValueError(f"task {task}: the mixture asks for buffer samples but the buffer is empty")
+        if counts.pretraining and (pretraining is None or not len(pretraining)):
+            raise ValueError(
+                "data.mixture.pretraining > 0 but there is no pretraining pool; set data.mixture.pool "
+                "or data.mixture.pretraining=0 (and raise update/buffer so the shares sum to 1)"
+            )
+        self.counts, self.seed, self.task = counts, seed, task
+        self.pools = {"update": update, "buffer": buffer, "pretraining": pretraining}
+
+    def plan(self, step: int) -> dict[str, np.ndarray]:
+        """Pool positions of each source in batch ``step``."""
+        out = {}
+        n = self.counts.update
+        out["update"] = _epoch_positions(len(self.pools["update"]), step * n, n, self.seed, ("update", self.task))
+        if self.counts.pretraining:
+            n = self.counts.pretraining
+            pool = self.pools["pretraining"]
+            out["pretraining"] = _epoch_positions(len(pool), step * n, n, self.seed, ("pretraining", self.task))
+        if self.counts.buffer:
+            rng = rng_for(self.seed, "buffer", self.task, step)
+            out["buffer"] = rng.integers(0, len(self.pools["buffer"]), size=self.counts.buffer)
+        return out
+
+
+class MixedBatches(torch.utils.data.Dataset):
+    """Item k is the whole training batch of step k (images, tokens, sources) on the CPU.
+
+    Wrapped in a DataLoader with ``batch_size=None`` this prefetches batches in worker processes for
+    file-backed data, and still gives exactly the same batch k on resume.
+    """
+
+    def __init__(self, sampler: MixtureSampler, tokenizer, normalize, image_size: int, num_steps: int):
+        self.sampler, self.tokenizer, self.normalize = sampler, tokenizer, normalize
+        self.image_size, self.num_steps = image_size, num_steps
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __getitem__(self, step: int) -> Batch:
+        plan = self.sampler.plan(step)
+        images, texts, sources = [], [], []
+        gen = torch.Generator().manual_seed(int(rng_for(self.sampler.seed, "augment", self.sampler.task, step).integers(2**62)))
+        caption_rng = rng_for(self.sampler.seed, "caption", self.sampler.task, step)
+        for source in SOURCES:
+            if source not in plan:
+                continue
+            positions = plan[source]
+            part = torch.empty(len(positions), 3, self.image_size, self.image_size)
+            part_texts: list[str] = [""] * len(positions)
+            for split, local, where in self.sampler.pools[source].locate(positions):
+                part[torch.as_tensor(where)] = split.images(local, self.image_size, train=True, generator=gen)
+                for w, i in zip(where.tolist(), local.tolist()):
+                    caps = split.captions(i)
+                    part_texts[w] = caps[int(caption_rng.integers(len(caps)))] if len(caps) > 1 else caps[0]
+            images.append(part)
+            texts.extend(part_texts)
+            sources.append(torch.full((len(positions),), SOURCE_CODE[source], dtype=torch.int8))
+        return Batch(
+            images=self.normalize(torch.cat(images)),
+            tokens=self.tokenizer(texts),
+            source=torch.cat(sources),
+        )
