@@ -20,6 +20,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from fif.schedules import schedule_names, unknown_schedule_message
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
@@ -401,6 +403,8 @@ def validate(cfg: Config) -> list[str]:
         p.append("train.weight_decay: must be >= 0")
     if t.grad_clip is not None and t.grad_clip <= 0:
         p.append("train.grad_clip: must be > 0 or null")
+    if t.schedule not in schedule_names():
+        p.append(f"train.schedule: {unknown_schedule_message(t.schedule)}")
     if t.precision not in ("auto", "fp32", "bf16", "fp16"):
         p.append(f"train.precision: {t.precision!r} is not one of auto, fp32, bf16, fp16")
     if t.log_every < 1:

@@ -176,7 +176,7 @@ def schedule_summaries() -> dict[str, str]:
 def unknown_schedule_message(name: str) -> str:
     """``"unknown schedule 'x'; did you mean ...? Valid schedules: ..."``."""
     close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    hint = f"; did you mean {' or '.join(close)}?" if close else "."
     return f"unknown schedule {name!r}{hint} Valid schedules: {', '.join(_REGISTRY)}"
 
 
