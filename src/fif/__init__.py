@@ -1,2 +1,25 @@
-"""fif: FoMo-in-Flux."""
+"""fif: FoMo-in-Flux — continual multimodal pretraining of CLIP under honest compute budgets.
+
+Python API (mirrors ``fif run``)::
+
+    import fif
+    cfg = fif.load_config("mini", ["method.name=finetune", "stream.tasks=4"])
+    result = fif.run(cfg, out_dir="runs/demo")
+    print(result.final)          # {'task': 3, 'a_ka': ..., 'a_zs': ..., 'gm': ...}
+"""
+
 __version__ = "0.1.0"
+
+
+def load_config(preset="mini", overrides=None):
+    """See :func:`fif.config.load_config`."""
+    from fif.config import load_config as _load
+
+    return _load(preset, overrides)
+
+
+def run(cfg, out_dir=None, overwrite=False, on_event=None, progress=False):
+    """See :func:`fif.runner.run`."""
+    from fif.runner import run as _run
+
+    return _run(cfg, out_dir=out_dir, overwrite=overwrite, on_event=on_event, progress=progress)

@@ -197,7 +197,7 @@ def registered_methods() -> dict[str, type[UpdateMethod]]:
 def method_class(name: str) -> type[UpdateMethod]:
     if name not in _METHODS:
         close = difflib.get_close_matches(name, list(_METHODS), n=3)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(f"unknown method.name {name!r}{hint} Valid: {', '.join(sorted(_METHODS))}")
     return _METHODS[name]
 

@@ -1,0 +1,90 @@
+"""`fif run`: a continual pretraining run from a preset plus `section.key=value` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a continual pretraining stream",
+        description="Run a continual pretraining stream: for each task train under the compute budget, "
+        "then evaluate. Any config field can be overridden as section.key=value (e.g. method.name=finetune "
+        "train.lr=1e-4). Results go to --out (default: a new folder under runs/).",
+    )
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.add_argument("--preset", default="mini", help="preset name or YAML file (default: mini)")
+    p.add_argument("--out", help="run folder (default: runs/<time>-<benchmark>-<method>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-methods", action="store_true", help="list update methods and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=main)
+
+
+def fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class TablePrinter:
+    """Prints one row per evaluation: task, concepts, steps, MAFs spent, A_KA, A_ZS, GM."""
+
+    HEADER = f"{'task':>5} {'concepts':>8} {'steps':>6} {'MAFs spent':>11} {'A_KA':>7} {'A_ZS':>7} {'GM':>7}"
+
+    def __init__(self, out=sys.stdout):
+        self.out = out
+        self.task_end: dict | None = None
+        self.spent = 0.0
+
+    def __call__(self, event: dict) -> None:
+        from fif.metrics import stream_point
+
+        kind = event["event"]
+        if kind == "base_model" and event.get("status") == "checking":
+            print(f"base model {event['arch']}: building it if not cached (first time: a few minutes)...", file=self.out)
+        elif kind == "base_model" and event.get("status") in ("built", "cached"):
+            print(f"base model {event['status']}: {event['path']}", file=self.out)
+        elif kind == "run_start":
+            print(
+                f"{event['tasks']} tasks, method {event['method']}, {event['step_gflops']:.2f} GFLOPs/step, "
+                f"{event['mafs_per_step']:.3g} MAFs/step, budget {event['budget_total_mafs']:.4g} MAFs "
+                f"on {event['device']} ({event['precision']})",
+                file=self.out,
+            )
+            print(self.HEADER, file=self.out)
+        elif kind == "task_end":
+            self.task_end = event
+            self.spent += event["spent_mafs"]
+        elif kind == "eval":
+            p = stream_point(event["scores"], event["roles"])
+            t = self.task_end if event["task"] >= 0 else None
+            task = "zs" if event["task"] < 0 else str(event["task"] + 1)
+            print(
+                f"{task:>5} {t['concepts'] if t else '-':>8} {t['steps'] if t else '-':>6} "
+                f"{fmt(self.spent, '.4g') if t else '-':>11} {fmt(p['a_ka']):>7} {fmt(p['a_zs']):>7} {fmt(p['gm']):>7}",
+                file=self.out,
+                flush=True,
+            )
+
+
+def main(args: argparse.Namespace) -> int:
+    from fif.config import dump_yaml, load_config
+    from fif.methods import registered_methods
+
+    if args.list_methods:
+        for name, cls in sorted(registered_methods().items()):
+            print(f"{name:16s} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    cfg = load_config(args.preset, args.overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    from fif.runner import run
+
+    result = run(cfg, out_dir=args.out, overwrite=args.overwrite, on_event=TablePrinter(), progress=not args.no_progress)
+    f = result.final
+    print(f"final: A_KA {fmt(f.get('a_ka'))}  A_ZS {fmt(f.get('a_zs'))}  GM {fmt(f.get('gm'))}")
+    print(f"results: {result.out_dir}/ (summary.json, events.jsonl, config.yaml, final.safetensors)")
+    return 0

@@ -1,0 +1,342 @@
+"""The stream loop: for each task, begin_task → train → end_task → evaluate → record.
+
+:func:`run` is the library entry point behind ``fif run``. It reads a validated :class:`Config`,
+writes a run folder (config.yaml, run.json, events.jsonl, summary.json, final.safetensors) and returns
+a :class:`RunResult`. It never prints: progress goes through ``on_event`` and tqdm bars.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fif import __version__
+from fif.budget import Ledger, StepCost, hook_cost_mafs, mafs_per_step, measure_step_cost, run_budget_mafs, steps_for_task, task_budgets
+from fif.config import Config, dump_yaml
+from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
+from fif.data.registry import Benchmark, get_benchmark
+from fif.data.stream import Task, build_tasks, task_indices
+from fif.evaluate import Evaluator
+from fif.methods import TaskInfo, UpdateMethod, build_method, freeze_all_but
+from fif.methods.finetune import Finetune
+from fif.model.clip import Clip, build_clip
+from fif.results import EventLog, atomic_write_bytes, atomic_write_json, atomic_write_text, read_events, summarize
+from fif.schedules import schedule_from_config, task_curve
+from fif.train import OptimConfig, build_optimizer, resolve_precision, train_task
+
+log = logging.getLogger(__name__)
+
+MINI_BASE = "mini-base"  # model.pretrained value: build (or reuse) the cached mini base model
+
+
+class RunFolderError(FileExistsError):
+    """The run folder exists and neither overwrite nor resume was asked for."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns: its folder, summary and (optionally) the deployed model."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    clip: Clip | None = None
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.summary["final"]
+
+
+@dataclass
+class RunContext:
+    """Everything built once per run, before the first task."""
+
+    cfg: Config
+    out_dir: Path
+    device: torch.device
+    precision: str
+    benchmark: Benchmark
+    clip: Clip
+    method: UpdateMethod
+    tasks: list[Task]
+    evaluator: Evaluator
+    events: EventLog
+    ledger: Ledger
+    step_cost: StepCost
+    reference_cost: StepCost
+    pretraining_pool: Pool | None
+    buffer_segments: list = field(default_factory=list)
+    on_event: Callable[[dict], None] | None = None
+    progress: bool = False
+
+    def emit(self, event: dict) -> None:
+        event = {"event": event.pop("event"), "time": round(time.time(), 3), **event}
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def default_out_dir(cfg: Config, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{stamp}-{cfg.data.benchmark}-{cfg.method.name}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"run.device={name!r} but no CUDA device is available; use run.device=cpu or auto")
+    return device
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create the run folder; refuse to touch an existing non-empty one unless ``overwrite``."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise RunFolderError(
+                f"run folder {str(out_dir)!r} already exists; pass --overwrite to replace it, "
+                f"--resume to continue it, or choose another --out"
+            )
+        if not (out_dir / "events.jsonl").exists() and not (out_dir / "config.yaml").exists():
+            raise RunFolderError(f"refusing to overwrite {str(out_dir)!r}: it does not look like a fif run folder")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def load_model(cfg: Config, device: torch.device, on_event: Callable[[dict], None] | None = None) -> Clip:
+    """Build the base model; ``model.pretrained=mini-base`` builds/caches the mini base model first."""
+    pretrained = cfg.model.pretrained
+    if pretrained == MINI_BASE:
+        from fif.pretrain import PretrainSpec, ensure_base_model
+
+        spec = PretrainSpec(arch=cfg.model.arch, benchmark=cfg.data.benchmark)
+        if on_event:
+            on_event({"event": "base_model", "status": "checking", "arch": cfg.model.arch})
+        path, built = ensure_base_model(cfg.run.cache_dir, spec, cfg.data.options, device)
+        if on_event:
+            on_event({"event": "base_model", "status": "built" if built else "cached", "path": str(path)})
+        pretrained = str(path)
+    return build_clip(cfg.model.arch, pretrained=pretrained, device=device)
+
+
+def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> RunContext:
+    """Build benchmark, model, method, tasks, budget and evaluator for a run (no training yet)."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    benchmark = get_benchmark(cfg.data.benchmark, **cfg.data.options)
+    tasks = build_tasks(
+        benchmark, cfg.stream.ordering, cfg.stream.tasks, seed=cfg.run.seed, reverse=cfg.stream.reverse,
+        file=cfg.stream.file, datasets=cfg.stream.datasets,
+    )
+    pool_name = cfg.data.mixture.pool or benchmark.pretraining_pool
+    pretraining_pool = None
+    if cfg.data.mixture.pretraining > 0:
+        if not pool_name:
+            raise ValueError(
+                f"data.mixture.pretraining={cfg.data.mixture.pretraining} but benchmark {benchmark.name!r} has no "
+                "pretraining pool; set data.mixture.pool or data.mixture.pretraining=0"
+            )
+        pool_data = benchmark.load(pool_name, "train")
+        pretraining_pool = Pool([(pool_data, np.arange(len(pool_data)))])
+    clip = load_model(cfg, device, on_event)
+    reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device)
+    method = build_method(cfg.method.name, cfg.method.options, clip)
+    freeze_all_but(clip.model, method.trainable_parameters())
+    step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device)
+    total = run_budget_mafs(cfg.budget.ft_steps, cfg.budget.mafs, reference_cost)
+    ledger = Ledger(task_budgets(total, len(tasks)))
+    evaluator = Evaluator(
+        benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
+        cfg.eval.ensemble, seed=cfg.run.seed,
+    )
+    return RunContext(
+        cfg, out_dir, device, precision, benchmark, clip, method, tasks, evaluator, EventLog(out_dir / "events.jsonl"),
+        ledger, step_cost, reference_cost, pretraining_pool, on_event=on_event, progress=progress,
+    )
+
+
+def evaluate_deployed(ctx: RunContext, task: int, full: bool) -> dict[str, float]:
+    """Evaluate the method's deployed weights and log an ``eval`` event; returns per-dataset scores."""
+    clip = ctx.clip
+    weights = ctx.method.deploy_weights()
+    if weights is not None:
+        model = copy.deepcopy(ctx.clip.model)
+        model.load_state_dict(weights)
+        clip = Clip(model, ctx.clip.tokenizer, ctx.clip.arch, ctx.clip.image_size, ctx.clip.mean, ctx.clip.std)
+    t0 = time.perf_counter()
+    scores = ctx.evaluator.run(clip, ctx.device, subset=not full, precision=ctx.precision)
+    ctx.emit({
+        "event": "eval",
+        "task": task,
+        "full": full,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "scores": {s.dataset: round(s.score, 4) for s in scores},
+        "roles": {s.dataset: s.role for s in scores},
+        "metrics": {s.dataset: {k: round(v, 4) for k, v in s.metrics.items()} for s in scores},
+        "samples": {s.dataset: s.samples for s in scores},
+    })
+    return {s.dataset: s.score for s in scores}
+
+
+def task_batches(ctx: RunContext, task: Task, steps: int) -> MixedBatches:
+    """The task's mixed batches (update = its concepts, buffer = all earlier tasks, pool = pretraining)."""
+    cfg = ctx.cfg
+    update = Pool([(ctx.benchmark.load(d, "train"), idx) for d, idx in task_indices(task, ctx.benchmark).items()])
+    buffer = Pool(ctx.buffer_segments) if ctx.buffer_segments else None
+    if buffer is not None and cfg.data.mixture.buffer_cap:
+        from fif.data.stream import rng_for
+
+        buffer = buffer.subsample(cfg.data.mixture.buffer_cap, rng_for(cfg.run.seed, "buffer-cap", task.index))
+    m = cfg.data.mixture
+    counts = batch_counts(cfg.train.batch_size, m.pretraining, m.update, m.buffer, buffer_empty=buffer is None)
+    sampler = MixtureSampler(counts, update, buffer, ctx.pretraining_pool, seed=cfg.run.seed, task=task.index)
+    return MixedBatches(sampler, ctx.clip.tokenize, ctx.clip.normalize, ctx.clip.image_size, steps)
+
+
+def batch_iterator(batches: MixedBatches, start: int, num_workers: int):
+    """Batches ``start..`` in order; with workers, prefetched in background processes."""
+    if num_workers <= 0:
+        return (batches[i] for i in range(start, len(batches)))
+    subset = torch.utils.data.Subset(batches, range(start, len(batches)))
+    return iter(torch.utils.data.DataLoader(subset, batch_size=None, num_workers=num_workers, persistent_workers=False))
+
+
+def run_task(ctx: RunContext, task: Task) -> None:
+    """One task: budget → begin_task → train → end_task → evaluate → record."""
+    cfg, method = ctx.cfg, ctx.method
+    num_tasks = len(ctx.tasks)
+    step_mafs = mafs_per_step(ctx.step_cost, ctx.reference_cost)
+    info = TaskInfo(task.index, num_tasks, list(task.concepts), steps=0)
+    hook_mafs = hook_cost_mafs(method.extra_cost(info), ctx.reference_cost)
+    steps = steps_for_task(ctx.ledger.task_budget(task.index), step_mafs, hook_mafs)
+    info.steps = steps
+    ctx.emit({"event": "task_start", "task": task.index, "concepts": len(task.concepts), "steps": steps})
+
+    method.begin_task(info)
+    start_weights = method.training_weights()
+    if start_weights is not None:
+        ctx.clip.model.load_state_dict(start_weights)
+    optimizer = build_optimizer(
+        method.trainable_parameters(), cfg.train.lr,
+        OptimConfig(cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2), cfg.train.eps),
+    )
+    lr_curve = task_curve(schedule_from_config(cfg.train), task.index, steps, num_tasks)
+    batches = task_batches(ctx, task, steps)
+    bar = None
+    if ctx.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"task {task.index + 1}/{num_tasks}", leave=False, unit="step")
+
+    def on_log(step: int, loss: float) -> None:
+        ctx.emit({"event": "train", "task": task.index, "step": step, "loss": round(loss, 6)})
+        if bar is not None:
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    tlog = train_task(
+        ctx.clip.model, method, optimizer, batch_iterator(batches, 0, cfg.data.num_workers),
+        lambda s: float(lr_curve[s]), steps, ctx.device, ctx.precision,
+        cfg.train.grad_clip, cfg.train.log_every, on_log=on_log,
+    )
+    if bar is not None:
+        bar.close()
+    method.end_task(info)
+    ctx.ledger.charge(task.index, steps=steps, step_mafs=step_mafs, hook_mafs=hook_mafs)
+    ctx.buffer_segments.extend(batches.sampler.pools["update"].segments)
+    last = task.index == num_tasks - 1
+    ctx.emit({
+        "event": "task_end", "task": task.index, "concepts": len(task.concepts), "steps": steps,
+        "train_seconds": round(tlog.seconds, 3), "spent_mafs": ctx.ledger.spent(task.index),
+        "budget_mafs": ctx.ledger.task_budget(task.index), "budget_total_mafs": ctx.ledger.total_budget,
+        "final_loss": tlog.losses[-1][1] if tlog.losses else None,
+    })
+    evaluate_deployed(ctx, task.index, full=last and cfg.eval.full_at_ends)
+
+
+def provenance(cfg: Config) -> dict[str, Any]:
+    import open_clip
+
+    return {
+        "fif_version": __version__,
+        "torch_version": torch.__version__,
+        "open_clip_version": getattr(open_clip, "__version__", "?"),
+        "python": platform.python_version(),
+        "seed": cfg.run.seed,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run(
+    cfg: Config,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    on_event: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> RunResult:
+    """Run a whole continual-pretraining stream.
+
+    Args:
+        cfg: a validated config (see :func:`fif.config.load_config`).
+        out_dir: run folder (default ``cfg.run.out`` or a new folder under ``runs/``).
+        overwrite: replace an existing run folder.
+        on_event: called with every event as it is logged (the CLI prints the per-task table from it).
+        progress: show tqdm progress bars.
+
+    Returns:
+        A :class:`RunResult` with the run folder, the summary and the deployed model.
+
+    Raises:
+        RunFolderError: the folder exists and ``overwrite`` is False.
+        ConfigError / ValueError / KeyError: bad configuration or data, before any result is written.
+    """
+    out = Path(out_dir or cfg.run.out or default_out_dir(cfg))
+    prepare_out_dir(out, overwrite)
+    try:
+        ctx = setup(cfg, out, on_event, progress)
+    except BaseException:
+        # Nothing was learned yet: leave no half-made run folder behind.
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    atomic_write_json(out / "run.json", {**provenance(cfg), "tasks": [list(t.concepts) for t in ctx.tasks]})
+    ctx.emit({
+        "event": "run_start", "tasks": len(ctx.tasks), "method": cfg.method.name,
+        "step_gflops": ctx.step_cost.flops / 1e9, "mafs_per_step": mafs_per_step(ctx.step_cost, ctx.reference_cost),
+        "budget_total_mafs": ctx.ledger.total_budget, "device": str(ctx.device), "precision": ctx.precision,
+    })
+    evaluate_deployed(ctx, -1, full=cfg.eval.full_at_ends)
+    for task in ctx.tasks:
+        run_task(ctx, task)
+    return finish(ctx)
+
+
+def finish(ctx: RunContext) -> RunResult:
+    """Write the deployed weights and the summary."""
+    from safetensors.torch import save
+
+    weights = ctx.method.deploy_weights() or ctx.clip.model.state_dict()
+    weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    meta = {"fif_version": __version__, "arch": ctx.cfg.model.arch, "seed": str(ctx.cfg.run.seed)}
+    atomic_write_bytes(ctx.out_dir / "final.safetensors", save(weights, metadata=meta))
+    summary = summarize(list(read_events(ctx.out_dir / "events.jsonl")))
+    summary["ledger"] = ctx.ledger.to_dict()
+    atomic_write_json(ctx.out_dir / "summary.json", summary)
+    ctx.emit({"event": "run_end", **{k: summary["final"].get(k) for k in ("a_ka", "a_zs", "gm")}})
+    deployed = ctx.clip
+    if ctx.method.deploy_weights() is not None:
+        deployed.model.load_state_dict(weights)
+    return RunResult(ctx.out_dir, summary, deployed)

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
+from fif.methods.base import Batch
+
+
+@pytest.mark.parametrize("b", [1, 7, 128, 512, 1000])
+@pytest.mark.parametrize("lam", [(0.33, 0.34, 0.33), (0.0, 1.0, 0.0), (0.5, 0.25, 0.25), (0.1, 0.8, 0.1)])
+def test_counts_sum_and_round(b, lam):
+    c = batch_counts(b, *lam)
+    assert c.total == b
+    for got, want in zip((c.pretraining, c.update, c.buffer), lam):
+        assert abs(got - want * b) < 1.0
+    c0 = batch_counts(b, *lam, buffer_empty=True)
+    assert c0.buffer == 0 and c0.total == b
+
+
+def test_fif_default_counts():
+    c = batch_counts(512, 0.33, 0.34, 0.33)
+    assert (c.pretraining, c.update, c.buffer) == (169, 174, 169)
+    c0 = batch_counts(512, 0.33, 0.34, 0.33, buffer_empty=True)
+    assert c0.buffer == 0 and c0.update > c0.pretraining  # buffer share split by λ_D : λ_P
+
+
+def _sampler(toy, task=1, seed=0, counts=None):
+    a, b, pool = toy.load("toy_a", "train"), toy.load("toy_b", "train"), toy.load("toy_pool", "train")
+    update = Pool([(a, np.flatnonzero(a.targets == 0))])
+    buffer = Pool([(b, np.arange(len(b))), (a, np.flatnonzero(a.targets == 2))])
+    counts = counts or batch_counts(10, 0.3, 0.4, 0.3)
+    return MixtureSampler(counts, update, buffer, Pool([(pool, np.arange(len(pool)))]), seed=seed, task=task)
+
+
+def test_plan_is_pure_function_of_seed_task_step(toy):
+    s1, s2 = _sampler(toy), _sampler(toy)
+    for step in (0, 3, 17):
+        p1, p2 = s1.plan(step), s2.plan(step)
+        for k in p1:
+            np.testing.assert_array_equal(p1[k], p2[k])
+    assert not np.array_equal(_sampler(toy, seed=1).plan(0)["update"], s1.plan(0)["update"])
+
+
+def test_update_samples_cover_pool_each_epoch(toy):
+    s = _sampler(toy)
+    n_update = len(s.pools["update"])
+    per_step = s.counts.update
+    seen = np.concatenate([s.plan(k)["update"] for k in range(n_update)])  # n_update epochs' worth
+    counts = np.bincount(seen, minlength=n_update)
+    assert (counts == per_step).all()  # without replacement within each epoch
+
+
+def test_batches_have_exact_composition(toy):
+    s = _sampler(toy)
+    batches = MixedBatches(s, lambda texts: torch.zeros(len(texts), 4, dtype=torch.long), lambda x: x, 8, 50)
+    for k in range(50):
+        batch = batches[k]
+        assert isinstance(batch, Batch)
+        src = batch.source.tolist()
+        assert src.count(Batch.PRETRAINING) == 3 and src.count(Batch.UPDATE) == 4 and src.count(Batch.BUFFER) == 3
+        assert batch.images.shape == (10, 3, 8, 8)
+    torch.testing.assert_close(batches[7].images, MixedBatches(_sampler(toy), batches.tokenizer, batches.normalize, 8, 50)[7].images)
+
+
+def test_buffer_draws_only_past_data(toy):
+    s = _sampler(toy)
+    seg_targets = []
+    for k in range(20):
+        for split, local, _ in s.pools["buffer"].locate(s.plan(k)["buffer"]):
+            seg_targets.append((split.spec.name, set(split.targets[local].tolist())))
+    for name, targets in seg_targets:
+        assert name == "toy_b" or targets <= {2}
+
+
+def test_missing_pool_and_empty_buffer_errors(toy):
+    a = toy.load("toy_a", "train")
+    update = Pool([(a, np.arange(len(a)))])
+    with pytest.raises(ValueError, match="data.mixture.pool"):
+        MixtureSampler(batch_counts(10, 0.5, 0.5, 0.0), update, None, None)
+    with pytest.raises(ValueError, match="buffer is empty"):
+        MixtureSampler(batch_counts(10, 0.0, 0.5, 0.5), update, None, None)
+
+
+def test_pool_subsample_keeps_membership(toy):
+    a = toy.load("toy_a", "train")
+    pool = Pool([(a, np.arange(10)), (a, np.arange(20, 30))])
+    sub = pool.subsample(5, np.random.default_rng(0))
+    assert len(sub) == 5
+    allowed = set(range(10)) | set(range(20, 30))
+    assert all(set(idx.tolist()) <= allowed for _, idx in sub.segments)
