@@ -1,0 +1,91 @@
+"""Residual-block depth of state-dict keys, and LiNeS depth scaling.
+
+LiNeS (Wang et al. 2024, "LiNeS: Post-training layer scaling prevents forgetting and enhances model
+merging", arXiv 2410.17146) scales the task vector of the l-th of L residual blocks of a tower by
+α + β·l/(L − 1): shallow blocks, which hold general features, keep little of the update; the deepest
+block keeps α + β. Parameters outside blocks (embeddings, final norms, projections) get α.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from fif.merge.sources import MergeError
+
+# Block containers of open_clip towers, most specific first. ``tower`` names the container, so the
+# image and text towers of one model count their blocks separately; ``i`` (and ``j``) index the block.
+_BLOCK_PATTERNS = (
+    re.compile(r"^(?P<tower>.*?\bstages)\.(?P<i>\d+)\.blocks\.(?P<j>\d+)\."),  # timm ConvNeXt trunks
+    re.compile(r"^(?P<tower>.*?\btransformer\.resblocks)\.(?P<i>\d+)\."),  # open_clip ViT and text towers
+    re.compile(r"^(?P<tower>.*?\bencoder\.layers?)\.(?P<i>\d+)\."),  # Hugging Face text towers
+    re.compile(r"^(?P<tower>.*?\blayer)(?P<i>\d+)\.(?P<j>\d+)\."),  # ModifiedResNet: layerN.M
+    re.compile(r"^(?P<tower>.*?\bblocks)\.(?P<i>\d+)\."),  # timm ViT trunks
+)
+
+
+def _match_block(key: str) -> tuple[str, tuple[int, int]] | None:
+    for pattern in _BLOCK_PATTERNS:
+        m = pattern.match(key)
+        if m:
+            j = m.groupdict().get("j")
+            return m["tower"], (int(m["i"]), int(j) if j is not None else 0)
+    return None
+
+
+def block_depths(keys: Iterable[str]) -> dict[str, tuple[int, int] | None]:
+    """Depth of each key's residual block within its tower.
+
+    Recognises open_clip ViT and text towers (``[visual.]transformer.resblocks.N``), ModifiedResNet
+    (``visual.layerS.B``: the B-th bottleneck of stage S, counted across stages), timm trunks
+    (``blocks.N``, ``stages.S.blocks.B``) and Hugging Face text encoders (``encoder.layer.N``).
+
+    Args:
+        keys: state-dict keys of one model.
+
+    Returns:
+        ``{key: (l, L)}`` with l the 0-based index of the key's block among the L blocks of its tower,
+        or ``{key: None}`` for keys outside any block.
+    """
+    keys = list(keys)
+    matched = {key: _match_block(key) for key in keys}
+    blocks_per_tower: dict[str, set[tuple[int, int]]] = {}
+    for hit in matched.values():
+        if hit is not None:
+            blocks_per_tower.setdefault(hit[0], set()).add(hit[1])
+    order = {tower: {idx: n for n, idx in enumerate(sorted(ids))} for tower, ids in blocks_per_tower.items()}
+    depths: dict[str, tuple[int, int] | None] = {}
+    for key, hit in matched.items():
+        if hit is None:
+            depths[key] = None
+        else:
+            tower, idx = hit
+            depths[key] = (order[tower][idx], len(order[tower]))
+    return depths
+
+
+@dataclass
+class LinesOptions:
+    """LiNeS scaling of a task vector: block l of L gets α + β·l/(L − 1), other parameters α."""
+
+    alpha: float = field(default=0.5, metadata={"help": "α: scale of the shallowest block and of non-block parameters."})
+    beta: float = field(default=0.5, metadata={"help": "β: extra scale of the deepest block over the shallowest."})
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.alpha) and math.isfinite(self.beta)):
+            raise MergeError(f"lines alpha and beta must be finite numbers, got {self.alpha}, {self.beta}")
+
+
+def lines_scale(depth: tuple[int, int] | None, alpha: float, beta: float) -> float:
+    """α + β·l/(L − 1) for block (l, L); α outside blocks. A tower of one block gives it α + β."""
+    if depth is None:
+        return alpha
+    layer, num_layers = depth
+    return alpha + beta * (layer / (num_layers - 1) if num_layers > 1 else 1.0)
+
+
+def lines_scales(keys: Iterable[str], alpha: float, beta: float) -> dict[str, float]:
+    """LiNeS scale of every key (see :func:`block_depths` and :func:`lines_scale`)."""
+    return {key: lines_scale(depth, alpha, beta) for key, depth in block_depths(keys).items()}
