@@ -12,7 +12,9 @@ Notation (used in every docstring below):
 - ``c(q) = ½ (1 + cos(π q))``, the cosine shape: ``c(0) = 1``, ``c(1) = 0``.
 - Warmup ramps linearly into the value ``v_W`` the decay curve has at ``s = W``:
   ``lr(s) = v_W · (s + 1) / (W + 1)`` for ``s < W`` — never 0, and the peak is hit exactly once.
-- Every decaying schedule ends each task on ``η_min`` at ``s = S − 1``.
+- Every schedule but ``constant`` ends each task on ``η_min`` at ``s = S − 1`` whenever the task
+  has a step after its peak (W < S − 1; and for ``wsd`` decay_frac > 0). A one-step task runs at
+  its peak.
 
 Schedules (FoMo-in-Flux, arXiv 2408.14471, §6 of ``fif-facts.md``; registry names in brackets):
 ``constant``, ``cosine`` (the reference default), ``autoregressive_cosine``, ``dynamic``, ``rsqrt``,
@@ -91,8 +93,10 @@ class ScheduleSpec:
         return self.lr_min_ratio * self.lr
 
 
-def _frac_steps(frac: float, steps: int) -> int:
-    # The epsilon keeps float noise from losing a step (0.29 * 100 = 28.999999999999996).
+def _frac_steps(frac: float, steps: int, round_up: bool = False) -> int:
+    # The epsilon keeps float noise from moving a step (0.29 * 100 = 28.999999999999996).
+    if round_up:
+        return int(math.ceil(frac * steps - 1e-9))
     return int(math.floor(frac * steps + 1e-9))
 
 
@@ -103,8 +107,9 @@ class TaskGeometry:
     Attributes:
         steps_per_task: S.
         warmup_steps: W = min(⌊warmup_frac·S⌋, S − 1).
-        cooldown_steps: C = min(⌊cooldown_frac·S⌋, S − 1 − W) (rsqrt family: the peak step is kept).
-        decay_steps: D = min(⌊decay_frac·S⌋, S − 1 − W) (wsd).
+        cooldown_steps: C = min(⌈cooldown_frac·S⌉, S − 1 − W) (rsqrt family). Rounded up, so any
+            positive fraction anneals at least one step; capped, so the peak step s = W is kept.
+        decay_steps: D = min(⌈decay_frac·S⌉, S − 1 − W) (wsd), likewise.
         rsqrt_timescale: τ = max(W, 1), the rsqrt time constant (W = 0 would make √(W/n) zero).
     """
 
@@ -128,8 +133,8 @@ def task_geometry(spec: ScheduleSpec, steps_per_task: int) -> TaskGeometry:
     return TaskGeometry(
         steps_per_task=S,
         warmup_steps=W,
-        cooldown_steps=min(_frac_steps(spec.cooldown_frac, S), S - 1 - W),
-        decay_steps=min(_frac_steps(spec.decay_frac, S), S - 1 - W),
+        cooldown_steps=min(_frac_steps(spec.cooldown_frac, S, round_up=True), S - 1 - W),
+        decay_steps=min(_frac_steps(spec.decay_frac, S, round_up=True), S - 1 - W),
         rsqrt_timescale=max(W, 1),
     )
 
@@ -417,7 +422,7 @@ def rsqrt(spec: ScheduleSpec, task: int, s: np.ndarray, g: TaskGeometry) -> np.n
     """Inverse-square-root ("infinite") schedule, restarted every task.
 
     Warmup to η, then ``lr(t, s) = η_min + √(τ / s) · Δ`` with τ = max(W, 1) (so s = W gives η),
-    then over the final C = ⌊cooldown_frac · S⌋ steps anneal (linearly by default) from the value at
+    then over the final C = ⌈cooldown_frac · S⌉ steps anneal (linearly by default) from the value at
     s = S − C to η_min at s = S − 1.
     """
     return _rsqrt_task(spec, s, g, _rsqrt_curve(spec.lr, spec.lr_min, 0, g.rsqrt_timescale), g.warmup_steps)
@@ -471,7 +476,7 @@ def rsqrt_recovered(spec: ScheduleSpec, task: int, s: np.ndarray, g: TaskGeometr
 def wsd(spec: ScheduleSpec, task: int, s: np.ndarray, g: TaskGeometry) -> np.ndarray:
     """Warmup-stable-decay, restarted every task.
 
-    Warmup to η, hold η, and over the final D = ⌊decay_frac · S⌋ steps anneal to η_min:
+    Warmup to η, hold η, and over the final D = ⌈decay_frac · S⌉ steps anneal to η_min:
     step S − D + k (k = 0..D−1) has progress q = (k + 1) / D and lr = η_min + a(q) · Δ, with
     a(q) = 1 − q (linear, default), c(q) (cosine) or 1 − √q (sqrt), per ``anneal_shape``.
     """
