@@ -88,7 +88,9 @@ def run_plot(args: argparse.Namespace) -> int:
         )
         for name in _parse_names(args.schedules)
     ]
-    path = plot_schedules(specs, args.steps, args.tasks, args.out, layout=args.layout, log_y=args.log_y, title=args.title)
+    path = plot_schedules(
+        specs, args.steps, args.tasks, args.out, layout=args.layout, log_y=args.log_y, title=args.title
+    )
     print(f"wrote {path}")
     for spec in specs:
         peaks = task_peaks(spec, args.steps, args.tasks) / spec.lr
