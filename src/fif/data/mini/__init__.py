@@ -1,0 +1,153 @@
+"""The procedural "mini world" benchmark: FiF in miniature, generated on the fly, no downloads.
+
+``build_mini(...)`` (registered as the benchmark ``mini``) returns a
+:class:`~fif.data.registry.Benchmark` whose loader draws a split in memory the first time it is asked
+for. A split is a pure function of ``(seed, dataset, split, image_size, sizes)``: the same arguments
+give identical bytes, and train and test draw from independent random streams (and, for digits, from
+disjoint handwritten glyphs). Generation runs at several thousand images per second on one core at
+32 px, so caching to disk is optional (``fif data materialize mini DIR`` writes FiF's layout).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from fif.data.mini import render
+from fif.data.mini.world import DEFAULT_LETTERS, POOL_NAME, Draw, MiniDataset, catalogue
+from fif.data.registry import Benchmark, register_benchmark
+from fif.data.specs import DatasetSpec, InMemorySplit
+
+__all__ = ["MiniSizes", "build_mini", "generate_split", "split_size", "POOL_NAME"]
+
+SPLITS: tuple[str, ...] = ("train", "test")
+_SPLIT_CODES = {"train": 1, "test": 2}
+_CHUNK_PIXELS = 4096 * 32 * 32  # images drawn per numpy pass, scaled by image area (bounds memory)
+
+
+@dataclass(frozen=True)
+class MiniSizes:
+    """How many images each split holds (``data.options`` of the ``mini`` benchmark).
+
+    Attributes:
+        pool_size: images in the pretraining pool (train only).
+        train_per_class: train images per class of an adaptation classification set.
+        test_per_class: test images per class of an adaptation classification set.
+        eval_size: images per split of an evaluation-only set (balanced over its classes).
+        retrieval_train: train pairs of a retrieval set.
+        retrieval_test: test pairs of a retrieval set.
+    """
+
+    pool_size: int = 40_000
+    train_per_class: int = 200
+    test_per_class: int = 60
+    eval_size: int = 600
+    retrieval_train: int = 2_000
+    retrieval_test: int = 500
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"mini benchmark option {f.name}={value!r} must be a positive integer")
+
+
+def split_size(spec: DatasetSpec, split: str, sizes: MiniSizes) -> int:
+    """Number of images in ``split`` of ``spec`` under ``sizes``."""
+    if spec.role == "pretraining":
+        return sizes.pool_size
+    if spec.kind == "retrieval":
+        return sizes.retrieval_train if split == "train" else sizes.retrieval_test
+    if spec.role == "eval_only":
+        return max(sizes.eval_size // spec.num_classes, 1) * spec.num_classes
+    per_class = sizes.train_per_class if split == "train" else sizes.test_per_class
+    return per_class * spec.num_classes
+
+
+def _rng(seed: int, name: str, split: str) -> np.random.Generator:
+    # crc32, not hash(): Python salts str hashes per process, which would break determinism.
+    return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(name.encode()), _SPLIT_CODES[split]]))
+
+
+def generate_split(dataset: MiniDataset, split: str, seed: int = 0, image_size: int = 32, sizes: MiniSizes = MiniSizes()) -> InMemorySplit:
+    """Draw one split of one mini-world dataset.
+
+    Args:
+        dataset: the dataset (from :func:`fif.data.mini.world.catalogue`).
+        split: ``train`` or ``test`` (pools have only ``train``).
+        seed: the benchmark seed.
+        image_size: image side in pixels (16 or more; 32 and 64 are the tested sizes).
+        sizes: split sizes.
+
+    Returns:
+        The split in memory (uint8 pixels, caption lists, targets; class-balanced for classification).
+
+    Raises:
+        ValueError: for an unknown split, or ``test`` of the pretraining pool.
+    """
+    spec = dataset.spec
+    valid = ("train",) if spec.role == "pretraining" else SPLITS
+    if split not in valid:
+        raise ValueError(f"mini dataset {spec.name!r} has no split {split!r}; valid splits: {', '.join(valid)}")
+    rng = _rng(seed, spec.name, split)
+    n = split_size(spec, split, sizes)
+    if spec.kind == "classification":
+        targets = rng.permutation(np.arange(n) % spec.num_classes)
+    else:
+        targets = np.full(n, -1, dtype=np.int64)
+    chunk = max(64, _CHUNK_PIXELS // (image_size * image_size))
+    pixels = np.empty((n, 3, image_size, image_size), dtype=np.uint8)
+    texts: list[list[str]] = []
+    draw = Draw(rng=rng, size=image_size, split=split)
+    for start in range(0, n, chunk):
+        canvas, caps = dataset.sampler(draw, targets[start : start + chunk])
+        pixels[start : start + len(caps)] = render.to_uint8(canvas)
+        texts.extend(caps)
+    return InMemorySplit(spec=spec, split=split, pixels=torch.from_numpy(pixels), texts=texts, targets=targets)
+
+
+@register_benchmark("mini")
+def build_mini(image_size: int = 32, seed: int = 0, letters: str = DEFAULT_LETTERS, partial_captions: int = 1, **sizes: int) -> Benchmark:
+    """The mini benchmark: a pretraining pool, 6 evaluation-only and 9 adaptation datasets.
+
+    Args:
+        image_size: image side in pixels (>= 16).
+        seed: benchmark seed; every split is a pure function of it, the dataset and the split.
+        letters: the classes of ``mini_letters``.
+        partial_captions: one-attribute captions per base-world image (0 = full-attribute only).
+        **sizes: fields of :class:`MiniSizes` (``pool_size``, ``train_per_class``, ...).
+
+    Returns:
+        The benchmark; splits are generated lazily on first load and cached by the Benchmark.
+
+    Raises:
+        ValueError: an unknown or invalid option, naming the valid ones.
+    """
+    valid = [f.name for f in fields(MiniSizes)]
+    unknown = sorted(set(sizes) - set(valid))
+    if unknown:
+        from fif.data.registry import unknown_name_message
+
+        raise ValueError(unknown_name_message("mini benchmark option (data.options)", unknown[0],
+                                              ["image_size", "seed", "letters", "partial_captions", *valid]))
+    if not isinstance(image_size, int) or image_size < 16:
+        raise ValueError(f"mini benchmark option image_size={image_size!r} must be an integer >= 16")
+    if not isinstance(partial_captions, int) or partial_captions < 0:
+        raise ValueError(f"mini benchmark option partial_captions={partial_captions!r} must be an integer >= 0")
+    split_sizes = MiniSizes(**sizes)
+    datasets = catalogue(letters, partial_captions)
+
+    def load(spec: DatasetSpec, split: str) -> InMemorySplit:
+        if spec.name not in datasets:
+            raise KeyError(f"dataset {spec.name!r} is not part of the mini benchmark")
+        return generate_split(datasets[spec.name], split, seed, image_size, split_sizes)
+
+    return Benchmark(
+        name="mini",
+        datasets={name: d.spec for name, d in datasets.items()},
+        loader=load,
+        pretraining_pool=POOL_NAME,
+    )

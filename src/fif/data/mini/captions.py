@@ -1,0 +1,147 @@
+"""Captions for the mini world, written from each image's factors with several templates per dataset.
+
+Like FiF's procedural captions for Shapes3D and dSprites, every caption is grounded in the factors
+that drew the image. Each image gets a short list of captions: the first is the dataset's canonical
+full-attribute template (evaluation and retrieval use it), the others are other phrasings. Training
+draws one at random, so the list's composition is the text distribution.
+
+Captions naming only one attribute ("a red shape") are what zero-shot prompts look like, but many
+images in a batch match them, which makes in-batch false negatives; so they are a minority of each
+list and most captions name every attribute.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+
+_ARTICLE = re.compile(r"\b([Aa]) (?=[aeiouAEIOU])")
+
+# --- the pretraining world: every caption names shape, colour, size, position and background --------
+POOL_FULL: tuple[str, ...] = (
+    "a {size} {color} {shape} in the {position} on a {background} background",
+    "a {color} {shape}, {size}, in the {position}, on a {background} background",
+    "a picture of a {size} {color} {shape} in the {position} of a {background} background",
+    "{background} background with a {size} {color} {shape} in the {position}",
+    "in the {position}: a {size} {color} {shape} on a {background} background",
+)
+# One-attribute captions in the zero-shot prompts' own words (see world.py primers).
+POOL_PARTIAL: tuple[str, ...] = (
+    "a {color} shape",
+    "a drawing of a {shape}",
+    "a {size} shape",
+    "a shape in the {position}",
+    "a shape on a {background} background",
+    "a {color} {shape}",
+    "a {size} {color} {shape}",
+)
+
+NOVEL_SHAPES: tuple[str, ...] = (
+    "a {size} {color} {shape} in the {position} on a {background} background",
+    "a drawing of a {shape}",
+    "a {color} {shape} in the {position}",
+    "a {size} {shape} on a {background} background",
+)
+FILLS: tuple[str, ...] = (
+    "a {fill} {color} {shape} on a {background} background",
+    "a {color} {shape} with a {fill} fill",
+    "a {fill} shape",
+    "a {shape} that is {fill}",
+)
+COUNTING: tuple[str, ...] = (
+    "{count} {color} {shapes} on a {background} background",
+    "a picture with {count} shapes",
+    "there are {count} {color} {shapes}",
+    "{count} {shapes}",
+)
+DIGITS: tuple[str, ...] = (
+    'a handwritten {color} digit "{digit}" on a {background} background',
+    'a handwritten digit "{digit}"',
+    "the number {digit} written in {color}",
+    'a {color} "{digit}" on a {background} background',
+)
+LETTERS: tuple[str, ...] = (
+    'the letter "{letter}" in {color} on a {background} background',
+    'the letter "{letter}"',
+    "a {color} capital {letter}",
+    'a {weight} letter "{letter}" in {color}',
+)
+DSPRITES: tuple[str, ...] = (
+    "a white {shape} located in the {quadrant}, rotated by {degrees} degrees",
+    "a sprite of a {shape} located in the {quadrant}",
+    "a {scale} white {shape} located in the {quadrant}",
+    "{shape} located in the {quadrant} on a black background",
+)
+SHAPES3D: tuple[str, ...] = (
+    "a {color} {solid} on a {floor} floor with a {wall} wall",
+    "a rendering of a {solid} in a room",
+    "a {color} {solid} in a room with a {wall} wall",
+    "a {solid} standing on a {floor} floor",
+)
+RELATIONS: tuple[str, ...] = (
+    "a red {shape_a} {relation} a blue {shape_b}",
+    "a red shape {relation} a blue shape",
+    "the red {shape_a} is {relation} the blue {shape_b}",
+    "a blue {shape_b} and a red {shape_a} {relation} it",
+)
+SCENES: tuple[str, ...] = (
+    "a {color_a} {shape_a} on the left and a {color_b} {shape_b} on the right",
+    "a {color_b} {shape_b} on the right of a {color_a} {shape_a}",
+    "{color_a} {shape_a} left, {color_b} {shape_b} right, on a {background} background",
+)
+
+PLURALS: dict[str, str] = {"cross": "crosses"}
+
+
+def plural(noun: str) -> str:
+    """English plural of a shape noun (``cross`` → ``crosses``, ``star`` → ``stars``)."""
+    return PLURALS.get(noun, noun + "s")
+
+
+def caption_lists(
+    rng: np.random.Generator,
+    fields: Mapping[str, Sequence[str] | np.ndarray],
+    templates: Sequence[str],
+    per_image: int,
+    partial: Sequence[str] = (),
+    partial_per_image: int = 0,
+) -> list[list[str]]:
+    """Fill templates with each image's factors.
+
+    Args:
+        rng: random source for the choice of templates.
+        fields: per-image strings for each ``{field}`` the templates use (each of length N).
+        templates: the dataset's templates; ``templates[0]`` is the canonical one and always comes first.
+        per_image: how many captions from ``templates`` each image gets (the first is canonical,
+            the rest distinct random others; capped at ``len(templates)``).
+        partial: optional one-attribute templates.
+        partial_per_image: how many distinct ``partial`` templates each image gets, after the others.
+
+    Returns:
+        N lists of captions.
+
+    Raises:
+        KeyError: a template uses a field that ``fields`` lacks.
+    """
+    n = len(next(iter(fields.values())))
+    cols = {k: np.asarray(v, dtype=object) for k, v in fields.items()}
+    extra = min(per_image, len(templates)) - 1
+    picks = _distinct(rng, n, len(templates) - 1, extra) + 1
+    part = _distinct(rng, n, len(partial), min(partial_per_image, len(partial)))
+    out: list[list[str]] = []
+    for i in range(n):
+        values = {k: c[i] for k, c in cols.items()}
+        caps = [templates[0].format(**values)]
+        caps.extend(templates[j].format(**values) for j in picks[i])
+        caps.extend(partial[j].format(**values) for j in part[i])
+        out.append([_ARTICLE.sub(r"\1n ", c) for c in caps])
+    return out
+
+
+def _distinct(rng: np.random.Generator, n: int, choices: int, k: int) -> np.ndarray:
+    # k distinct indices in [0, choices) per row: the first k of a random permutation per row.
+    if k <= 0 or choices <= 0:
+        return np.zeros((n, 0), dtype=np.int64)
+    return np.argsort(rng.random((n, choices)), axis=1)[:, :k]
