@@ -16,7 +16,7 @@ Notation (used in every docstring below):
   has a step after its peak (W < S − 1; and for ``wsd`` decay_frac > 0). A one-step task runs at
   its peak.
 
-Schedules (FoMo-in-Flux, arXiv 2408.14471, §6 of ``fif-facts.md``; registry names in brackets):
+Schedules (FoMo-in-Flux, arXiv 2408.14471; the formulas of §6 of ``fif-facts.md``), by registry name:
 ``constant``, ``cosine`` (the reference default), ``autoregressive_cosine``, ``dynamic``, ``rsqrt``,
 ``rsqrt_autoregressive``, ``rsqrt_continued``, ``rsqrt_recovered`` and ``wsd``. Each function's
 docstring gives its formula; ``docs/schedules.md`` has them all with a plot.
