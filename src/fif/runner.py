@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fif import __version__
-from fif.budget import Ledger, StepCost, hook_cost_mafs, mafs_per_step, measure_step_cost, run_budget_mafs, steps_for_task, task_budgets
+from fif.budget import Ledger, StepCost, hook_cost_mafs, mafs_per_step, measure_step_cost, run_budget_mafs
 from fif.config import Config, dump_yaml
 from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
 from fif.data.registry import Benchmark, get_benchmark
@@ -157,7 +157,7 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
     freeze_all_but(clip.model, method.trainable_parameters())
     step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device)
     total = run_budget_mafs(cfg.budget.ft_steps, cfg.budget.mafs, reference_cost)
-    ledger = Ledger(task_budgets(total, len(tasks)))
+    ledger = Ledger.for_run(total, len(tasks))
     evaluator = Evaluator(
         benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
         cfg.eval.ensemble, seed=cfg.run.seed,
@@ -221,11 +221,12 @@ def run_task(ctx: RunContext, task: Task) -> None:
     step_mafs = mafs_per_step(ctx.step_cost, ctx.reference_cost)
     info = TaskInfo(task.index, num_tasks, list(task.concepts), steps=0)
     hook_mafs = hook_cost_mafs(method.extra_cost(info), ctx.reference_cost)
-    steps = steps_for_task(ctx.ledger.task_budget(task.index), step_mafs, hook_mafs)
+    steps = ctx.ledger.plan(task.index, step_mafs, hook_mafs)
     info.steps = steps
     ctx.emit({"event": "task_start", "task": task.index, "concepts": len(task.concepts), "steps": steps})
 
     method.begin_task(info)
+    ctx.ledger.charge(task.index, hook_mafs=hook_mafs)
     start_weights = method.training_weights()
     if start_weights is not None:
         ctx.clip.model.load_state_dict(start_weights)
@@ -255,13 +256,13 @@ def run_task(ctx: RunContext, task: Task) -> None:
     if bar is not None:
         bar.close()
     method.end_task(info)
-    ctx.ledger.charge(task.index, steps=steps, step_mafs=step_mafs, hook_mafs=hook_mafs)
+    ctx.ledger.charge(task.index, steps=tlog.steps)
     ctx.buffer_segments.extend(batches.sampler.pools["update"].segments)
     last = task.index == num_tasks - 1
     ctx.emit({
         "event": "task_end", "task": task.index, "concepts": len(task.concepts), "steps": steps,
-        "train_seconds": round(tlog.seconds, 3), "spent_mafs": ctx.ledger.spent(task.index),
-        "budget_mafs": ctx.ledger.task_budget(task.index), "budget_total_mafs": ctx.ledger.total_budget,
+        "train_seconds": round(tlog.seconds, 3), "spent_mafs": ctx.ledger.tasks[task.index].spent_mafs,
+        "budget_mafs": ctx.ledger.tasks[task.index].budget_mafs, "budget_total_mafs": ctx.ledger.total_budget_mafs,
         "final_loss": tlog.losses[-1][1] if tlog.losses else None,
     })
     evaluate_deployed(ctx, task.index, full=last and cfg.eval.full_at_ends)
@@ -316,7 +317,7 @@ def run(
     ctx.emit({
         "event": "run_start", "tasks": len(ctx.tasks), "method": cfg.method.name,
         "step_gflops": ctx.step_cost.flops / 1e9, "mafs_per_step": mafs_per_step(ctx.step_cost, ctx.reference_cost),
-        "budget_total_mafs": ctx.ledger.total_budget, "device": str(ctx.device), "precision": ctx.precision,
+        "budget_total_mafs": ctx.ledger.total_budget_mafs, "device": str(ctx.device), "precision": ctx.precision,
     })
     evaluate_deployed(ctx, -1, full=cfg.eval.full_at_ends)
     for task in ctx.tasks:
@@ -333,7 +334,7 @@ def finish(ctx: RunContext) -> RunResult:
     meta = {"fif_version": __version__, "arch": ctx.cfg.model.arch, "seed": str(ctx.cfg.run.seed)}
     atomic_write_bytes(ctx.out_dir / "final.safetensors", save(weights, metadata=meta))
     summary = summarize(list(read_events(ctx.out_dir / "events.jsonl")))
-    summary["ledger"] = ctx.ledger.to_dict()
+    summary["ledger"] = {**ctx.ledger.summary(), **ctx.ledger.to_dict()}
     atomic_write_json(ctx.out_dir / "summary.json", summary)
     ctx.emit({"event": "run_end", **{k: summary["final"].get(k) for k in ("a_ka", "a_zs", "gm")}})
     deployed = ctx.clip
