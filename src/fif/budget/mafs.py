@@ -176,3 +176,29 @@ def steps_for_task(task_budget_mafs: float, step_mafs: float, hook_mafs: float =
             f"batch, or make the method's task hooks cheaper"
         )
     return steps
+
+
+def budget_row(
+    method: str, cost: StepCost, reference: StepCost, total_mafs: float, hook_mafs_by_tasks: Mapping[int, float]
+) -> dict[str, Any]:
+    """One method's line of the `fif budget` table.
+
+    Args:
+        method: method name.
+        cost, reference: the method's step and full fine-tuning's step (same model and batch).
+        total_mafs: the run budget (:func:`run_budget_mafs`).
+        hook_mafs_by_tasks: T → MAFs of one task's hooks when the stream has T tasks.
+
+    Returns:
+        ``method, gflops_per_step, peak_memory_gib, memory_multiplier, mafs_per_step`` and
+        ``steps_per_task`` ({str(T): floor((total/T − hooks)/step)}, 0 when not even one step fits).
+    """
+    step = mafs_per_step(cost, reference)
+    return {
+        "method": method,
+        "gflops_per_step": cost.flops / 1e9,
+        "peak_memory_gib": cost.peak_memory_bytes / GIB,
+        "memory_multiplier": memory_multiplier(cost, reference),
+        "mafs_per_step": step,
+        "steps_per_task": {str(t): max_steps(total_mafs / t, step, hook) for t, hook in hook_mafs_by_tasks.items()},
+    }
