@@ -20,7 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from fif.schedules import schedule_names, unknown_schedule_message
+from fif.schedules import ANNEAL_SHAPES, schedule_names, unknown_schedule_message
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -101,6 +101,31 @@ class TrainConfig:
     grad_clip: float | None = _help("Clip the global grad norm to this (null = off).", 1.0)
     precision: str = _help("'auto' (bf16 on GPU, fp32 on CPU), 'fp32', 'bf16', 'fp16'.", "auto")
     log_every: int = _help("Log the loss every N steps (host sync point).", 50)
+    cooldown_frac: float = _help("rsqrt schedules: final fraction of each task annealed to lr_min.", 0.1)
+    decay_frac: float = _help("wsd schedule: final fraction of each task decayed to lr_min.", 0.2)
+    anneal_shape: str = _help("Shape of the wsd decay and the rsqrt cooldown: linear, cosine, sqrt.", "linear")
+    optimizer: str = _help("'adamw' (FiF) or 'sgd' (momentum = beta1); both skip decay on gains/biases/logit_scale.", "adamw")
+    optimizer_impl: str = _help(
+        "Optimizer kernels: 'auto' (fused on CUDA, torch's default elsewhere), 'fused', 'foreach', 'for_loop'.", "auto"
+    )
+    optimizer_reset: bool = _help(
+        "Fresh optimizer state every task (FiF); false carries the moments of shared parameters over.", True
+    )
+    grad_accum_steps: int = _help(
+        "Micro-batches per optimizer step. Same gradient as the whole batch (features cached, loss over the "
+        "whole batch, then each micro-batch re-run with grad); exact except BatchNorm statistics.", 1
+    )
+    grad_checkpointing: bool = _help("Recompute activations in backward to save memory (open_clip towers).", False)
+    label_smoothing: float = _help("Label smoothing of the contrastive cross-entropies (0 = off).", 0.0)
+    temperature: str = _help("'learnable' logit_scale (clamped at ln 100) or 'fixed' (frozen).", "learnable")
+    fixed_logit_scale: float | None = _help(
+        "temperature=fixed: the logit multiplier exp(s), in (0, 100] (null = keep the model's value).", None
+    )
+
+
+OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
+TEMPERATURES = ("learnable", "fixed")
 
 
 @dataclass
@@ -409,6 +434,7 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.precision: {t.precision!r} is not one of auto, fp32, bf16, fp16")
     if t.log_every < 1:
         p.append("train.log_every: must be >= 1")
+    p.extend(_validate_recipe(t))
     if cfg.stream.tasks < 1:
         p.append(f"stream.tasks: {cfg.stream.tasks} must be >= 1")
     b = cfg.budget
@@ -426,6 +452,42 @@ def validate(cfg: Config) -> list[str]:
     if cfg.run.threads < 0:
         p.append("run.threads: must be >= 0")
     p.extend(_validate_method(cfg))
+    return p
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> list[str]:
+    if value in choices:
+        return []
+    close = difflib.get_close_matches(str(value), choices, n=2, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return [f"{key}: {value!r} is not valid{hint} Valid: {', '.join(choices)}"]
+
+
+def _validate_recipe(t: TrainConfig) -> list[str]:
+    """Problems with the recipe knobs of the train section (optimizer, accumulation, temperature, ...)."""
+    p = _choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    p += _choice("train.optimizer_impl", t.optimizer_impl, OPTIMIZER_IMPLS)
+    p += _choice("train.temperature", t.temperature, TEMPERATURES)
+    p += _choice("train.anneal_shape", t.anneal_shape, ANNEAL_SHAPES)
+    if not 0 <= t.cooldown_frac < 1:
+        p.append(f"train.cooldown_frac: {t.cooldown_frac} must be in [0, 1)")
+    if not 0 <= t.decay_frac <= 1:
+        p.append(f"train.decay_frac: {t.decay_frac} must be in [0, 1]")
+    if not 1 <= t.grad_accum_steps <= t.batch_size:
+        p.append(
+            f"train.grad_accum_steps: {t.grad_accum_steps} must be in [1, train.batch_size={t.batch_size}] "
+            f"(micro-batch = batch_size / grad_accum_steps samples)"
+        )
+    if not 0 <= t.label_smoothing < 1:
+        p.append(f"train.label_smoothing: {t.label_smoothing} must be in [0, 1)")
+    if t.fixed_logit_scale is not None:
+        if t.temperature != "fixed":
+            p.append("train.fixed_logit_scale: only used with train.temperature=fixed; set that or drop the value")
+        if not 0 < t.fixed_logit_scale <= 100:
+            p.append(
+                f"train.fixed_logit_scale: {t.fixed_logit_scale} must be in (0, 100] "
+                f"(the multiplier exp(s); CLIP starts at 1/0.07 ≈ 14.3 and clamps at 100)"
+            )
     return p
 
 
