@@ -147,6 +147,35 @@ def test_merge_streams_one_key_at_a_time():
     assert set(fetched) == {key, key2}
 
 
+class FreshSource(DictSource):
+    """Returns a fresh copy per get and counts how many of its tensors are alive at once."""
+
+    alive = 0
+    peak = 0
+
+    def get(self, key):
+        import weakref
+
+        t = super().get(key).clone()
+        FreshSource.alive += 1
+        FreshSource.peak = max(FreshSource.peak, FreshSource.alive)
+        weakref.finalize(t, FreshSource._release)
+        return t
+
+    @staticmethod
+    def _release():
+        FreshSource.alive -= 1
+
+
+@pytest.mark.parametrize("op", ["interpolation", "ties", "dare", "breadcrumbs", "magmax", "model_stock"])
+def test_a_key_folds_in_one_input_at_a_time(op):
+    FreshSource.alive = FreshSource.peak = 0
+    models = [FreshSource(toy_state(s), name=f"m{s}") for s in range(1, 11)]
+    base = FreshSource(toy_state(0), name="base") if OPERATORS[op].task_vectors else None
+    merge(op, models, base)
+    assert FreshSource.peak <= 3  # base or first model, the previous input, the next one: not all ten
+
+
 # --- error messages ---------------------------------------------------------------------------
 
 

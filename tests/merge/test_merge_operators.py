@@ -9,12 +9,12 @@ import torch
 
 from fif.merge import MergeError, merge
 from fif.merge.operators import (
+    SignedMass,
     breadcrumbs_mask,
-    disjoint_mean,
-    elect_sign,
     model_stock_ratio,
     slerp_tensor,
-    trim_top_k,
+    sum_and_mean_pairwise_cosine,
+    trim_top_k_,
 )
 
 
@@ -86,13 +86,28 @@ TIES_MERGED = [-2.0, -1.0, -0.9, -1.75, 0.6, 0.0]
 
 
 def test_ties_steps_by_hand():
-    trimmed = torch.stack([trim_top_k(torch.tensor(t), 0.5) for t in (TAU1, TAU2, TAU3)])
+    trimmed = [trim_top_k_(torch.tensor(t), 0.5) for t in (TAU1, TAU2, TAU3)]
     assert close(trimmed[0], [0.5, -1.0, 0, 3.0, 0, 0])
     assert close(trimmed[1], [-2.0, 0, 0, -1.0, 0.6, 0])
     assert close(trimmed[2], [1.0, 0, -0.9, -2.5, 0, 0])
-    sign = elect_sign(trimmed)
-    assert sign.tolist() == [-1, -1, -1, -1, 1, 0]
-    assert close(disjoint_mean(trimmed, sign), TIES_MERGED)
+    mass = SignedMass()
+    for t in trimmed:
+        mass.add(t)
+    assert mass.sign().tolist() == [-1, -1, -1, -1, 1, 0]
+    assert close(mass.disjoint_mean(), TIES_MERGED)
+
+
+def test_signed_mass_matches_direct_sign_election_and_disjoint_mean():
+    g = torch.Generator().manual_seed(0)
+    taus = torch.randn(5, 40, generator=g).round()  # many zeros and sign ties
+    mass = SignedMass()
+    for t in taus:
+        mass.add(t)
+    gamma = torch.sign(taus.sum(0))
+    agree = (torch.sign(taus) == gamma) & (taus != 0)
+    direct = (taus * agree).sum(0) / agree.sum(0).clamp(min=1)
+    assert torch.equal(mass.sign(), gamma)
+    assert torch.allclose(mass.disjoint_mean(), direct)
 
 
 def test_ties_merge_adds_scaled_merged_vector_to_base():
@@ -104,8 +119,8 @@ def test_ties_merge_adds_scaled_merged_vector_to_base():
 
 def test_ties_k_one_keeps_everything_and_keeps_at_least_one_entry():
     t = torch.tensor([0.3, -0.1])
-    assert torch.equal(trim_top_k(t, 1.0), t)
-    assert close(trim_top_k(t, 0.01), [0.3, 0.0])  # ⌊0.02 + ½⌋ = 0 → at least the largest stays
+    assert torch.equal(trim_top_k_(t.clone(), 1.0), t)
+    assert close(trim_top_k_(t.clone(), 0.01), [0.3, 0.0])  # ⌊0.02 + ½⌋ = 0 → at least the largest stays
 
 
 # --- DARE -------------------------------------------------------------------------------------
@@ -160,10 +175,11 @@ def test_breadcrumbs_mask_per_row():
 
 def test_breadcrumbs_merge_sums_masked_task_vectors():
     base = sd(w=[0.0] * 10)
-    m1, m2 = sd(w=CRUMBS), sd(w=[1.0] * 10)  # all of τ2 ties: ranks by position, drops the first 3 and the last
+    tau2 = [1.0, 2.0, 3.0, 4.0, 5.0, -6.0, 7.0, 8.0, 9.0, -10.0]
+    m1, m2 = sd(w=CRUMBS), sd(w=tau2)
     out = merge("breadcrumbs", [m1, m2], base, beta=0.3, gamma=0.1, lam=2.0)["w"]
     expected1 = [0, -5.0, 0.3, 2.0, 0, 1.0, 0, -0.4, 0.6, 0]
-    expected2 = [0, 0, 0, 1, 1, 1, 1, 1, 1, 0]
+    expected2 = [0, 0, 0, 4.0, 5.0, -6.0, 7.0, 8.0, 9.0, 0]
     assert close(out, [2 * (x + y) for x, y in zip(expected1, expected2)])
 
 
@@ -185,6 +201,18 @@ def test_model_stock_ratio():
     assert model_stock_ratio(0.0, 5) == 0.0
     assert model_stock_ratio(0.5, 3) == pytest.approx(0.75)  # 3·½ / (1 + 2·½)
     assert model_stock_ratio(-0.3, 2) == 0.0  # diverging task vectors stay at the base
+
+
+def test_streamed_mean_pairwise_cosine_matches_pairs():
+    g = torch.Generator().manual_seed(0)
+    taus = [torch.randn(30, generator=g) + 0.5 for _ in range(4)] + [torch.zeros(30)]
+    total, k, cos = sum_and_mean_pairwise_cosine(taus)
+    pairs = [
+        float(torch.nn.functional.cosine_similarity(taus[i], taus[j], dim=0)) if taus[i].any() and taus[j].any() else 0.0
+        for i in range(5) for j in range(i + 1, 5)
+    ]
+    assert k == 5 and cos == pytest.approx(sum(pairs) / len(pairs), abs=1e-5)
+    assert torch.allclose(total, sum(taus))
 
 
 def test_model_stock_interpolates_average_toward_base():

@@ -1,19 +1,22 @@
 """The merge driver: validate inputs and options once, then merge key by key.
 
 ``merge(operator, models, base, **options)`` is the one entry point; configs and ``fif merge`` name the
-operator by string. Memory: the result (one model) plus, while a key is merged, that key's tensor from
-each input — inputs given as safetensors paths or lazy :class:`StateSource` s are never loaded whole.
+operator by string. Memory: the result (one model) plus, while a key is merged, a few tensors of that
+key's size (the operator's accumulators, the base's tensor and the input being folded in), however
+many models are merged. Inputs given as safetensors paths or lazy :class:`StateSource` s are never
+loaded whole.
 
 Per key, in this order:
 
 1. non-float tensors (int buffers such as BatchNorm's ``num_batches_tracked``, position ids) and keys
    matching ``copy_keys`` are copied from the base (task-vector operators) or the first model;
 2. float tensors are upcast to float32 (float64 stays float64) on the first model's device;
-3. if every input is identical (for task-vector operators: every model equals the base) the result is
-   that tensor exactly, whatever the operator — e.g. a float attention mask full of -inf is never
-   turned into NaN;
-4. otherwise the operator runs; a task-vector operator's result is θ_0 + s·τ with s the key's LiNeS
-   scale (1 without LiNeS);
+3. the operator makes one pass over the inputs, loaded one at a time (task-vector operators get
+   τ_i = θ_i − θ_0); a task-vector operator's result τ becomes θ_0 + s·τ with s the key's LiNeS scale
+   (1 without LiNeS);
+4. if every input was identical (for task-vector operators: every model equals the base) the result is
+   that tensor exactly, whatever the operator's rounding — e.g. a float attention mask full of -inf
+   never turns into NaN;
 5. the result is cast back to the first model's dtype.
 """
 
@@ -148,35 +151,59 @@ def _compute_dtype(dtypes: list[torch.dtype]) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
+class _KeyInputs:
+    """One key's inputs for an operator, loaded one at a time as they are iterated.
+
+    Task-vector mode yields τ_i = θ_i − θ_0 (fresh tensors); weight mode yields θ_i. Either way it
+    records whether every input it loaded equals the reference (θ_0, or θ_1 in weight mode).
+    """
+
+    def __init__(self, key: str, models: list[StateSource], base: Tensor | None, device: torch.device, dtype: torch.dtype):
+        self.key, self.models, self.base = key, models, base
+        self.device, self.dtype = device, dtype
+        self.first: Tensor | None = None  # θ_1 in weight mode, kept for the equality check
+        self.all_equal = True
+        self.loaded = 0
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for src in self.models:
+            theta = src.get(self.key).to(device=self.device, dtype=self.dtype)
+            reference = self.base if self.base is not None else self.first
+            if reference is None:
+                self.first = reference = theta
+            self.all_equal = self.all_equal and torch.equal(theta, reference)
+            self.loaded += 1
+            out = theta - self.base if self.base is not None else theta
+            del theta  # in task-vector mode only τ_i stays alive
+            yield out
+            del out
+
+    @property
+    def identical(self) -> bool:
+        """Whether all inputs were loaded and all equal the reference."""
+        return self.loaded >= len(self.models) and self.all_equal
+
+
 def _merge_key(plan: _Plan, key: str) -> Tensor:
     """The merged tensor of one key (a new tensor, never one of the inputs)."""
     if plan.copies(key):
         return plan.reference.get(key).clone()
-    first = plan.models[0].get(key)
-    out_dtype, device = first.dtype, first.device
-    inputs = plan.models + ([plan.base] if plan.base is not None else [])
-    cdtype = _compute_dtype([s.spec(key).dtype for s in inputs])
-
-    def load(src: StateSource) -> Tensor:
-        return src.get(key).to(device=device, dtype=cdtype)
-
-    if plan.op.task_vectors:
-        base = load(plan.base)
-        taus, all_equal = [], True
-        for src in plan.models:  # each input is dropped as soon as its τ exists
-            theta = load(src)
-            all_equal = all_equal and torch.equal(theta, base)
-            taus.append(theta - base)
-        if all_equal:
-            return base.to(out_dtype, copy=True)
-        tau = plan.op.fn(key, taus, plan.options)
-        scale = plan.scales[key] if plan.scales is not None else 1.0
-        merged = base + tau if scale == 1.0 else base + scale * tau
-        return merged.to(out_dtype)
-    thetas = [first.to(dtype=cdtype)] + [load(src) for src in plan.models[1:]]
-    if all(torch.equal(thetas[0], t) for t in thetas[1:]):
-        return first.clone()
-    return plan.op.fn(key, thetas, plan.options).to(out_dtype)
+    spec = plan.models[0].spec(key)
+    sources = plan.models + ([plan.base] if plan.base is not None else [])
+    cdtype = _compute_dtype([s.spec(key).dtype for s in sources])
+    base = plan.base.get(key).to(device=spec.device, dtype=cdtype) if plan.base is not None else None
+    inputs = _KeyInputs(key, plan.models, base, spec.device, cdtype)
+    merged = plan.op.fn(key, inputs, plan.options)
+    if inputs.identical:  # exact, whatever the operator's rounding (and no NaN from -inf − -inf)
+        same = base if base is not None else inputs.first
+        return same.to(spec.dtype, copy=True)
+    if base is None:
+        return merged.to(spec.dtype)
+    scale = plan.scales[key] if plan.scales is not None else 1.0
+    return torch.add(base, merged, alpha=scale).to(spec.dtype)  # base may be the caller's tensor: not in place
 
 
 def iter_merge(

@@ -1,14 +1,17 @@
 """Merge operators: per-tensor math, each with its options dataclass and one registration line.
 
-An operator works on the tensors of ONE key at a time (that is what makes merges stream). It comes in
-one of two kinds:
+An operator merges the tensors of ONE key. It receives them as an iterable that loads one input at a
+time, and makes a single pass, folding each input into a few accumulators of the key's size. So the
+memory of a merge is one tensor's worth of accumulators per key, however many models are merged
+(a 200-checkpoint merge costs what a 2-checkpoint merge costs). Operators come in two kinds:
 
-* weight-space (``task_vectors=False``): gets the models' tensors θ_1..θ_n and returns the merged tensor;
-* task-vector (``task_vectors=True``): gets τ_i = θ_i − θ_0 for a base θ_0 and returns the merged task
-  vector τ; the caller adds it back, ``θ = θ_0 + τ`` (optionally scaled per block by LiNeS).
+* weight-space (``task_vectors=False``): iterates θ_1..θ_n and returns the merged tensor. These tensors
+  may be the caller's own: never modify them in place.
+* task-vector (``task_vectors=True``): iterates τ_i = θ_i − θ_0 for a base θ_0 and returns the merged
+  task vector τ; the caller returns θ_0 + τ (scaled per block by LiNeS if asked). Each τ_i is a fresh
+  tensor the operator owns and may modify in place.
 
-All tensors an operator sees are float32 (float64 if an input is float64) and must not be modified in
-place: some are the caller's own tensors.
+All tensors are float32 (float64 if an input is float64).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -43,7 +46,16 @@ def _count(fraction: float, n: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Registry
 
-OperatorFn = Callable[[str, list[Tensor], Any], Tensor]
+
+class Inputs(Protocol):
+    """The tensors of one key, one per model, loaded as they are iterated (a list also qualifies)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self): ...
+
+
+OperatorFn = Callable[[str, Inputs, Any], Tensor]
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ class Operator:
 
     Attributes:
         name: the name configs and ``fif merge`` use.
-        fn: ``fn(key, tensors, options) -> Tensor`` for one key (tensors are task vectors if
+        fn: ``fn(key, inputs, options) -> Tensor`` for one key (``inputs`` are task vectors if
             ``task_vectors``).
         options: the operator's options dataclass.
         task_vectors: whether the operator needs a base and works on task vectors.
@@ -91,6 +103,63 @@ def register_operator(
 
 
 # ----------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def weighted_sum(tensors: Iterable[Tensor], weights: Iterable[float]) -> Tensor:
+    """Σ_i w_i·x_i in one pass, into one new tensor (inputs are not modified)."""
+    out = None
+    for t, w in zip(tensors, weights):
+        if out is None:
+            out = t * w
+        else:
+            out.add_(t, alpha=w)
+    if out is None:
+        raise MergeError("nothing to merge: no input tensors")
+    return out
+
+
+class SignedMass:
+    """Running sums for TIES' sign election and disjoint mean, in one pass over the task vectors.
+
+    Keeps P = Σ_i max(τ_i, 0), N = Σ_i min(τ_i, 0) and the counts of positive and negative entries.
+    The elected sign is γ = sgn(Σ_i τ_i) = sgn(P + N); the entries agreeing with γ = +1 are exactly the
+    positive ones, so the disjoint mean is P / #pos where γ > 0, N / #neg where γ < 0, and 0 where γ = 0.
+    """
+
+    def __init__(self) -> None:
+        self.pos: Tensor | None = None
+        self.neg: Tensor | None = None
+        self.num_pos: Tensor | None = None
+        self.num_neg: Tensor | None = None
+
+    def add(self, tau: Tensor) -> None:
+        if self.pos is None:
+            self.pos, self.neg = tau.clamp(min=0), tau.clamp(max=0)
+            self.num_pos, self.num_neg = (tau > 0).to(tau.dtype), (tau < 0).to(tau.dtype)
+        else:
+            self.pos.add_(tau.clamp(min=0))
+            self.neg.add_(tau.clamp(max=0))
+            self.num_pos.add_(tau > 0)
+            self.num_neg.add_(tau < 0)
+
+    def sign(self) -> Tensor:
+        """γ = sgn(Σ_i τ_i) per coordinate (0 where the sum is 0)."""
+        return torch.sign(self.pos + self.neg)
+
+    def disjoint_mean(self) -> Tensor:
+        """Per coordinate, the mean of the nonzero τ_i whose sign is γ (0 where none is)."""
+        gamma = self.sign()
+        up = self.pos / self.num_pos.clamp(min=1)
+        down = self.neg / self.num_neg.clamp(min=1)
+        return torch.where(gamma > 0, up, torch.where(gamma < 0, down, torch.zeros_like(up)))
+
+
+def _check_lam(lam: float, name: str) -> None:
+    _require(math.isfinite(lam), f"{name} lam must be a finite number, got {lam}")
+
+
+# ----------------------------------------------------------------------------------------------
 # Weighted interpolation
 
 
@@ -117,16 +186,8 @@ def normalized(weights: list[float] | None, n: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def weighted_sum(tensors: list[Tensor], weights: list[float]) -> Tensor:
-    """Σ_i w_i·x_i, accumulated into one new tensor."""
-    out = tensors[0] * weights[0]
-    for t, w in zip(tensors[1:], weights[1:]):
-        out.add_(t, alpha=w)
-    return out
-
-
 @register_operator("interpolation", InterpolationOptions, task_vectors=False)
-def interpolation(key: str, thetas: list[Tensor], opts: InterpolationOptions) -> Tensor:
+def interpolation(key: str, thetas: Inputs, opts: InterpolationOptions) -> Tensor:
     """Weighted average θ = Σ_i w_i·θ_i / Σ_i w_i (model soups, Wortsman et al. 2022, arXiv 2203.05482).
 
     With two models and weights (1−α, α) this is linear interpolation; FiF's EMA-merge and FT-merge use it.
@@ -171,20 +232,17 @@ def slerp_tensor(a: Tensor, b: Tensor, t: float, parallel_eps: float = 1e-5) -> 
 
 
 @register_operator("slerp", SlerpOptions, task_vectors=False, min_models=2, max_models=2)
-def slerp(key: str, thetas: list[Tensor], opts: SlerpOptions) -> Tensor:
+def slerp(key: str, thetas: Inputs, opts: SlerpOptions) -> Tensor:
     """Spherical linear interpolation of two models, tensor by tensor (Shoemake 1985; as in mergekit).
 
     θ = sin((1−t)Ω)/sin Ω · θ_1 + sin(tΩ)/sin Ω · θ_2 with Ω the angle between the two tensors.
     """
-    return slerp_tensor(thetas[0], thetas[1], opts.t, opts.parallel_eps)
+    a, b = thetas
+    return slerp_tensor(a, b, opts.t, opts.parallel_eps)
 
 
 # ----------------------------------------------------------------------------------------------
 # Task arithmetic
-
-
-def _check_lam(lam: float, name: str) -> None:
-    _require(math.isfinite(lam), f"{name} lam must be a finite number, got {lam}")
 
 
 @dataclass
@@ -196,7 +254,7 @@ class TaskArithmeticOptions:
 
 
 @register_operator("task_arithmetic", TaskArithmeticOptions, task_vectors=True)
-def task_arithmetic(key: str, taus: list[Tensor], opts: TaskArithmeticOptions) -> Tensor:
+def task_arithmetic(key: str, taus: Inputs, opts: TaskArithmeticOptions) -> Tensor:
     """Task arithmetic θ = θ_0 + λ·Σ_i τ_i, τ_i = θ_i − θ_0 (Ilharco et al. 2023, arXiv 2212.04089)."""
     return weighted_sum(taus, [opts.lam] * len(taus))
 
@@ -215,33 +273,23 @@ class TiesOptions:
         _check_lam(self.lam, "ties")
 
 
-def trim_top_k(tau: Tensor, k: float) -> Tensor:
-    """Keep the max(1, ⌊k·n + ½⌋) largest-magnitude entries of ``tau`` (n entries), zero the rest."""
+def trim_top_k_(tau: Tensor, k: float) -> Tensor:
+    """In place: keep the max(1, ⌊k·n + ½⌋) largest-magnitude of the n entries of ``tau``, zero the rest.
+
+    Equal magnitudes at the cut are kept in an unspecified (but deterministic on CPU) order.
+    """
     n = tau.numel()
     keep = max(1, _count(k, n))
     if keep >= n:
         return tau
-    flat = tau.reshape(-1)
-    idx = flat.abs().topk(keep, sorted=False).indices
-    out = torch.zeros_like(flat)
-    out[idx] = flat[idx]
-    return out.view(tau.shape)
-
-
-def elect_sign(taus: Tensor) -> Tensor:
-    """γ = sgn(Σ_i τ_i) per coordinate: the sign with the larger total mass (0 where the sum is 0)."""
-    return torch.sign(taus.sum(dim=0))
-
-
-def disjoint_mean(taus: Tensor, sign: Tensor) -> Tensor:
-    """Mean per coordinate over the nonzero τ_i whose sign agrees with ``sign`` (0 where none agrees)."""
-    agree = (torch.sign(taus) == sign) & (taus != 0)
-    count = agree.sum(dim=0).clamp(min=1)
-    return (taus * agree).sum(dim=0) / count
+    flat = tau.view(-1)
+    drop = torch.ones(n, dtype=torch.bool, device=tau.device)
+    drop[flat.abs().topk(keep, sorted=False).indices] = False
+    return flat.masked_fill_(drop, 0).view(tau.shape)
 
 
 @register_operator("ties", TiesOptions, task_vectors=True)
-def ties(key: str, taus: list[Tensor], opts: TiesOptions) -> Tensor:
+def ties(key: str, taus: Inputs, opts: TiesOptions) -> Tensor:
     """TIES-Merging (Yadav et al. 2023, arXiv 2306.01708): trim, elect sign, disjoint mean.
 
     1. trim: τ̂_i keeps the top-k fraction of |τ_i| (per tensor here; the paper trims the whole model);
@@ -249,8 +297,10 @@ def ties(key: str, taus: list[Tensor], opts: TiesOptions) -> Tensor:
     3. disjoint mean: τ_m = Σ_{i∈A} τ̂_i / |A| with A = {i : sgn(τ̂_i) = γ, τ̂_i ≠ 0}, per coordinate;
     θ = θ_0 + λ·τ_m.
     """
-    trimmed = torch.stack([trim_top_k(t, opts.k) for t in taus])
-    return opts.lam * disjoint_mean(trimmed, elect_sign(trimmed))
+    mass = SignedMass()
+    for tau in taus:
+        mass.add(trim_top_k_(tau, opts.k))
+    return opts.lam * mass.disjoint_mean()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,26 +334,28 @@ def mask_generator(seed: int, key: str, index: int, device: torch.device) -> tor
     return gen
 
 
-def dare_drop(tau: Tensor, p: float, generator: torch.Generator) -> Tensor:
-    """τ̃ = m ⊙ τ / (1 − p) with m_j ~ Bernoulli(1 − p): unbiased, E[τ̃] = τ."""
+def dare_drop_(tau: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """In place: τ̃ = m ⊙ τ / (1 − p) with m_j ~ Bernoulli(1 − p); unbiased, E[τ̃] = τ."""
     if p == 0.0:
         return tau
-    keep = torch.rand(tau.shape, generator=generator, device=tau.device, dtype=tau.dtype) >= p
-    return tau * keep / (1.0 - p)
+    drop = torch.rand(tau.shape, generator=generator, device=tau.device, dtype=tau.dtype) < p
+    return tau.masked_fill_(drop, 0).div_(1.0 - p)
 
 
 @register_operator("dare", DareOptions, task_vectors=True)
-def dare(key: str, taus: list[Tensor], opts: DareOptions) -> Tensor:
+def dare(key: str, taus: Inputs, opts: DareOptions) -> Tensor:
     """DARE, drop and rescale (Yu et al. 2024, arXiv 2311.03099), then task arithmetic or TIES.
 
     τ̃_i = m_i ⊙ τ_i / (1 − p), m_i ~ Bernoulli(1 − p) (seeded per key and model);
     combine = task_arithmetic: θ = θ_0 + λ·Σ_i τ̃_i;  combine = ties: θ = θ_0 + λ·disjoint_mean(τ̃, sgn(Σ_i τ̃_i)).
     """
-    dropped = [dare_drop(t, opts.p, mask_generator(opts.seed, key, i, t.device)) for i, t in enumerate(taus)]
+    dropped = (dare_drop_(t, opts.p, mask_generator(opts.seed, key, i, t.device)) for i, t in enumerate(taus))
     if opts.combine == "ties":
-        stacked = torch.stack(dropped)
-        return opts.lam * disjoint_mean(stacked, elect_sign(stacked))
-    return weighted_sum(dropped, [opts.lam] * len(dropped))
+        mass = SignedMass()
+        for t in dropped:
+            mass.add(t)
+        return opts.lam * mass.disjoint_mean()
+    return weighted_sum(dropped, [opts.lam] * len(taus))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,30 +376,33 @@ class BreadcrumbsOptions:
 
 
 def breadcrumbs_mask(tau: Tensor, beta: float, gamma: float, per_row: bool = False) -> Tensor:
-    """Boolean mask keeping the entries of ``tau`` ranked in [⌊β·n+½⌋, n − ⌊γ·n+½⌋) by |τ| (ascending).
+    """Boolean mask of the entries of ``tau`` kept by Breadcrumbs.
 
-    Ranks are taken over each row (dim 0) if ``per_row`` and ``tau`` has ≥2 dims, else over the tensor;
-    equal magnitudes are ranked by position.
+    Of n entries (per row (dim 0) if ``per_row`` and ``tau`` has ≥2 dims, else of the whole tensor) it
+    drops the ⌊β·n + ½⌋ smallest and the ⌊γ·n + ½⌋ largest |τ|. Equal magnitudes at a cut are ranked
+    in an unspecified (deterministic on CPU) order.
     """
     rows = tau.abs().reshape(tau.shape[0], -1) if per_row and tau.dim() >= 2 else tau.abs().reshape(1, -1)
     n = rows.shape[1]
     low, high = _count(beta, n), _count(gamma, n)
     mask = torch.zeros(rows.shape, dtype=torch.bool, device=tau.device)
     if low + high < n:
-        order = rows.argsort(dim=1, stable=True)
-        mask.scatter_(1, order[:, low : n - high], True)
+        # the n − low largest survive the bottom cut; of those, the top ``high`` are outliers
+        mask.scatter_(1, rows.topk(n - low, dim=1, sorted=False).indices, True)
+        if high:
+            mask.scatter_(1, rows.topk(high, dim=1, sorted=False).indices, False)
     return mask.view(tau.shape)
 
 
 @register_operator("breadcrumbs", BreadcrumbsOptions, task_vectors=True)
-def breadcrumbs(key: str, taus: list[Tensor], opts: BreadcrumbsOptions) -> Tensor:
+def breadcrumbs(key: str, taus: Inputs, opts: BreadcrumbsOptions) -> Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2023, arXiv 2312.06795).
 
     m_i masks the β fraction of smallest and the γ fraction of largest |τ_i| per tensor (or row);
     θ = θ_0 + λ·Σ_i m_i ⊙ τ_i.
     """
-    masked = [t * breadcrumbs_mask(t, opts.beta, opts.gamma, opts.per_row) for t in taus]
-    return weighted_sum(masked, [opts.lam] * len(masked))
+    masked = (t.masked_fill_(~breadcrumbs_mask(t, opts.beta, opts.gamma, opts.per_row), 0) for t in taus)
+    return weighted_sum(masked, [opts.lam] * len(taus))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,14 +418,24 @@ class MagMaxOptions:
 
 
 @register_operator("magmax", MagMaxOptions, task_vectors=True)
-def magmax(key: str, taus: list[Tensor], opts: MagMaxOptions) -> Tensor:
+def magmax(key: str, taus: Inputs, opts: MagMaxOptions) -> Tensor:
     """MagMax (Marczak et al. 2024, arXiv 2407.06322): per coordinate the τ_i of largest magnitude.
 
-    τ_j = τ_{i*, j} with i* = argmax_i |τ_{i, j}| (the first model wins ties); θ = θ_0 + λ·τ.
+    τ_j = τ_{i*, j} with i* = argmax_i |τ_{i, j}| (the earliest model wins ties); θ = θ_0 + λ·τ.
     """
-    stacked = torch.stack(taus)
-    idx = stacked.abs().argmax(dim=0, keepdim=True)
-    return opts.lam * stacked.gather(0, idx).squeeze(0)
+    best: Tensor | None = None
+    best_abs: Tensor | None = None
+    for tau in taus:
+        if best is None:
+            best, best_abs = tau, tau.abs()
+            continue
+        tau_abs = tau.abs()
+        larger = tau_abs > best_abs
+        best = torch.where(larger, tau, best)
+        best_abs = torch.where(larger, tau_abs, best_abs)
+    if best is None:
+        raise MergeError("nothing to merge: no input tensors")
+    return opts.lam * best
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,30 +447,40 @@ class ModelStockOptions:
     """Model Stock has no options: the ratio comes from the geometry of the task vectors."""
 
 
-def mean_pairwise_cosine(taus: list[Tensor]) -> float:
-    """Mean of cos(τ_i, τ_j) over pairs i < j (a pair with a zero vector counts as 0)."""
-    flat = [t.reshape(-1) for t in taus]
-    norms = [float(f.norm()) for f in flat]
-    cosines = []
-    for i in range(len(flat)):
-        for j in range(i + 1, len(flat)):
-            denom = norms[i] * norms[j]
-            cosines.append(float(flat[i] @ flat[j]) / denom if denom > 0 else 0.0)
-    return sum(cosines) / len(cosines)
-
-
 def model_stock_ratio(cos: float, k: int) -> float:
     """t = k·cos θ / (1 + (k − 1)·cos θ), with cos θ clamped to [0, 1] so that t ∈ [0, 1]."""
     cos = min(1.0, max(0.0, cos))
     return k * cos / (1.0 + (k - 1) * cos)
 
 
+def sum_and_mean_pairwise_cosine(taus: Iterable[Tensor]) -> tuple[Tensor, int, float]:
+    """(Σ_i τ_i, k, mean over pairs i < j of cos(τ_i, τ_j)) in one pass; a zero τ has cosine 0 with all.
+
+    Uses Σ_{i<j} cos(τ_i, τ_j) = (‖Σ_i τ_i/‖τ_i‖‖² − m) / 2 over the m nonzero τ_i, so no pair is
+    ever held in memory together.
+    """
+    total: Tensor | None = None
+    unit_sum: Tensor | None = None
+    k = nonzero = 0
+    for tau in taus:
+        k += 1
+        norm = float(tau.norm())  # host sync: offline merges only
+        total = tau.clone() if total is None else total.add_(tau)
+        if norm > 0:
+            nonzero += 1
+            unit_sum = tau / norm if unit_sum is None else unit_sum.add_(tau, alpha=1.0 / norm)
+    if total is None or k < 2:
+        raise MergeError(f"model stock needs at least 2 task vectors, got {k}")
+    pair_cos_sum = (float(unit_sum.square().sum()) - nonzero) / 2 if unit_sum is not None else 0.0
+    return total, k, pair_cos_sum / (k * (k - 1) / 2)
+
+
 @register_operator("model_stock", ModelStockOptions, task_vectors=True, min_models=2)
-def model_stock(key: str, taus: list[Tensor], opts: ModelStockOptions) -> Tensor:
+def model_stock(key: str, taus: Inputs, opts: ModelStockOptions) -> Tensor:
     """Model Stock (Jang et al. 2024, arXiv 2403.19522): pull the average of k models toward the base.
 
     θ = t·θ_avg + (1 − t)·θ_0, i.e. τ = t·mean_i τ_i, with t = k·cos θ / (1 + (k − 1)·cos θ) and θ the
     angle between the task vectors (mean pairwise cosine for k > 2), per tensor.
     """
-    t = model_stock_ratio(mean_pairwise_cosine(taus), len(taus))
-    return weighted_sum(taus, [t / len(taus)] * len(taus))
+    total, k, cos = sum_and_mean_pairwise_cosine(taus)
+    return total.mul_(model_stock_ratio(cos, k) / k)

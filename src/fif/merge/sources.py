@@ -29,6 +29,7 @@ class TensorSpec:
 
     shape: tuple[int, ...]
     dtype: torch.dtype
+    device: torch.device = torch.device("cpu")
 
     @property
     def is_float(self) -> bool:
@@ -73,7 +74,7 @@ class DictSource:
 
     def spec(self, key: str) -> TensorSpec:
         t = self._state[key]
-        return TensorSpec(tuple(t.shape), t.dtype)
+        return TensorSpec(tuple(t.shape), t.dtype, t.device)
 
     def get(self, key: str) -> torch.Tensor:
         return self._state[key]
