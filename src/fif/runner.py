@@ -113,7 +113,9 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def load_model(cfg: Config, device: torch.device, on_event: Callable[[dict], None] | None = None) -> Clip:
+def load_model(
+    cfg: Config, device: torch.device, on_event: Callable[[dict], None] | None = None, progress: bool = False
+) -> Clip:
     """Build the base model; ``model.pretrained=mini-base`` builds/caches the mini base model first."""
     pretrained = cfg.model.pretrained
     if pretrained == MINI_BASE:
@@ -122,7 +124,22 @@ def load_model(cfg: Config, device: torch.device, on_event: Callable[[dict], Non
         spec = PretrainSpec(arch=cfg.model.arch, benchmark=cfg.data.benchmark)
         if on_event:
             on_event({"event": "base_model", "status": "checking", "arch": cfg.model.arch})
-        path, built = ensure_base_model(cfg.run.cache_dir, spec, cfg.data.options, device)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=spec.steps, desc="base model", leave=False, unit="step")
+
+        def on_log(step: int, loss: float) -> None:
+            if bar is not None:
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+        try:
+            path, built = ensure_base_model(cfg.run.cache_dir, spec, cfg.data.options, device, on_log=on_log)
+        finally:
+            if bar is not None:
+                bar.close()
         if on_event:
             on_event({"event": "base_model", "status": "built" if built else "cached", "path": str(path)})
         pretrained = str(path)
@@ -151,7 +168,7 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
             )
         pool_data = benchmark.load(pool_name, "train")
         pretraining_pool = Pool([(pool_data, np.arange(len(pool_data)))])
-    clip = load_model(cfg, device, on_event)
+    clip = load_model(cfg, device, on_event, progress)
     reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device)
     method = build_method(cfg.method.name, cfg.method.options, clip)
     freeze_all_but(clip.model, method.trainable_parameters())
