@@ -1,0 +1,248 @@
+"""Measuring a step: FLOPs against hand counts, CPU vs meta, attention kernels, memory estimate, fallback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fif.budget import (
+    GIB,
+    count_flops,
+    hook_cost_mafs,
+    mafs_per_step,
+    measure_step_cost,
+    meta_clip,
+    meta_copy,
+    steps_for_task,
+    synthetic_batch,
+    task_budgets,
+    run_budget_mafs,
+    trace_step,
+)
+from fif.budget.measure import _training_only
+from fif.methods import HookCost, TaskInfo, UpdateMethod, build_method
+from fif.methods.base import NoOptions
+from fif.model.clip import Clip, build_clip
+
+# ----------------------------------------------------------------------------------------------
+# A CLIP-shaped model small enough to count by hand
+
+S, W, D, V, CTX = 4, 6, 5, 11, 3  # image side, text width, embed dim, vocab, context length
+
+
+class TinyClipModel(nn.Module):
+    """image: flatten → Linear(3·S², D); text: Embedding(V, W) → mean over tokens → Linear(W, D)."""
+
+    def __init__(self):
+        super().__init__()
+        self.visual = nn.Linear(3 * S * S, D)
+        self.token_embedding = nn.Embedding(V, W)
+        self.text_projection = nn.Linear(W, D)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, images, tokens):
+        text = self.text_projection(self.token_embedding(tokens).mean(dim=1))
+        return {"image_features": self.visual(images.flatten(1)), "text_features": text, "logit_scale": self.logit_scale.exp()}
+
+
+def tiny_clip() -> Clip:
+    return Clip(TinyClipModel(), lambda texts: torch.zeros(len(texts), CTX, dtype=torch.long), "tiny", S, (0.5,) * 3, (0.5,) * 3)
+
+
+def hand_count(method: str, b: int) -> tuple[int, int]:
+    """(forward, forward + backward) FLOPs: a (m×k)·(k×n) matmul costs 2·m·n·k, each grad matmul as much."""
+    image, text, logits = 2 * b * 3 * S * S * D, 2 * b * W * D, 2 * b * b * D  # I·Tᵀ for the logits
+    forward = image + text + logits
+    backward = {
+        # images need no grad: only the visual weight grad; text: weight grad + input grad (embedding trains);
+        # logits: grads to both feature matrices
+        "finetune": image + 2 * text + 2 * logits,
+        # frozen image tower: nothing flows into it, but the temperature trains, so both logits grads run
+        # (logits = (exp(s)·I)·Tᵀ and exp(s)·I needs a grad for s)
+        "locked_image": 2 * text + 2 * logits,
+        # biases only: grads reach both projections' outputs (2 logits matmuls), no weight or input grads
+        "bitfit": 2 * logits,
+    }[method]
+    return forward, forward + backward
+
+
+@pytest.mark.parametrize("method", ["finetune", "locked_image", "bitfit"])
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_flops_equal_the_hand_count(method, batch_size):
+    clip = tiny_clip()
+    cost = measure_step_cost(clip, build_method(method, {}, clip), batch_size)
+    assert (cost.forward_flops, cost.flops) == hand_count(method, batch_size)
+
+
+def test_full_finetuning_is_three_forwards_when_every_matmul_needs_both_grads():
+    """2 backward matmuls per forward matmul: 3× forward, less the input grads nobody needs (the images')."""
+    forward, step = hand_count("finetune", 16)
+    image = 2 * 16 * 3 * S * S * D
+    assert step == 3 * forward - image
+
+
+def test_measuring_leaves_the_model_alone():
+    clip = tiny_clip()
+    clip.model.eval()
+    clip.model.visual.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in clip.model.parameters()]
+    before = {k: v.clone() for k, v in clip.model.state_dict().items()}
+    measure_step_cost(clip, build_method("bitfit", {}, clip), 4)
+    measure_step_cost(clip, AnchoredFinetune(clip), 4)  # the fallback traces the real model
+    assert not clip.model.training
+    assert [p.requires_grad for p in clip.model.parameters()] == flags
+    assert all(p.grad is None for p in clip.model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in clip.model.state_dict().items())
+
+
+def test_memory_estimate_terms():
+    clip = tiny_clip()
+    n_params = sum(p.numel() for p in clip.model.parameters())
+    for name, trainable in [("finetune", n_params), ("locked_image", n_params - 3 * S * S * D - D), ("bitfit", 2 * D)]:
+        cost = measure_step_cost(clip, build_method(name, {}, clip), 8)
+        parts = cost.memory_parts
+        assert cost.memory_source == "estimate"
+        assert parts["parameters"] == 4 * n_params
+        assert parts["gradients"] == 4 * trainable and parts["optimizer_state"] == 8 * trainable
+        assert parts["batch"] == 8 * (3 * S * S * 4 + CTX * 8 + 1)
+        assert cost.peak_memory_bytes == sum(parts.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention kernels
+
+
+def test_attention_counts_as_its_math_on_cpu_and_meta():
+    b, h, s, d = 2, 3, 5, 4
+    forward = 2 * 2 * b * h * s * s * d  # QKᵀ and PV
+
+    def step(device):
+        q = torch.randn(b, h, s, d, device=device, requires_grad=True)
+        return count_flops(lambda: F.scaled_dot_product_attention(q, q, q).sum().backward())
+
+    def forward_only(device):
+        q = torch.randn(b, h, s, d, device=device)
+        return count_flops(lambda: F.scaled_dot_product_attention(q, q, q, attn_mask=torch.zeros(s, s, device=device)))
+
+    assert forward_only("cpu") == forward_only("meta") == forward
+    assert step("cpu") == step("meta") == 3 * forward  # backward = 2 × forward, whatever the kernel
+
+
+def test_multihead_attention_fast_path_is_counted():
+    """In eval/no_grad nn.MultiheadAttention takes a fused fast path FlopCounterMode cannot see; fif turns it off."""
+    n, L, E, h = 2, 5, 8, 2
+    mha = nn.MultiheadAttention(E, h, batch_first=True).eval()
+    x = torch.randn(n, L, E)
+    with torch.no_grad():
+        flops = count_flops(lambda: mha(x, x, x, need_weights=False))
+    assert flops == 2 * n * L * E * 3 * E + 4 * n * L * L * E + 2 * n * L * E * E  # in-proj, attention, out-proj
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+def _trace(clip: Clip, method: UpdateMethod, batch_size: int, on_meta: bool):
+    ids = {id(p) for _, p in method.trainable_parameters()}
+    if on_meta:
+        model, params = meta_copy(clip.model)
+        ids, device = {id(params[i]) for i in ids}, "meta"
+    else:
+        model, device = clip.model, "cpu"
+    with _training_only(model, ids):
+        return trace_step(model, method, synthetic_batch(clip, batch_size, device))
+
+
+TINY_VIT = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 16, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_arch(tmp_path_factory) -> str:
+    """A ViT CLIP with open_clip's default blocks (nn.MultiheadAttention), registered under a test name."""
+    import open_clip
+
+    path = tmp_path_factory.mktemp("cfg") / "fif-test-tiny-vit.json"
+    path.write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(path)
+    return "fif-test-tiny-vit"
+
+
+@pytest.mark.parametrize("arch, method", [("fif-mini-rn32", "finetune"), ("fif-mini-rn32", "bitfit"), ("tiny-vit", "finetune"), ("tiny-vit", "locked_image")])
+def test_cpu_and_meta_counts_agree(arch, method, tiny_vit_arch):
+    """Same FLOPs and the same saved activations on CPU (fused flash kernel) and meta (routed to it)."""
+    clip = build_clip(tiny_vit_arch if arch == "tiny-vit" else arch)
+    m = build_method(method, {}, clip)
+    cpu, meta = _trace(clip, m, 2, on_meta=False), _trace(clip, m, 2, on_meta=True)
+    assert cpu == meta
+    assert cpu.flops > cpu.forward_flops > 0 and cpu.activation_bytes > 0
+
+
+class AnchoredFinetune(UpdateMethod):
+    """Fine-tuning plus a penalty against real (CPU) anchor weights: its loss cannot run on meta."""
+
+    def __init__(self, clip: Clip):
+        super().__init__(clip, NoOptions())
+        self.anchor = clip.model.text_projection.weight.detach().clone()
+
+    def loss(self, batch, model):
+        out = super().loss(batch, model)
+        out.total = out.total + ((model.text_projection.weight - self.anchor) ** 2).sum()
+        return out
+
+
+def test_methods_that_cannot_run_on_meta_are_extrapolated_exactly():
+    clip = tiny_clip()
+    plain = measure_step_cost(clip, build_method("finetune", {}, clip), 37)
+    anchored = measure_step_cost(clip, AnchoredFinetune(clip), 37)  # traced at B = 2..5 on CPU
+    assert (anchored.forward_flops, anchored.flops) == (plain.forward_flops, plain.flops) == hand_count("finetune", 37)
+    assert anchored.memory_parts["activations"] >= plain.memory_parts["activations"]
+
+
+def test_meta_clip_counts_like_the_real_model():
+    real, meta = build_clip("fif-mini-rn32"), meta_clip("fif-mini-rn32")
+    assert meta.device.type == "meta"
+    for name in ["finetune", "lnfit"]:
+        assert measure_step_cost(real, build_method(name, {}, real), 16) == measure_step_cost(meta, build_method(name, {}, meta), 16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods against each other
+
+
+class CostlyHook(UpdateMethod):
+    """Fine-tuning with a task hook as expensive as 100 training steps (e.g. a Fisher pass)."""
+
+    def __init__(self, clip: Clip, reference_flops: float):
+        super().__init__(clip, NoOptions())
+        self.hook_flops = 100 * reference_flops
+
+    def extra_cost(self, task: TaskInfo) -> HookCost:
+        return HookCost(flops=self.hook_flops)
+
+
+def test_a_costly_hook_gives_fewer_steps():
+    clip = tiny_clip()
+    reference = measure_step_cost(clip, build_method("finetune", {}, clip), 8)
+    costly = CostlyHook(clip, reference.flops)
+    cost = measure_step_cost(clip, costly, 8)
+    budget = task_budgets(run_budget_mafs(28_400, None, reference), 20)[0]
+    hook = hook_cost_mafs(costly.extra_cost(TaskInfo(0, 20, [], 0)), reference)
+    assert steps_for_task(budget, mafs_per_step(cost, reference)) == 1420
+    assert steps_for_task(budget, mafs_per_step(cost, reference), hook) == 1320
+
+
+def test_paper_setup_ordering_and_three_forwards():
+    """ViT-B/16 at batch 512 (FiF's setup), on meta: locked image < BitFit ≈ LNFit < full fine-tuning in MAFs."""
+    clip = meta_clip("ViT-B-16")  # these methods do not change the model, so they can share it
+    costs = {name: measure_step_cost(clip, build_method(name, {}, clip), 512) for name in ["finetune", "locked_image", "bitfit", "lnfit"]}
+    ref = costs["finetune"]
+    mafs = {name: mafs_per_step(cost, ref) for name, cost in costs.items()}
+    assert mafs["locked_image"] < min(mafs["bitfit"], mafs["lnfit"]) <= max(mafs["bitfit"], mafs["lnfit"]) < mafs["finetune"]
+    assert 2.95 < ref.flops / ref.forward_flops <= 3.0  # 3× forward, less the image input grad of the patch embedding
+    assert 38e9 < ref.forward_flops / 512 < 44e9  # image ViT-B/16 ≈ 35 GFLOPs (2 × 17.6 GMACs) + text ≈ 6
+    assert 20 * GIB < ref.peak_memory_bytes < 200 * GIB
