@@ -21,7 +21,10 @@ from fif.data.mini.world import DEFAULT_LETTERS, POOL_NAME, Draw, MiniDataset, c
 from fif.data.registry import Benchmark, register_benchmark
 from fif.data.specs import DatasetSpec, InMemorySplit
 
-__all__ = ["MiniSizes", "build_mini", "generate_split", "split_size", "POOL_NAME"]
+__all__ = ["MiniSizes", "build_mini", "generate_split", "split_size", "POOL_NAME", "WORLD_VERSION"]
+
+# Bump whenever a change alters generated pixels or captions: cached base models are keyed by it.
+WORLD_VERSION = 1
 
 SPLITS: tuple[str, ...] = ("train", "test")
 _SPLIT_CODES = {"train": 1, "test": 2}
