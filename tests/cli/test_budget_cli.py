@@ -1,0 +1,57 @@
+"""`fif budget` through its own argparse wiring: JSON fields, the text table, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from fif.cli import CliError
+from fif.cli import budget as budget_cli
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fif")
+    budget_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+MINI = ["budget", "--arch", "fif-mini-rn32", "--batch-size", "16"]
+
+
+def test_json_rows_have_exactly_the_documented_fields(capsys):
+    assert run([*MINI, "--methods", "finetune,bitfit,lnfit", "--tasks", "20,200", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert (table["arch"], table["batch_size"], table["memory_source"]) == ("fif-mini-rn32", 16, "estimate")
+    assert [r["method"] for r in table["rows"]] == ["finetune", "bitfit", "lnfit"]
+    for row in table["rows"]:
+        assert set(row) == {"method", "gflops_per_step", "peak_memory_gib", "memory_multiplier", "mafs_per_step", "steps_per_task"}
+        assert set(row["steps_per_task"]) == {"20", "200"}
+    ft = table["rows"][0]
+    assert ft["memory_multiplier"] == 1.0 and ft["steps_per_task"] == {"20": 1420, "200": 142}
+    assert ft["mafs_per_step"] == pytest.approx(ft["gflops_per_step"] * 1e9)
+    assert table["budget_mafs"] == pytest.approx(28_400 * ft["mafs_per_step"])
+    assert 2.9 < table["finetune_flops_over_forward"] <= 3.0
+    assert all(r["steps_per_task"]["20"] > 1420 for r in table["rows"][1:])  # cheaper methods get more steps
+
+
+def test_text_table_and_absolute_budget(capsys):
+    assert run([*MINI, "--methods", "locked_image", "--tasks", "10", "--mafs", "1e15"]) == 0
+    text = capsys.readouterr().out
+    assert "fif-mini-rn32 @ batch 16; budget 1e+15 MAFs" in text
+    lines = text.splitlines()
+    assert lines[1].split() == ["method", "GFLOPs/step", "peak", "GiB", "mem", "×", "GMAFs/step", "T=10"]
+    assert [line.split()[0] for line in lines[3:-2]] == ["locked_image"]  # the reference is measured, not shown
+
+
+def test_bad_input_names_the_problem():
+    with pytest.raises(KeyError, match="did you mean .?bitfit"):
+        run([*MINI, "--methods", "bitfti"])
+    with pytest.raises(CliError, match="--tasks"):
+        run([*MINI, "--tasks", "twenty"])
+    with pytest.raises(CliError, match="--batch-size"):
+        run([*MINI, "--batch-size", "0"])
+    with pytest.raises(CliError, match="ViT-B-99"):
+        run(["budget", "--arch", "ViT-B-99"])
