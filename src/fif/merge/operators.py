@@ -148,11 +148,14 @@ class SignedMass:
         return torch.sign(self.pos + self.neg)
 
     def disjoint_mean(self) -> Tensor:
-        """Per coordinate, the mean of the nonzero τ_i whose sign is γ (0 where none is)."""
-        gamma = self.sign()
-        up = self.pos / self.num_pos.clamp(min=1)
-        down = self.neg / self.num_neg.clamp(min=1)
-        return torch.where(gamma > 0, up, torch.where(gamma < 0, down, torch.zeros_like(up)))
+        """Per coordinate, the mean of the nonzero τ_i whose sign is γ (0 where none is).
+
+        Consumes the sums (they are divided in place, to keep the peak memory at a few tensors).
+        """
+        total = self.pos + self.neg
+        up = self.pos.div_(self.num_pos.clamp_(min=1))
+        down = self.neg.div_(self.num_neg.clamp_(min=1))
+        return torch.where(total > 0, up, down).masked_fill_(total == 0, 0)
 
 
 def _check_lam(lam: float, name: str) -> None:
