@@ -85,6 +85,21 @@ class StreamConfig:
     reverse: bool = _help("Reverse the ordering.", False)
     file: str | None = _help("A stream JSON file (list of 'DATASET+++classname') for ordering=file.", None)
     datasets: list = _help("Restrict the stream to these adaptation datasets (empty = all).", factory=list)
+    reference: str = _help(
+        "Reference point instead of a stream: none; zeroshot (no update, evaluate the base model); "
+        "oracle (the whole stream as one task with the whole budget).",
+        "none",
+    )
+    interleave: bool = _help("ordering=time: interleave datasets of the same period (else whole datasets).", False)
+    period_years: int = _help("ordering=time with interleave: length of a period in years (year // period_years).", 1)
+    corpus: str | None = _help(
+        "ordering=frequency: text file (one caption per line) or benchmark dataset to count class names in; "
+        "null = the pretraining pool's captions.",
+        None,
+    )
+    start: str | None = _help("ordering=similarity: start concept of the walk; null = try every start.", None)
+    difficulty_split: str = _help("ordering=easy_to_hard: split the zero-shot accuracy is measured on.", "train")
+    difficulty_samples: int = _help("ordering=easy_to_hard: at most this many samples per class.", 100)
 
 
 @dataclass
@@ -153,6 +168,23 @@ class MethodConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = _help(
+        "Checkpoint every N optimizer steps within a task (0 = only at task ends, which always checkpoint).", 500
+    )
+    keep_last: int = _help("Checkpoints kept in <run>/checkpoints (older ones pruned); >= 2 keeps a fallback.", 2)
+
+
+@dataclass
+class GuardConfig:
+    max_bad_steps: int = _help(
+        "Roll back to the last checkpoint after this many consecutive non-finite steps (0 = only skip them).", 10
+    )
+    lr_factor: float = _help("On rollback, multiply the learning rate by this for the rest of the run.", 0.5)
+    max_rollbacks: int = _help("Give up (error) after this many rollbacks in one run.", 3)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -162,6 +194,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -435,8 +469,7 @@ def validate(cfg: Config) -> list[str]:
     if t.log_every < 1:
         p.append("train.log_every: must be >= 1")
     p.extend(_validate_recipe(t))
-    if cfg.stream.tasks < 1:
-        p.append(f"stream.tasks: {cfg.stream.tasks} must be >= 1")
+    p.extend(_validate_stream(cfg.stream))
     b = cfg.budget
     if b.mafs is None and b.ft_steps is None:
         p.append("budget: set budget.ft_steps (full fine-tuning steps) or budget.mafs")
@@ -451,6 +484,7 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"eval.subset_frac: {e.subset_frac} must be in (0, 1]")
     if cfg.run.threads < 0:
         p.append("run.threads: must be >= 0")
+    p.extend(_validate_reliability(cfg.checkpoint, cfg.guard))
     p.extend(_validate_method(cfg))
     return p
 
@@ -488,6 +522,42 @@ def _validate_recipe(t: TrainConfig) -> list[str]:
                 f"train.fixed_logit_scale: {t.fixed_logit_scale} must be in (0, 100] "
                 f"(the multiplier exp(s); CLIP starts at 1/0.07 ≈ 14.3 and clamps at 100)"
             )
+    return p
+
+
+def _validate_stream(s: StreamConfig) -> list[str]:
+    from fif.data.stream import DIFFICULTY_SPLITS, ORDERINGS, REFERENCES
+
+    p: list[str] = []
+    if s.tasks < 1:
+        p.append(f"stream.tasks: {s.tasks} must be >= 1")
+    for key, value, valid in (("ordering", s.ordering, ORDERINGS), ("reference", s.reference, REFERENCES),
+                              ("difficulty_split", s.difficulty_split, DIFFICULTY_SPLITS)):
+        if value not in valid:
+            close = difflib.get_close_matches(str(value), valid, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            p.append(f"stream.{key}: {value!r} is not one of {', '.join(valid)}{hint}")
+    if s.ordering == "file" and not s.file:
+        p.append("stream.file: ordering=file needs stream.file=/path/to/stream.json")
+    if s.period_years < 1:
+        p.append(f"stream.period_years: {s.period_years} must be >= 1")
+    if s.difficulty_samples < 1:
+        p.append(f"stream.difficulty_samples: {s.difficulty_samples} must be >= 1")
+    return p
+
+
+def _validate_reliability(c: CheckpointConfig, g: GuardConfig) -> list[str]:
+    p: list[str] = []
+    if c.every_steps < 0:
+        p.append(f"checkpoint.every_steps: {c.every_steps} must be >= 0 (0 = only at task ends)")
+    if c.keep_last < 1:
+        p.append(f"checkpoint.keep_last: {c.keep_last} must be >= 1")
+    if g.max_bad_steps < 0:
+        p.append(f"guard.max_bad_steps: {g.max_bad_steps} must be >= 0 (0 = skip non-finite steps, never roll back)")
+    if not 0 < g.lr_factor <= 1:
+        p.append(f"guard.lr_factor: {g.lr_factor} must be in (0, 1]")
+    if g.max_rollbacks < 0:
+        p.append(f"guard.max_rollbacks: {g.max_rollbacks} must be >= 0")
     return p
 
 

@@ -25,7 +25,7 @@ from fif.budget import Ledger, StepCost, hook_cost_mafs, mafs_per_step, measure_
 from fif.config import Config, dump_yaml
 from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
 from fif.data.registry import Benchmark, get_benchmark
-from fif.data.stream import Task, build_tasks, task_indices
+from fif.data.stream import Task, build_tasks, ordering_options, task_indices
 from fif.evaluate import Evaluator
 from fif.methods import TaskInfo, UpdateMethod, build_method, freeze_all_but
 from fif.methods.finetune import Finetune
@@ -154,10 +154,6 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.train.precision, device)
     benchmark = get_benchmark(cfg.data.benchmark, **cfg.data.options)
-    tasks = build_tasks(
-        benchmark, cfg.stream.ordering, cfg.stream.tasks, seed=cfg.run.seed, reverse=cfg.stream.reverse,
-        file=cfg.stream.file, datasets=cfg.stream.datasets,
-    )
     pool_name = cfg.data.mixture.pool or benchmark.pretraining_pool
     pretraining_pool = None
     if cfg.data.mixture.pretraining > 0:
@@ -169,12 +165,18 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
         pool_data = benchmark.load(pool_name, "train")
         pretraining_pool = Pool([(pool_data, np.arange(len(pool_data)))])
     clip = load_model(cfg, device, on_event, progress)
+    # After the model: the similarity and easy-to-hard orderings embed and score with the base model.
+    tasks = build_tasks(
+        benchmark, cfg.stream.ordering, cfg.stream.tasks, seed=cfg.run.seed, reverse=cfg.stream.reverse,
+        file=cfg.stream.file, datasets=cfg.stream.datasets, reference=cfg.stream.reference, clip=clip, device=device,
+        options=ordering_options(cfg.stream, cfg.eval.batch_size, precision),
+    )
     reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device)
     method = build_method(cfg.method.name, cfg.method.options, clip)
     freeze_all_but(clip.model, method.trainable_parameters())
     step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device)
     total = run_budget_mafs(cfg.budget.ft_steps, cfg.budget.mafs, reference_cost)
-    ledger = Ledger.for_run(total, len(tasks))
+    ledger = Ledger.for_run(total, max(len(tasks), 1))  # zeroshot reference: no task, the budget stays unspent
     evaluator = Evaluator(
         benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
         cfg.eval.ensemble, seed=cfg.run.seed,

@@ -2,8 +2,13 @@
 
 A stream is FiF's JSON format: a list of unique concept strings. A retrieval dataset (no classes)
 enters a stream as the single concept ``DATASET+++*`` (all of its training pairs). Orderings that need
-only metadata live here; those that need a model (similarity, easy-to-hard) and corpus statistics
-(frequency) live in ``fif.data.orderings``.
+only metadata (random, dataset, time, file) live here; those that need corpus statistics (frequency)
+or the base model (similarity, easy-to-hard) live in :mod:`fif.data.orderings`.
+
+Every ordering takes a seed and a reverse flag. The seed decides what the ordering itself leaves
+tied (equal scores, same-year datasets, the random shuffle); ``reverse`` flips the finished order.
+The two reference points every study needs are built here too: ``zeroshot`` (no task: the base
+model is only evaluated) and ``oracle`` (the whole stream as one task with the whole budget).
 """
 
 from __future__ import annotations
@@ -12,14 +17,51 @@ import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from fif.data.registry import Benchmark, unknown_name_message
 from fif.data.specs import concept_id, split_concept
 
+if TYPE_CHECKING:  # imported lazily at run time: the model-based orderings pull in torch and open_clip
+    import torch
+
+    from fif.config import StreamConfig
+    from fif.model.clip import Clip
+
 ALL_PAIRS = "*"  # classname of a retrieval dataset's single concept
+
+ORDERINGS = ("dataset", "random", "time", "frequency", "similarity", "easy_to_hard", "file")
+MODEL_ORDERINGS = ("similarity", "easy_to_hard")  # orderings that need the base model
+REFERENCES = ("none", "zeroshot", "oracle")
+DIFFICULTY_SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class OrderingOptions:
+    """Knobs of the individual orderings (``stream.*`` in the config).
+
+    Attributes:
+        interleave: time: interleave the datasets of one period instead of whole datasets in sequence.
+        period_years: time + interleave: calendar periods of this many years (``year // period_years``).
+        corpus: frequency: a text file (one caption per line, ``.gz`` allowed) or a dataset of the
+            benchmark whose training captions are the corpus; None = the pretraining pool's captions.
+        start: similarity: the concept the walk starts from; None = try every start, keep the shortest.
+        difficulty_split: easy_to_hard: the split the base model's zero-shot accuracy is measured on.
+        difficulty_samples: easy_to_hard: at most this many samples per class (seeded choice).
+        batch_size: encoding batch size for the model-based orderings.
+        precision: autocast precision for the model-based orderings (``fp32``, ``bf16``, ``fp16``).
+    """
+
+    interleave: bool = False
+    period_years: int = 1
+    corpus: str | None = None
+    start: str | None = None
+    difficulty_split: str = "train"
+    difficulty_samples: int = 100
+    batch_size: int = 256
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -148,10 +190,100 @@ def order_random(concepts: Sequence[str], seed: int) -> list[str]:
     return [concepts[i] for i in perm]
 
 
-def order_by_release(concepts: Sequence[str], benchmark: Benchmark) -> list[str]:
-    """Whole datasets in order of release year (stable within a year)."""
-    year = {s.name: (s.release_year or 0) for s in benchmark.datasets.values()}
-    return sorted(concepts, key=lambda c: year[split_concept(c)[0]])
+def seeded_sort(concepts: Sequence[str], key: Callable[[str], Any], seed: int, purpose: str) -> list[str]:
+    """Sort ``concepts`` by ``key``; concepts with equal keys come in a seeded random order."""
+    perm = rng_for(seed, "stream-ties", purpose).permutation(len(concepts))
+    return sorted((concepts[i] for i in perm), key=key)
+
+
+def order_by_release(
+    concepts: Sequence[str], benchmark: Benchmark, seed: int = 0, interleave: bool = False, period_years: int = 1
+) -> list[str]:
+    """Time-incremental: datasets by release year, oldest first.
+
+    Whole datasets (default): one dataset after the other, each in its own concept order; datasets of
+    the same year in a seeded order. Interleaved: datasets of one calendar period
+    (``year // period_years``) are spread evenly over that period's stretch of the stream: concept i
+    of a dataset with n concepts sits at relative position (i + ½) / n, so every chunk of the period
+    holds each dataset in proportion to its size.
+
+    Raises:
+        ValueError: a dataset of the stream has no release year, or ``period_years < 1``.
+    """
+    if period_years < 1:
+        raise ValueError(f"stream.period_years must be >= 1, got {period_years}")
+    names = list(dict.fromkeys(split_concept(c)[0] for c in concepts))
+    undated = [n for n in names if benchmark.spec(n).release_year is None]
+    if undated:
+        raise ValueError(
+            f"stream.ordering=time needs a release year for every dataset; {', '.join(undated)} "
+            "has none (set release_year in its DatasetSpec, or choose another stream.ordering)"
+        )
+    perm = rng_for(seed, "stream-ties", "time").permutation(len(names))
+    tie = {names[i]: rank for rank, i in enumerate(perm)}
+    size: dict[str, int] = {}
+    position: dict[str, int] = {}
+    for c in concepts:
+        d = split_concept(c)[0]
+        position[c] = size.get(d, 0)
+        size[d] = position[c] + 1
+
+    def key(c: str) -> tuple:
+        d = split_concept(c)[0]
+        year = benchmark.spec(d).release_year
+        if interleave:
+            return (year // period_years, (position[c] + 0.5) / size[d], tie[d])
+        return (year, tie[d], position[c])
+
+    return sorted(concepts, key=key)
+
+
+def order_concepts(
+    benchmark: Benchmark,
+    ordering: str,
+    seed: int = 0,
+    reverse: bool = False,
+    file: str | None = None,
+    datasets: Sequence[str] = (),
+    clip: "Clip | None" = None,
+    device: "torch.device | str | None" = None,
+    options: OrderingOptions = OrderingOptions(),
+) -> list[str]:
+    """The ordered concepts of a stream (before chunking).
+
+    Args:
+        benchmark: whose adaptation datasets the concepts come from.
+        ordering: one of :data:`ORDERINGS`.
+        seed: breaks what the ordering leaves tied (see the module docstring).
+        reverse: flip the finished order.
+        file: the stream JSON for ``ordering="file"``.
+        datasets: restrict to these adaptation datasets (empty = all).
+        clip, device: the base model, for ``similarity`` and ``easy_to_hard``.
+        options: the individual orderings' knobs.
+
+    Raises:
+        ValueError / KeyError: unknown ordering or dataset, bad stream file, missing model or corpus.
+    """
+    if ordering not in ORDERINGS:
+        raise ValueError(unknown_name_message("stream.ordering", ordering, ORDERINGS))
+    if ordering in MODEL_ORDERINGS and clip is None:
+        raise ValueError(f"stream.ordering={ordering} needs the base model (pass clip=...)")
+    if ordering == "file":
+        if not file:
+            raise ValueError("stream.ordering=file needs stream.file=/path/to/stream.json")
+        concepts = read_stream(file)
+        validate_stream(concepts, benchmark, source=f"stream file {file}")
+    else:
+        concepts = benchmark_concepts(benchmark, datasets)
+    if ordering == "random":
+        concepts = order_random(concepts, seed)
+    elif ordering == "time":
+        concepts = order_by_release(concepts, benchmark, seed, options.interleave, options.period_years)
+    elif ordering in ("frequency", "similarity", "easy_to_hard"):
+        from fif.data import orderings
+
+        concepts = orderings.order(ordering, concepts, benchmark, seed, clip, device, options)
+    return concepts[::-1] if reverse else list(concepts)
 
 
 def build_tasks(
@@ -162,38 +294,69 @@ def build_tasks(
     reverse: bool = False,
     file: str | None = None,
     datasets: Sequence[str] = (),
+    reference: str = "none",
+    clip: "Clip | None" = None,
+    device: "torch.device | str | None" = None,
+    options: OrderingOptions = OrderingOptions(),
 ) -> list[Task]:
-    """The tasks of a run: order the benchmark's concepts, then chunk them.
+    """The tasks of a run: order the benchmark's concepts (:func:`order_concepts`), then chunk them.
 
-    ``dataset`` ordering gives one task per dataset (T = number of datasets). Orderings that need the
-    base model or a corpus come from ``fif.data.orderings`` when registered there.
+    ``dataset`` ordering gives one task per dataset (T = number of datasets). The reference points:
+    ``zeroshot`` gives no task at all (the run only evaluates the base model; nothing is ordered),
+    ``oracle`` one task holding the whole stream, which then gets the whole budget.
 
     Raises:
-        ValueError / KeyError: unknown ordering, bad stream file, too few concepts.
+        ValueError / KeyError: unknown ordering or reference, bad stream file, too few concepts.
     """
-    if ordering == "file":
-        if not file:
-            raise ValueError("stream.ordering=file needs stream.file=/path/to/stream.json")
-        concepts = read_stream(file)
-        validate_stream(concepts, benchmark, source=f"stream file {file}")
-    else:
-        concepts = benchmark_concepts(benchmark, datasets)
-        if ordering == "random":
-            concepts = order_random(concepts, seed)
-        elif ordering == "time":
-            concepts = order_by_release(concepts, benchmark)
-        elif ordering != "dataset":
-            raise ValueError(
-                f"stream.ordering={ordering!r} is not available here; valid: {', '.join(ORDERINGS)}"
-            )
-    if reverse:
-        concepts = concepts[::-1]
+    if reference not in REFERENCES:
+        raise ValueError(unknown_name_message("stream.reference", reference, REFERENCES))
+    if reference == "zeroshot":
+        return []
+    concepts = order_concepts(benchmark, ordering, seed, reverse, file, datasets, clip, device, options)
+    if reference == "oracle":
+        return [Task(0, tuple(concepts))]
     if ordering == "dataset":
         return chunk_by_dataset(concepts)
     return chunk(concepts, num_tasks)
 
 
-ORDERINGS = ("dataset", "random", "time", "file")
+def ordering_options(stream: "StreamConfig", batch_size: int = 256, precision: str = "fp32") -> OrderingOptions:
+    """The :class:`OrderingOptions` of a config's ``stream`` section."""
+    return OrderingOptions(
+        interleave=stream.interleave, period_years=stream.period_years, corpus=stream.corpus, start=stream.start,
+        difficulty_split=stream.difficulty_split, difficulty_samples=stream.difficulty_samples,
+        batch_size=batch_size, precision=precision,
+    )
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """What ``fif stream show`` reports per task: concepts and training samples per dataset."""
+
+    index: int
+    concepts: dict[str, int]  # dataset -> concepts in this task (stream order of first appearance)
+    samples: dict[str, int]  # dataset -> training samples in this task
+
+    @property
+    def num_concepts(self) -> int:
+        return sum(self.concepts.values())
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.samples.values())
+
+
+def describe_tasks(tasks: Sequence[Task], benchmark: Benchmark, split: str = "train") -> list[TaskSummary]:
+    """Per task: how many concepts and ``split`` samples each dataset contributes (loads the splits)."""
+    out = []
+    for task in tasks:
+        concepts: dict[str, int] = {}
+        for c in task.concepts:
+            d = split_concept(c)[0]
+            concepts[d] = concepts.get(d, 0) + 1
+        indices = task_indices(task, benchmark, split)
+        out.append(TaskSummary(task.index, concepts, {d: len(indices[d]) for d in concepts}))
+    return out
 
 
 def task_indices(task: Task, benchmark: Benchmark, split: str = "train") -> dict[str, np.ndarray]:
