@@ -85,3 +85,59 @@ def test_evaluator_on_toy(toy, clip):
     assert [s.score for s in again] == [s.score for s in scores]
     with pytest.raises(ValueError, match="pretraining pool"):
         Evaluator(toy, datasets=["toy_pool"])
+
+
+def test_zero_shot_logits_bit_identical_to_open_clip(clip):
+    """Same model, prompts, images and class batching as open_clip's builder: identical logits, not just close."""
+    from open_clip import build_zero_shot_classifier
+
+    from fif.evaluate import zero_shot_logits
+
+    names = [f"shape {i}" for i in range(7)]
+    templates = ["a photo of a {}.", "a {} shape", "art of the {}"]
+    ours = class_embeddings(clip, names, templates, batch_size=64, device=torch.device("cpu"), classes_per_batch=3)
+    images = torch.rand(5, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = build_zero_shot_classifier(clip.model, clip.tokenizer, names, templates, num_classes_per_batch=3)
+        their_img = clip.model.encode_image(clip.normalize(images), normalize=True)
+        their_logits = their_img @ theirs  # open_clip's zero-shot eval (before its ×100 scale)
+        our_img = F.normalize(clip.model.encode_image(clip.normalize(images)).float(), dim=-1)
+    assert torch.equal(ours, theirs.T)
+    assert torch.equal(zero_shot_logits(our_img, ours), their_logits)
+
+
+def test_class_embeddings_shared_across_datasets(clip, monkeypatch):
+    """Two datasets with the same class names and prompt: one text pass per evaluation, same scores."""
+    import fif.evaluate as ev_mod
+    from fif.data.registry import Benchmark
+    from fif.data.specs import DatasetSpec, InMemorySplit
+
+    specs = {
+        n: DatasetSpec(n, "classification", role, ("ant", "bee"), "a {}")
+        for n, role in (("dom_a", "adaptation"), ("dom_b", "adaptation"), ("dom_e", "eval_only"))
+    }
+    specs["other"] = DatasetSpec("other", "classification", "eval_only", ("ant", "bee"), "a photo of {}")
+
+    def loader(spec, split):
+        pixels = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+        return InMemorySplit(spec, split, pixels, [["x"]] * 6, np.arange(6) % 2)
+
+    calls = []
+    real = ev_mod.class_embeddings
+    monkeypatch.setattr(ev_mod, "class_embeddings", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    ev = Evaluator(Benchmark("shared", specs, loader), batch_size=8, min_samples=2)
+    scores = ev.run(clip, torch.device("cpu"), subset=False)
+    assert len(calls) == 2 and ev.last_cache.misses == 2 and ev.last_cache.hits == 2
+    assert scores[0].score == scores[1].score == scores[2].score  # identical images, identical classifier
+    ev.run(clip, torch.device("cpu"), subset=False)
+    assert len(calls) == 4  # a new evaluation (new weights) recomputes them
+
+
+def test_bf16_evaluation_close_to_fp32(toy, clip):
+    ev = Evaluator(toy, batch_size=16, min_samples=4, datasets=["toy_a", "toy_r"])
+    fp32 = ev.run(clip, torch.device("cpu"), subset=False, precision="fp32")
+    bf16 = ev.run(clip, torch.device("cpu"), subset=False, precision="bf16")
+    assert [s.samples for s in bf16] == [s.samples for s in fp32]
+    for a, b in zip(fp32, bf16):
+        assert 0.0 <= b.score <= 100.0 and b.seconds > 0
+        assert {"top1", "top5"} <= set(a.metrics) if a.kind == "classification" else {"i2t_r10", "t2i_r10"} <= set(a.metrics)

@@ -7,6 +7,7 @@ classification, and for retrieval the mean of image→text and text→image Reca
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -31,6 +32,7 @@ class DatasetScore:
     score: float
     samples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 def subset_size(num_samples: int, num_classes: int, frac: float = 0.1, min_samples: int = 300) -> int:
@@ -82,17 +84,70 @@ def encode_images(
 
 @torch.no_grad()
 def class_embeddings(
-    clip: Clip, classnames: Sequence[str], templates: Sequence[str], batch_size: int, device: torch.device, precision: str = "fp32"
+    clip: Clip,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    classes_per_batch: int | None = None,
 ) -> torch.Tensor:
-    """Zero-shot classifier (C, D): per class the renormalised mean of its normalised prompt embeddings."""
-    prompts = [t.format(c) for c in classnames for t in templates]
-    emb = encode_texts(clip, prompts, batch_size, device, precision).view(len(classnames), len(templates), -1)
-    return F.normalize(emb.mean(dim=1), dim=-1)
+    """Zero-shot classifier (C, D): per class the renormalised mean of its normalised prompt embeddings.
+
+    Prompts are encoded in whole classes, ``classes_per_batch`` classes × all templates per forward
+    (default ``batch_size // len(templates)``), as open_clip's ``build_zero_shot_classifier`` does with
+    ``num_classes_per_batch``: with the same value the two give bit-identical classifiers (a float matmul's
+    rounding can depend on how rows are batched, so batching the same way is what makes it exact).
+    """
+    per_batch = classes_per_batch or max(1, batch_size // max(len(templates), 1))
+    chunks = []
+    for i in range(0, len(classnames), per_batch):
+        names = classnames[i : i + per_batch]
+        prompts = [t.format(c) for c in names for t in templates]
+        emb = encode_texts(clip, prompts, len(prompts), device, precision).view(len(names), len(templates), -1)
+        chunks.append(F.normalize(emb.mean(dim=1), dim=-1))
+    return torch.cat(chunks)
+
+
+def zero_shot_logits(image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities (N, C) of normalised image embeddings to a zero-shot classifier.
+
+    open_clip multiplies these by 100 before a softmax; rankings (top-k) do not depend on the scale.
+    """
+    return image_emb @ class_emb.t().contiguous()  # (D, C) contiguous like open_clip: same matmul kernel, same bits
+
+
+ClassifierKey = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+class ClassifierCache:
+    """Zero-shot classifiers of one evaluation, keyed by (class names, templates).
+
+    Datasets that share both (e.g. domains of one label space with the same prompts) embed their class
+    prompts once per evaluation. Create a new cache whenever the weights change.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[ClassifierKey, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(
+        self, clip: Clip, classnames: Sequence[str], templates: Sequence[str], batch_size: int,
+        device: torch.device, precision: str = "fp32",
+    ) -> torch.Tensor:
+        key = (tuple(classnames), tuple(templates))
+        if key in self._store:
+            self.hits += 1
+        else:
+            self.misses += 1
+            self._store[key] = class_embeddings(clip, classnames, templates, batch_size, device, precision)
+        return self._store[key]
 
 
 def topk_accuracy(image_emb: torch.Tensor, class_emb: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
     """Top-k accuracy in percent for each k (k capped at the number of classes)."""
-    logits = image_emb @ class_emb.t()
+    logits = zero_shot_logits(image_emb, class_emb)
     out = {}
     for k in ks:
         kk = min(k, class_emb.shape[0])
@@ -137,12 +192,19 @@ def evaluate_dataset(
     precision: str = "fp32",
     ensemble: bool = False,
     class_emb: torch.Tensor | None = None,
+    classifiers: ClassifierCache | None = None,
 ) -> DatasetScore:
-    """Score one dataset on the samples ``indices`` of its test split."""
+    """Score one dataset on the samples ``indices`` of its test split.
+
+    The zero-shot classifier is ``class_emb`` if given, else taken from (or added to) ``classifiers``,
+    else built here.
+    """
+    t0 = time.perf_counter()
     image_emb = encode_images(clip, data, indices, batch_size, device, precision)
     if spec.kind == "classification":
         if class_emb is None:
-            class_emb = class_embeddings(clip, spec.classnames, spec.prompts(ensemble), batch_size, device, precision)
+            cache = classifiers if classifiers is not None else ClassifierCache()
+            class_emb = cache.get(clip, spec.classnames, spec.prompts(ensemble), batch_size, device, precision)
         targets = torch.as_tensor(data.targets[indices], device=image_emb.device)
         metrics = topk_accuracy(image_emb, class_emb, targets)
         score = metrics["top1"]
@@ -155,7 +217,7 @@ def evaluate_dataset(
         text_emb = encode_texts(clip, texts, batch_size, device, precision)
         metrics = retrieval_recall(image_emb, text_emb, torch.as_tensor(owner, device=text_emb.device))
         score = 0.5 * (metrics["i2t_r5"] + metrics["t2i_r5"])
-    return DatasetScore(spec.name, spec.kind, spec.role, score, len(indices), metrics)
+    return DatasetScore(spec.name, spec.kind, spec.role, score, len(indices), metrics, time.perf_counter() - t0)
 
 
 class Evaluator:
@@ -185,6 +247,7 @@ class Evaluator:
         self.batch_size, self.ensemble, self.split = batch_size, ensemble, split
         self.subset_frac, self.min_samples, self.seed = subset_frac, min_samples, seed
         self._subsets: dict[str, np.ndarray] = {}
+        self.last_cache = ClassifierCache()
 
     def indices(self, spec: DatasetSpec, subset: bool) -> np.ndarray:
         data = self.benchmark.load(spec.name, self.split)
@@ -197,14 +260,19 @@ class Evaluator:
 
     @torch.no_grad()
     def run(self, clip: Clip, device: torch.device, subset: bool, precision: str = "fp32") -> list[DatasetScore]:
-        """Score every dataset (model in eval mode; restored to its previous mode afterwards)."""
+        """Score every dataset (model in eval mode; restored to its previous mode afterwards).
+
+        Class embeddings are computed once per call and shared by datasets with the same class names and
+        templates (``self.last_cache`` keeps the counts).
+        """
         was_training = clip.model.training
         clip.model.eval()
+        self.last_cache = ClassifierCache()
         try:
             return [
                 evaluate_dataset(
                     clip, spec, self.benchmark.load(spec.name, self.split), self.indices(spec, subset),
-                    self.batch_size, device, precision, self.ensemble,
+                    self.batch_size, device, precision, self.ensemble, classifiers=self.last_cache,
                 )
                 for spec in self.specs
             ]
