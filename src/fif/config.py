@@ -159,6 +159,19 @@ class EvalConfig:
     full_at_ends: bool = _help("Evaluate on full test sets before the first and after the last task.", True)
     ensemble: bool = _help("Use the dataset's prompt template ensemble (else the primer only).", False)
     datasets: list = _help("Evaluate only these datasets (empty = every adaptation and eval-only dataset).", factory=list)
+    every_steps: int = _help(
+        "Also evaluate (on the stream subsets) every N optimizer steps inside each task, to see the stability "
+        "gap; logged as eval_step events. 0 = off.", 0
+    )
+    precision: str = _help("Evaluation autocast: 'auto' (= the training precision), 'fp32', 'bf16', 'fp16'.", "auto")
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = _help("Also write TensorBoard scalars to <run folder>/tensorboard (needs tensorboard).", False)
+    wandb: bool = _help("Also log to Weights & Biases (needs wandb; see log.wandb_mode).", False)
+    wandb_project: str = _help("W&B project name.", "fif")
+    wandb_mode: str = _help("W&B mode: 'offline' (files under the run folder, no account), 'online', 'disabled'.", "offline")
 
 
 @dataclass
@@ -194,6 +207,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
 
@@ -482,6 +496,12 @@ def validate(cfg: Config) -> list[str]:
         p.append("eval.batch_size: must be >= 1")
     if not 0 < e.subset_frac <= 1:
         p.append(f"eval.subset_frac: {e.subset_frac} must be in (0, 1]")
+    if e.every_steps < 0:
+        p.append(f"eval.every_steps: {e.every_steps} must be >= 0 (0 = no evaluation inside tasks)")
+    if e.precision not in ("auto", "fp32", "bf16", "fp16"):
+        p.append(f"eval.precision: {e.precision!r} is not one of auto, fp32, bf16, fp16")
+    if cfg.log.wandb_mode not in ("offline", "online", "disabled"):
+        p.append(f"log.wandb_mode: {cfg.log.wandb_mode!r} is not one of offline, online, disabled")
     if cfg.run.threads < 0:
         p.append("run.threads: must be >= 0")
     p.extend(_validate_reliability(cfg.checkpoint, cfg.guard))
