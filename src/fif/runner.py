@@ -24,7 +24,8 @@ from fif import __version__
 from fif.budget import Ledger, StepCost, hook_cost_mafs, mafs_per_step, measure_step_cost, run_budget_mafs
 from fif.config import Config, dump_yaml
 from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
-from fif.data.registry import Benchmark, get_benchmark
+from fif.data.pool import load_pool
+from fif.data.registry import Benchmark, benchmark_options, get_benchmark
 from fif.data.stream import Task, build_tasks, ordering_options, task_indices
 from fif.evaluate import Evaluator
 from fif.methods import TaskInfo, UpdateMethod, build_method, freeze_all_but
@@ -87,7 +88,8 @@ class RunContext:
 
 def default_out_dir(cfg: Config, root: str | Path = "runs") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{stamp}-{cfg.data.benchmark}-{cfg.method.name}"
+    bench = Path(cfg.data.benchmark).stem if cfg.data.benchmark.endswith((".yaml", ".yml")) else cfg.data.benchmark
+    return Path(root) / f"{stamp}-{bench}-{cfg.method.name}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,7 +155,7 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
     torch.manual_seed(cfg.run.seed)
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.train.precision, device)
-    benchmark = get_benchmark(cfg.data.benchmark, **cfg.data.options)
+    benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
     pool_name = cfg.data.mixture.pool or benchmark.pretraining_pool
     pretraining_pool = None
     if cfg.data.mixture.pretraining > 0:
@@ -162,7 +164,7 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
                 f"data.mixture.pretraining={cfg.data.mixture.pretraining} but benchmark {benchmark.name!r} has no "
                 "pretraining pool; set data.mixture.pool or data.mixture.pretraining=0"
             )
-        pool_data = benchmark.load(pool_name, "train")
+        pool_data = load_pool(benchmark, pool_name, index_dir=Path(cfg.run.cache_dir).expanduser() / "wds_index")
         pretraining_pool = Pool([(pool_data, np.arange(len(pool_data)))])
     clip = load_model(cfg, device, on_event, progress)
     # After the model: the similarity and easy-to-hard orderings embed and score with the base model.

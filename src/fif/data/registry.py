@@ -83,13 +83,29 @@ def benchmark_names() -> list[str]:
 def get_benchmark(name: str, **options) -> Benchmark:
     """Build benchmark ``name`` with builder-specific ``options``.
 
+    ``name`` may also be the path of a YAML file describing a user's own datasets
+    (see :mod:`fif.data.user_benchmark`); its options are ``root``, ``datasets`` and ``index_dir``.
+
     Raises:
         KeyError: for an unknown name, listing the registered ones.
     """
     _import_builtin()
     if name not in _BENCHMARKS:
-        raise KeyError(unknown_name_message("benchmark", name, _BENCHMARKS))
+        from fif.data.user_benchmark import is_benchmark_path, load_benchmark_yaml
+
+        if is_benchmark_path(name):
+            return load_benchmark_yaml(name, **options)
+        raise KeyError(unknown_name_message("benchmark", name, _BENCHMARKS) + " (or the path of a benchmark YAML file)")
     return _BENCHMARKS[name](**options)
+
+
+def benchmark_options(options: dict, root: str | None = None) -> dict:
+    """A benchmark's builder options: ``data.options`` plus ``root=data.root`` when that is set (an
+    explicit ``data.options.root`` wins)."""
+    out = dict(options)
+    if root is not None and "root" not in out:
+        out["root"] = root
+    return out
 
 
 def unknown_name_message(what: str, name: str, valid: Iterable[str], where: str = "") -> str:
@@ -105,4 +121,5 @@ def unknown_name_message(what: str, name: str, valid: Iterable[str], where: str 
 
 def _import_builtin() -> None:
     # Importing the modules runs their @register_benchmark lines.
+    import fif.data.fif_benchmark  # noqa: F401
     import fif.data.mini  # noqa: F401

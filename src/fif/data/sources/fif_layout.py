@@ -202,6 +202,7 @@ class FifLayoutSplit:
     paths: list[str]
     texts: list[list[str]]
     targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    index_file: Path | None = None  # the JSON the paths came from (error messages); None = ROOT_<split>.json
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -235,20 +236,26 @@ class FifLayoutSplit:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"))
         except FileNotFoundError as e:
-            raise LayoutError(f"{path}: image listed in {split_path(self.root, self.split)} is missing") from e
+            listed_in = self.index_file or split_path(self.root, self.split)
+            raise LayoutError(f"{path}: image listed in {listed_in} is missing") from e
         except (UnidentifiedImageError, OSError) as e:
             raise LayoutError(f"{path}: cannot decode image ({e}); the file is corrupt or not an image") from e
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def read_split(root: str | Path, split: str, spec: DatasetSpec | None = None) -> FifLayoutSplit:
+def read_split(root: str | Path, split: str, spec: DatasetSpec | None = None,
+               meta_prefix: str | Path | None = None, split_name: str | None = None) -> FifLayoutSplit:
     """Load one split of a dataset stored in FiF's layout.
 
     Args:
-        root: dataset prefix (``ROOT``; the JSON files are its siblings).
-        split: split name (``train``, ``test``, ...).
+        root: dataset prefix (``ROOT``; the JSON files are its siblings unless ``meta_prefix`` is set).
+        split: split name (``train``, ``test``, ...), i.e. the JSON file ``ROOT_<split>.json``.
         spec: the dataset's spec; None builds one from the files (classification when a non-empty
             classnames file exists, else retrieval; role adaptation; primer ``a photo of a {}.``).
+        meta_prefix: prefix of the JSON files when they live apart from the images (FiF's reference
+            code keeps them in ``data_lib/00_info/<NAME>_*.json``); None = ``root``.
+        split_name: the name the returned split carries (e.g. ``train`` when ``split`` is the resized
+            variant ``train_224``); None = ``split``.
 
     Returns:
         The split (captions and targets parsed; images decoded lazily).
@@ -257,12 +264,13 @@ def read_split(root: str | Path, split: str, spec: DatasetSpec | None = None) ->
         LayoutError: a file is missing or malformed (naming the file and entry).
     """
     root = Path(root)
-    path = split_path(root, split)
+    meta = Path(meta_prefix) if meta_prefix is not None else root
+    path = split_path(meta, split)
     data = _read_json(path, "a mapping of image path → caption record")
     if not isinstance(data, dict) or not data:
         raise LayoutError(f"{path}: expected a non-empty JSON object mapping image paths to records")
-    has_classes = classnames_path(root).is_file()
-    classnames = read_classnames(root) if has_classes else []
+    has_classes = classnames_path(meta).is_file()
+    classnames = read_classnames(meta) if has_classes else []
     if spec is None:
         kind = "classification" if classnames else "retrieval"
         spec = DatasetSpec(name=root.name, kind=kind, role="adaptation", classnames=tuple(classnames),
@@ -275,8 +283,8 @@ def read_split(root: str | Path, split: str, spec: DatasetSpec | None = None) ->
         paths.append(key)
         texts.append(_captions_of(entry, path, key))
         targets.append(_target_of(entry, path, key, classnames, index))
-    return FifLayoutSplit(spec=spec, split=split, root=root, paths=paths, texts=texts,
-                          targets=np.asarray(targets, dtype=np.int64))
+    return FifLayoutSplit(spec=spec, split=split_name or split, root=root, paths=paths, texts=texts,
+                          targets=np.asarray(targets, dtype=np.int64), index_file=path)
 
 
 # ---------------------------------------------------------------------------------------------
