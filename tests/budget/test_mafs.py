@@ -94,7 +94,8 @@ def test_repeated_step_cost_adds_flops_not_memory():
 def test_budget_row_has_exactly_the_cli_fields():
     total = run_budget_mafs(28_400, None, FT)
     row = budget_row("finetune", FT, FT, total, {20: 0.0, 200: 0.0})
-    assert list(row) == ["method", "gflops_per_step", "peak_memory_gib", "memory_multiplier", "mafs_per_step", "steps_per_task"]
+    fields = ["method", "gflops_per_step", "peak_memory_gib", "memory_multiplier", "mafs_per_step", "steps_per_task"]
+    assert list(row) == fields
     assert row["steps_per_task"] == {"20": 1420, "200": 142}
     assert row["gflops_per_step"] == pytest.approx(FT.flops / 1e9)
     assert row["peak_memory_gib"] == pytest.approx(78.8)

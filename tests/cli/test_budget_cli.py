@@ -27,7 +27,9 @@ def test_json_rows_have_exactly_the_documented_fields(capsys):
     assert (table["arch"], table["batch_size"], table["memory_source"]) == ("fif-mini-rn32", 16, "estimate")
     assert [r["method"] for r in table["rows"]] == ["finetune", "bitfit", "lnfit"]
     for row in table["rows"]:
-        assert set(row) == {"method", "gflops_per_step", "peak_memory_gib", "memory_multiplier", "mafs_per_step", "steps_per_task"}
+        assert set(row) == {
+            "method", "gflops_per_step", "peak_memory_gib", "memory_multiplier", "mafs_per_step", "steps_per_task"
+        }
         assert set(row["steps_per_task"]) == {"20", "200"}
     ft = table["rows"][0]
     assert ft["memory_multiplier"] == 1.0 and ft["steps_per_task"] == {"20": 1420, "200": 142}

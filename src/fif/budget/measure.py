@@ -18,7 +18,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,9 @@ def attention_forward_flops(query_shape, key_shape, value_shape, *args, out_shap
     return 2 * b * h * s_q * s_k * (d_qk + d_v)
 
 
-def attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+def attention_backward_flops(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
     """Backward FLOPs of attention: dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q = 2 × forward.
 
     Fused kernels that recompute P in the backward are charged the same (the math, not the kernel).
@@ -115,7 +117,8 @@ def flop_counting() -> Iterator[FlopCounterMode]:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with _meta_attention_as_fused(), FlopCounterMode(display=False, custom_mapping=_attention_flop_formulas()) as counter:
+        counter = FlopCounterMode(display=False, custom_mapping=_attention_flop_formulas())
+        with _meta_attention_as_fused(), counter:
             yield counter
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -268,7 +271,9 @@ def _trace_by_extrapolation(clip: Clip, method: UpdateMethod, batch_size: int, d
 # Peak memory
 
 
-def estimate_peak_memory(param_bytes: float, trainable_bytes: float, activation_bytes: float, batch_bytes: float) -> dict[str, float]:
+def estimate_peak_memory(
+    param_bytes: float, trainable_bytes: float, activation_bytes: float, batch_bytes: float
+) -> dict[str, float]:
     """The CPU/meta estimate of a step's peak memory, term by term (sum them for the peak).
 
     peak ≈ parameters (all, incl. buffers) + gradients (trainable) + AdamW state (2 × trainable)
@@ -287,37 +292,46 @@ def estimate_peak_memory(param_bytes: float, trainable_bytes: float, activation_
     }
 
 
-def _cuda_peak_bytes(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device, trainable_ids: set[int],
-                     amp_dtype: torch.dtype | None) -> float:  # fmt: skip
-    """torch.cuda.max_memory_allocated over two real AdamW steps of a zero-weight copy of the model.
+def run_real_steps(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device | str,
+                   trainable_ids: set[int], amp_dtype: torch.dtype | None = None, steps: int = 2) -> None:  # fmt: skip
+    """``steps`` real AdamW steps of a zero-weight copy of ``clip.model`` on ``device`` (the model is untouched).
 
-    The copy is built on ``device`` after the baseline is read, so its weights, gradients, optimizer
-    state, activations and batch are all in the peak; the second step has the optimizer state in place.
+    What the CUDA peak is read around: the copy's weights, gradients, optimizer state, activations and
+    batch all live on ``device``; from the second step on the optimizer state is in place, as in training.
+    Trainable parameters are matched by name (``to_empty`` may replace parameter objects).
     """
-    torch.cuda.synchronize(device)
-    baseline = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    model, params = meta_copy(clip.model)
+    device = torch.device(device)
+    names = {n for n, p in clip.model.named_parameters() if id(p) in trainable_ids}
+    model, _ = meta_copy(clip.model)
     model.to_empty(device=device)
     with torch.no_grad():
         for t in [*model.parameters(), *model.buffers()]:
             t.zero_()
-    trainable = [p for orig_id, p in params.items() if orig_id in trainable_ids]
-    keep = {id(p) for p in trainable}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in keep)
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in names)
+        if name in names:
+            trainable.append(p)
     model.train()
     optimizer = torch.optim.AdamW(trainable, lr=0.0)
     batch = synthetic_batch(clip, batch_size, device)
-    for _ in range(2):
+    for _ in range(steps):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = method.loss(batch, model).total
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+
+def _cuda_peak_bytes(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device, trainable_ids: set[int],
+                     amp_dtype: torch.dtype | None) -> float:  # fmt: skip
+    """torch.cuda.max_memory_allocated over :func:`run_real_steps`, less what was allocated before."""
+    torch.cuda.synchronize(device)
+    baseline = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    run_real_steps(clip, method, batch_size, device, trainable_ids, amp_dtype)
     torch.cuda.synchronize(device)  # sync point: read the peak after the kernels ran
     peak = torch.cuda.max_memory_allocated(device) - baseline
-    del model, optimizer, batch, loss, trainable, params
     torch.cuda.empty_cache()
     return float(peak)
 
@@ -368,7 +382,7 @@ def measure_step_cost(
     except Exception as e:  # any op without a meta kernel, or a loss that mixes in real tensors
         if clip.device.type == "meta":
             raise BudgetError(f"method {method.name!r}: its loss does not run on the meta device ({e})") from e
-        log.info("method %r does not trace on meta (%s); extrapolating from small batches on %s", method.name, e, clip.device)
+        log.info("method %r does not trace on meta (%s); extrapolating from small batches", method.name, e)
         with _training_only(clip.model, trainable_ids):
             trace = _trace_by_extrapolation(clip, method, batch_size, clip.device)
 
