@@ -198,7 +198,7 @@ def evaluate_deployed(ctx: RunContext, task: int, full: bool) -> dict[str, float
         model.load_state_dict(weights)
         clip = Clip(model, ctx.clip.tokenizer, ctx.clip.arch, ctx.clip.image_size, ctx.clip.mean, ctx.clip.std)
     t0 = time.perf_counter()
-    scores = ctx.evaluator.run(clip, ctx.device, subset=not full, precision=ctx.precision)
+    scores = ctx.evaluator.run(clip, ctx.device, subset=not full, precision=eval_precision(ctx))
     ctx.emit({
         "event": "eval",
         "task": task,
@@ -210,6 +210,27 @@ def evaluate_deployed(ctx: RunContext, task: int, full: bool) -> dict[str, float
         "samples": {s.dataset: s.samples for s in scores},
     })
     return {s.dataset: s.score for s in scores}
+
+
+def eval_precision(ctx: RunContext) -> str:
+    """``eval.precision``, where ``auto`` means the training precision."""
+    return ctx.precision if ctx.cfg.eval.precision == "auto" else ctx.cfg.eval.precision
+
+
+def evaluate_in_task(ctx: RunContext, task: int, step: int) -> float:
+    """Evaluate the weights being trained, mid-task, on the stream subsets (``eval.every_steps``).
+
+    Logs an ``eval_step`` event (it never counts as the task's point in the summary) and returns the
+    seconds it took, which the caller keeps out of the task's training time.
+    """
+    t0 = time.perf_counter()
+    scores = ctx.evaluator.run(ctx.clip, ctx.device, subset=True, precision=eval_precision(ctx))
+    seconds = time.perf_counter() - t0
+    ctx.emit({
+        "event": "eval_step", "task": task, "step": step, "full": False, "seconds": round(seconds, 3),
+        "scores": {s.dataset: round(s.score, 4) for s in scores}, "roles": {s.dataset: s.role for s in scores},
+    })
+    return seconds
 
 
 def task_batches(ctx: RunContext, task: Task, steps: int) -> MixedBatches:
@@ -329,6 +350,7 @@ def run(
     prepare_out_dir(out, overwrite)
     try:
         ctx = setup(cfg, out, on_event, progress)
+        open_sinks(ctx)
     except BaseException:
         # Nothing was learned yet: leave no half-made run folder behind.
         shutil.rmtree(out, ignore_errors=True)
@@ -346,6 +368,26 @@ def run(
     return finish(ctx)
 
 
+def open_sinks(ctx: RunContext) -> None:
+    """Mirror every event into the sinks of the ``log`` section (TensorBoard, W&B) after ``on_event``."""
+    from fif.sinks import FanOut, build_sinks
+
+    log_cfg = ctx.cfg.log
+    sinks = build_sinks(
+        ctx.out_dir, log_cfg.tensorboard, log_cfg.wandb, log_cfg.wandb_project, log_cfg.wandb_mode,
+        config=ctx.cfg.to_dict(), config_text=dump_yaml(ctx.cfg),
+    )
+    if sinks:
+        ctx.on_event = FanOut(ctx.on_event, sinks)
+
+
+def close_sinks(ctx: RunContext) -> None:
+    from fif.sinks import FanOut
+
+    if isinstance(ctx.on_event, FanOut):
+        ctx.on_event.close()
+
+
 def finish(ctx: RunContext) -> RunResult:
     """Write the deployed weights and the summary."""
     from safetensors.torch import save
@@ -358,6 +400,7 @@ def finish(ctx: RunContext) -> RunResult:
     summary["ledger"] = {**ctx.ledger.summary(), **ctx.ledger.to_dict()}
     atomic_write_json(ctx.out_dir / "summary.json", summary)
     ctx.emit({"event": "run_end", **{k: summary["final"].get(k) for k in ("a_ka", "a_zs", "gm")}})
+    close_sinks(ctx)
     deployed = ctx.clip
     if ctx.method.deploy_weights() is not None:
         deployed.model.load_state_dict(weights)
