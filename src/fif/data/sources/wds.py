@@ -85,6 +85,7 @@ def expand_shards(pattern: str, base: str | Path | None = None) -> list[Path]:
         SourceError: no shard found, or a named shard does not exist.
     """
     out: list[Path] = []
+    absent: list[Path] = []
     for part in (p.strip() for p in str(pattern).split("::")):
         if not part:
             continue
@@ -105,7 +106,10 @@ def expand_shards(pattern: str, base: str | Path | None = None) -> list[Path]:
             elif path.is_file():
                 out.append(path)
             else:
-                raise SourceError(f"{path}: shard not found (from pattern {pattern!r})")
+                absent.append(path)
+    if absent:
+        shown = ", ".join(str(p) for p in absent[:3]) + (", ..." if len(absent) > 3 else "")
+        raise SourceError(f"{len(absent)} shard(s) of pattern {pattern!r} not found: {shown}")
     unique = list(dict.fromkeys(out))
     if not unique:
         raise SourceError(f"shard pattern {pattern!r} names no shard")
