@@ -278,3 +278,66 @@ class Evaluator:
             ]
         finally:
             clip.model.train(was_training)
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate_config` returns: per-dataset scores, the A_KA / A_ZS / GM point, timing."""
+
+    scores: list[DatasetScore]
+    point: dict[str, float | None]
+    seconds: float
+    arch: str
+    pretrained: str | None
+    benchmark: str
+    subset: bool
+    precision: str
+    device: str
+
+    def to_dict(self) -> dict:
+        images = sum(s.samples for s in self.scores)
+        return {
+            "arch": self.arch, "pretrained": self.pretrained, "benchmark": self.benchmark, "subset": self.subset,
+            "precision": self.precision, "device": self.device, "seconds": round(self.seconds, 3),
+            "images_per_second": round(images / self.seconds, 2) if self.seconds > 0 else None,
+            **self.point,
+            "datasets": [
+                {"dataset": s.dataset, "kind": s.kind, "role": s.role, "score": s.score, "samples": s.samples,
+                 "seconds": round(s.seconds, 3), "metrics": s.metrics}
+                for s in self.scores
+            ],
+        }
+
+
+def evaluate_config(cfg, subset: bool = False, on_event=None) -> EvalResult:
+    """Evaluate the model of ``cfg.model`` (a base model, or weights given as ``model.pretrained``) on
+    ``cfg.eval.datasets`` (default: every adaptation and eval-only dataset of ``cfg.data.benchmark``).
+
+    Args:
+        cfg: a validated :class:`fif.config.Config`; uses model, data, eval, train.precision, run.device/seed.
+        subset: score FiF's fixed stream subsets instead of the full test sets.
+        on_event: receives ``base_model`` progress events when the mini base model must be built.
+
+    Raises:
+        ModelLoadError, KeyError, ValueError: bad model, dataset or benchmark names (with the valid choices).
+    """
+    from fif.data.registry import get_benchmark
+    from fif.metrics import stream_point
+    from fif.runner import load_model, resolve_device
+    from fif.train import resolve_precision
+
+    device = resolve_device(cfg.run.device)
+    precision = cfg.eval.precision if cfg.eval.precision != "auto" else resolve_precision(cfg.train.precision, device)
+    benchmark = get_benchmark(cfg.data.benchmark, **cfg.data.options)
+    evaluator = Evaluator(
+        benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
+        cfg.eval.ensemble, seed=cfg.run.seed,
+    )
+    clip = load_model(cfg, device, on_event)
+    t0 = time.perf_counter()
+    scores = evaluator.run(clip, device, subset=subset, precision=precision)
+    seconds = time.perf_counter() - t0
+    point = stream_point({s.dataset: s.score for s in scores}, {s.dataset: s.role for s in scores})
+    return EvalResult(
+        scores, point, seconds, cfg.model.arch, cfg.model.pretrained, benchmark.name, subset, precision, str(device)
+    )
