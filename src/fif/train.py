@@ -7,6 +7,7 @@ The loop is flat on purpose (nanoGPT style): every line of an optimizer step is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from fif.methods.base import Batch, UpdateMethod
+from fif.methods.base import Batch, LossOutput, UpdateMethod
 from fif.model.clip import clamp_logit_scale_
 
 log = logging.getLogger(__name__)
@@ -23,11 +24,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW settings (FiF reference: β 0.9/0.999, eps 1e-8, wd 0.2)."""
+    """Optimizer settings (FiF reference: AdamW, β 0.9/0.999, eps 1e-8, wd 0.2).
+
+    ``name`` is ``adamw`` or ``sgd`` (heavy-ball momentum β1, no eps/β2); ``impl`` picks the kernels:
+    ``auto`` (fused when every parameter is on CUDA, torch's default elsewhere), ``fused``, ``foreach``
+    or ``for_loop``.
+    """
 
     weight_decay: float = 0.2
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    name: str = "adamw"
+    impl: str = "auto"
 
 
 @dataclass
@@ -45,15 +53,91 @@ def no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
 
+def _impl_flags(impl: str, params: list[nn.Parameter]) -> dict[str, bool]:
+    if impl == "auto":
+        return {"fused": True} if params and all(p.is_cuda for p in params) else {}
+    if impl == "fused":
+        return {"fused": True}
+    if impl in ("foreach", "for_loop"):
+        return {"foreach": impl == "foreach"}
+    raise ValueError(f"optimizer impl {impl!r} is not one of auto, fused, foreach, for_loop")
+
+
 def build_optimizer(named_params: list[tuple[str, nn.Parameter]], lr: float, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over ``named_params`` with weight decay only on matrices (see :func:`no_weight_decay`)."""
+    """AdamW (or SGD) over the parameters of ``named_params`` that require grad.
+
+    Weight decay applies only to matrices: gains, biases, norms and logit_scale are excluded (see
+    :func:`no_weight_decay`). Frozen parameters (e.g. a fixed temperature) are left out.
+
+    Raises:
+        ValueError: an unknown ``cfg.name`` or ``cfg.impl``.
+    """
+    named_params = [(n, p) for n, p in named_params if p.requires_grad]
     decay = [p for n, p in named_params if not no_weight_decay(n, p)]
     no_decay = [p for n, p in named_params if no_weight_decay(n, p)]
     groups = [
         {"params": no_decay, "weight_decay": 0.0},
         {"params": decay, "weight_decay": cfg.weight_decay},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=cfg.betas, eps=cfg.eps)
+    groups = [g for g in groups if g["params"]]
+    flags = _impl_flags(cfg.impl, decay + no_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, **flags)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.betas[0], **flags)
+    raise ValueError(f"optimizer {cfg.name!r} is not one of adamw, sgd (train.optimizer)")
+
+
+def carry_optimizer_state(previous: torch.optim.Optimizer | None, new: torch.optim.Optimizer) -> int:
+    """Copy the per-parameter state (Adam moments, step counts) of ``previous`` into ``new``.
+
+    ``new`` keeps its own hyper-parameters (from this task's config); only parameters present in both
+    carry state over, so a method whose trainable set changes between tasks starts the new ones fresh.
+
+    Returns:
+        How many parameters carried state over.
+    """
+    if previous is None:
+        return 0
+    carried = 0
+    for group in new.param_groups:
+        for p in group["params"]:
+            if p in previous.state and previous.state[p]:
+                new.state[p] = previous.state[p]
+                carried += 1
+    return carried
+
+
+def fix_temperature_(model: nn.Module, logit_scale: float | None = None) -> None:
+    """Freeze open_clip's log-temperature; optionally set the multiplier exp(s) to ``logit_scale`` first.
+
+    Raises:
+        ValueError: the model has no ``logit_scale`` parameter, or ``logit_scale`` is not in (0, 100].
+    """
+    scale = getattr(model, "logit_scale", None)
+    if not isinstance(scale, nn.Parameter):
+        raise ValueError(f"{type(model).__name__} has no logit_scale parameter; use train.temperature=learnable")
+    if logit_scale is not None:
+        if not 0 < logit_scale <= 100:
+            raise ValueError(f"fixed logit scale {logit_scale} must be in (0, 100] (the multiplier exp(s))")
+        with torch.no_grad():
+            scale.fill_(math.log(logit_scale))
+    scale.requires_grad_(False)
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """Turn on open_clip's activation checkpointing (both towers where open_clip supports it).
+
+    open_clip's ModifiedResNet (e.g. ``fif-mini-rn32``) ignores the flag: only its text tower recomputes.
+
+    Raises:
+        ValueError: the model has no ``set_grad_checkpointing``.
+    """
+    if not hasattr(model, "set_grad_checkpointing"):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; set train.grad_checkpointing=false")
+    model.set_grad_checkpointing(True)
+    if type(getattr(model, "visual", None)).__name__ == "ModifiedResNet":
+        log.info("grad checkpointing: open_clip's ModifiedResNet image tower does not checkpoint; text tower only")
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -83,6 +167,122 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     )
 
 
+FEATURE_KEYS = ("image_features", "text_features")
+
+
+class _CachedForward:
+    """Stands in for the model inside ``method.loss`` during accumulation: calling it on the step's batch
+    returns the cached features as leaves that collect dL/dfeatures, and a live ``exp(logit_scale)`` (and
+    ``logit_bias``) so the temperature gets its gradient exactly once. Everything else (parameters for
+    penalty terms, ``encode_*``) is the real model's.
+    """
+
+    def __init__(self, model: nn.Module, batch: Batch, features: dict[str, torch.Tensor]):
+        self._model, self._batch, self._features = model, batch, features
+
+    def __call__(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        if images is not self._batch.images or tokens is not self._batch.tokens:
+            raise ValueError(
+                "train.grad_accum_steps > 1 needs a method whose loss calls the model on the step's whole batch; "
+                "this method called it on other inputs. Use train.grad_accum_steps=1 for it."
+            )
+        out = dict(self._features)
+        out["logit_scale"] = self._model.logit_scale.exp()
+        if getattr(self._model, "logit_bias", None) is not None:
+            out["logit_bias"] = self._model.logit_bias
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+def accumulated_backward(
+    method: UpdateMethod,
+    model: nn.Module,
+    batch: Batch,
+    parts: int,
+    scaler: torch.amp.GradScaler,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> LossOutput:
+    """Backpropagate ``method.loss`` over the whole batch while running the towers in ``parts`` micro-batches.
+
+    The CLIP loss is batch-global (every image against every text), so summing per-micro-batch losses
+    would be a different objective. This computes the whole-batch gradient exactly (GradCache, Gao et
+    al. 2021; open_clip's ``accum_freq``):
+
+    1. features of every micro-batch without a graph (BatchNorm running stats restored afterwards, so
+       each sample updates them once);
+    2. ``method.loss`` on the whole batch with those features as leaves: one backward gives
+       dL/dfeatures and the gradient of every term that reads parameters directly (logit_scale, penalties);
+    3. each micro-batch re-run with grad and backpropagated with its slice of dL/dfeatures.
+
+    Exact up to float rounding for models without batch statistics (ViTs); BatchNorm layers (open_clip's
+    ModifiedResNet) normalise per micro-batch, as in any accumulation scheme. Stochastic layers (dropout,
+    patch dropout; off in CLIP's configs) would draw differently in passes 1 and 3.
+
+    Returns:
+        The whole-batch :class:`LossOutput` (its value, not a per-micro-batch mean).
+    """
+    micro = batch.split(parts)
+    saved = [b.clone() for b in model.buffers()]
+    with torch.no_grad(), autocast():
+        outs = [model(mb.images, mb.tokens) for mb in micro]
+    with torch.no_grad():
+        for b, v in zip(model.buffers(), saved):
+            b.copy_(v)
+    features = {k: torch.cat([o[k] for o in outs]).requires_grad_() for k in FEATURE_KEYS}
+    with autocast():
+        out = method.loss(batch, _CachedForward(model, batch, features))
+    scaler.scale(out.total).backward()  # the scale rides along in dL/dfeatures
+    start = 0
+    for mb in micro:
+        rows = slice(start, start + len(mb))
+        start += len(mb)
+        with autocast():
+            live = model(mb.images, mb.tokens)
+        pairs = [(live[k], features[k].grad[rows]) for k in FEATURE_KEYS if features[k].grad is not None]
+        pairs = [(f, g.to(f.dtype)) for f, g in pairs if f.requires_grad]
+        if pairs:
+            torch.autograd.backward([f for f, _ in pairs], [g for _, g in pairs])
+    return out
+
+
+def clip_grads_(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """The global L2 norm of the gradients (before clipping), as a device tensor; clips to ``max_norm`` unless None."""
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+
+def guarded_step_(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, bad: torch.Tensor) -> None:
+    """``optimizer.step()`` unless ``bad`` (a bool device tensor): a skipped step changes no weight or moment.
+
+    - fp16: the GradScaler already skips steps with non-finite gradients (a NaN loss gives NaN gradients).
+    - fused optimizers (``train.optimizer_impl=fused``, the default on CUDA): ``found_inf`` makes the kernel
+      skip the update and undo its step count on the device — no host sync.
+    - otherwise one host read per step (free on CPU, where nothing runs ahead of the host).
+    """
+    if scaler.is_enabled():
+        scaler.step(optimizer)
+        scaler.update()
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
+        optimizer.step()
+        optimizer.found_inf = None  # type: ignore[attr-defined]
+    elif not bool(bad):  # sync: per step, only for unfused optimizers (free on CPU)
+        optimizer.step()
+
+
+def _record_step_(stats: torch.Tensor, loss: torch.Tensor, bad: torch.Tensor) -> None:
+    """Add one step to the interval ``stats`` on the device (see :class:`TaskLog`)."""
+    badf = bad.to(stats.dtype)
+    run = (stats[STAT_RUN] + 1) * badf
+    stats[STAT_LOSS:STAT_SKIPPED + 1] += torch.stack([torch.where(bad, 0.0, loss.float()), 1 - badf, badf])
+    stats[STAT_RUN] = run
+    stats[STAT_LONGEST] = torch.maximum(stats[STAT_LONGEST], run)
+
+
 def train_task(
     model: nn.Module,
     method: UpdateMethod,
@@ -96,6 +296,7 @@ def train_task(
     log_every: int = 50,
     start_step: int = 0,
     on_log: Callable[[int, float], None] | None = None,
+    grad_accum_steps: int = 1,
 ) -> TaskLog:
     """Run optimizer steps ``start_step .. steps-1`` of one task.
 
@@ -110,6 +311,8 @@ def train_task(
         grad_clip: global grad-norm clip (None = off).
         log_every: steps between loss logs (the only host syncs).
         on_log: called with (step, mean loss of the interval) at each log.
+        grad_accum_steps: micro-batches per step; same gradient as the whole batch (see
+            :func:`accumulated_backward`).
 
     Returns:
         A :class:`TaskLog`.
@@ -119,6 +322,7 @@ def train_task(
     model.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    amp = functools.partial(autocast_context, device, precision)
     result = TaskLog(steps=start_step)
     loss_sum = torch.zeros((), device=device)
     since_log = 0
@@ -127,9 +331,12 @@ def train_task(
         batch = to_device(batch, device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        with autocast_context(device, precision):
-            out = method.loss(batch, model)
-        scaler.scale(out.total).backward()
+        if grad_accum_steps == 1:
+            with autocast_context(device, precision):
+                out = method.loss(batch, model)
+            scaler.scale(out.total).backward()
+        else:  # whole-batch loss, towers run per micro-batch
+            out = accumulated_backward(method, model, batch, grad_accum_steps, scaler, amp)
         if grad_clip is not None:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
