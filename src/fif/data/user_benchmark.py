@@ -149,7 +149,7 @@ def load_benchmark_yaml(path: str | Path, root: str | Path | None = None, datase
         try:
             specs[entry.name] = _spec(entry)
         except (SourceError, ValueError) as e:
-            problems.append(f"dataset {entry.name!r}: {e}")
+            problems.append(str(e) if str(e).startswith(f"dataset {entry.name!r}") else f"dataset {entry.name!r}: {e}")
     pool = _pool(data.get("pool"), entries, problems)
     if problems:
         raise SourceError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
@@ -265,18 +265,19 @@ def _classnames(entry: Entry) -> list[str]:
         return read_classnames(_fif_meta(entry))
     if entry.source == "wds":
         raise SourceError("WebDataset shards carry no class labels; use kind: retrieval or role: pretraining")
-    errors = []
+    first_error = None
     for split in _probe_splits(entry):
         try:
             where = entry.where(split)
         except SourceError as e:
-            errors.append(str(e))
+            first_error = first_error or e
             continue
         if entry.source == "folder":
             return folder_source.class_folders(where)
         return manifest_source.manifest_labels(where, _keys(entry))
-    raise SourceError("cannot infer class names: " + "; ".join(errors) if errors else
-                      "cannot infer class names; give classnames: <file>")
+    if first_error is not None:
+        raise first_error
+    raise SourceError("cannot infer class names; give classnames: <file>")
 
 
 def _probe_splits(entry: Entry) -> list[str]:
