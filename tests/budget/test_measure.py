@@ -11,6 +11,7 @@ from torch import nn
 
 from fif.budget import (
     GIB,
+    BudgetError,
     count_flops,
     hook_cost_mafs,
     mafs_per_step,
@@ -99,6 +100,13 @@ def test_measuring_leaves_the_model_alone():
     assert [p.requires_grad for p in clip.model.parameters()] == flags
     assert all(p.grad is None for p in clip.model.parameters())
     assert all(torch.equal(before[k], v) for k, v in clip.model.state_dict().items())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    clip = tiny_clip()
+    with pytest.raises(BudgetError, match="CUDA is not available"):
+        measure_step_cost(clip, build_method("finetune", {}, clip), 4, "cuda")
 
 
 def test_memory_estimate_terms():

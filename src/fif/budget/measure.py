@@ -373,6 +373,8 @@ def measure_step_cost(
     if batch_size < 1:
         raise BudgetError(f"batch size must be >= 1, got {batch_size}")
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BudgetError(f"device {str(device)!r}: CUDA is not available here; use 'cpu' for the memory estimate")
     trainable_ids = {id(p) for _, p in method.trainable_parameters()}
     try:
         model, params = (clip.model, None) if clip.device.type == "meta" else meta_copy(clip.model)
