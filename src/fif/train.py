@@ -40,12 +40,33 @@ class OptimConfig:
 
 @dataclass
 class TaskLog:
-    """What one task's loop reports: mean loss per logging interval, steps done, timing."""
+    """What one task's loop reports, and its state between steps (checkpointed for exact resume).
+
+    ``stats`` is the current logging interval, kept on the device so the loop never syncs for it:
+    [sum of finite losses, finite steps, skipped steps, current run of consecutive skipped steps,
+    longest run] (see ``STAT_*``).
+    """
 
     steps: int = 0
-    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last log)
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean finite loss since last log)
     seconds: float = 0.0
-    nonfinite_steps: int = 0
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient (counted at log intervals)
+    skips: list[tuple[int, int]] = field(default_factory=list)  # (step, steps skipped in the interval ending there)
+    rollback: bool = False  # ``max_bad_steps`` consecutive skipped steps: the caller should roll back
+    stats: torch.Tensor | None = None
+
+    def state_dict(self) -> dict:
+        """Plain data for a checkpoint (timing left out)."""
+        return {"steps": self.steps, "losses": [list(x) for x in self.losses], "nonfinite_steps": self.nonfinite_steps,
+                "skips": [list(x) for x in self.skips], "stats": self.stats}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "TaskLog":
+        return cls(state["steps"], [tuple(x) for x in state["losses"]], 0.0, state["nonfinite_steps"],
+                   [tuple(x) for x in state["skips"]], False, state["stats"])
+
+
+STAT_LOSS, STAT_FINITE, STAT_SKIPPED, STAT_RUN, STAT_LONGEST = range(5)
 
 
 def no_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -297,6 +318,9 @@ def train_task(
     start_step: int = 0,
     on_log: Callable[[int, float], None] | None = None,
     grad_accum_steps: int = 1,
+    log: TaskLog | None = None,
+    on_step: Callable[[TaskLog], None] | None = None,
+    max_bad_steps: int = 0,
 ) -> TaskLog:
     """Run optimizer steps ``start_step .. steps-1`` of one task.
 
@@ -313,6 +337,11 @@ def train_task(
         on_log: called with (step, mean loss of the interval) at each log.
         grad_accum_steps: micro-batches per step; same gradient as the whole batch (see
             :func:`accumulated_backward`).
+        log: the task's log so far, to continue it (resume, rollback); its ``steps`` overrides ``start_step``.
+        on_step: called with the log after every step (e.g. to checkpoint); it must not sync the device
+            unless it acts.
+        max_bad_steps: stop with ``log.rollback`` set once this many consecutive steps were skipped for a
+            non-finite loss or gradient (seen at the next log interval); 0 = only skip them.
 
     Returns:
         A :class:`TaskLog`.
@@ -323,9 +352,12 @@ def train_task(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     amp = functools.partial(autocast_context, device, precision)
-    result = TaskLog(steps=start_step)
-    loss_sum = torch.zeros((), device=device)
-    since_log = 0
+    result = log if log is not None else TaskLog(steps=start_step)
+    start_step = result.steps
+    result.rollback = False
+    if result.stats is None:
+        result.stats = torch.zeros(5)
+    result.stats = result.stats.to(device)
     t0 = time.perf_counter()
     for step, batch in zip(range(start_step, steps), batches):
         batch = to_device(batch, device)
@@ -337,25 +369,31 @@ def train_task(
             scaler.scale(out.total).backward()
         else:  # whole-batch loss, towers run per micro-batch
             out = accumulated_backward(method, model, batch, grad_accum_steps, scaler, amp)
-        if grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        scaler.unscale_(optimizer)  # no-op unless fp16
+        grad_norm = clip_grads_(params, grad_clip)
+        loss = out.total.detach()
+        bad = ~torch.isfinite(loss) if scaler.is_enabled() else ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        guarded_step_(optimizer, scaler, bad)
         optimizer.zero_grad(set_to_none=True)
         clamp_logit_scale_(model)
         method.after_step(batch, step)
-        loss_sum += out.total.detach().float()
-        since_log += 1
+        _record_step_(result.stats, loss, bad)
         result.steps = step + 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            mean_loss = float(loss_sum / since_log)  # sync: one host read per logging interval
+            loss_sum, finite, skipped, _, longest = result.stats.tolist()  # sync: one host read per logging interval
+            mean_loss = loss_sum / finite if finite else math.nan
             result.losses.append((step + 1, mean_loss))
-            if not math.isfinite(mean_loss):
-                result.nonfinite_steps += since_log
+            if skipped:
+                result.nonfinite_steps += int(skipped)
+                result.skips.append((step + 1, int(skipped)))
             if on_log is not None:
                 on_log(step + 1, mean_loss)
-            loss_sum.zero_()
-            since_log = 0
+            result.stats[:STAT_RUN] = 0
+            result.stats[STAT_LONGEST] = result.stats[STAT_RUN]  # a run of skipped steps goes on across logs
+            if max_bad_steps and longest >= max_bad_steps:
+                result.rollback = True
+                break
+        if on_step is not None:
+            on_step(result)
     result.seconds = time.perf_counter() - t0
     return result
