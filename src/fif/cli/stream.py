@@ -55,6 +55,9 @@ def _model_for(cfg):
     from fif.runner import load_model, resolve_device
     from fif.train import resolve_precision
 
+    import torch
+
+    torch.manual_seed(cfg.run.seed)  # as `fif run` does: a random-init model (model.pretrained=null) is reproducible
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.train.precision, device)
     return load_model(cfg, device), device, precision
