@@ -95,7 +95,8 @@ def weights_arch(path: Path) -> str | None:
         return None
 
 
-def print_table(result, note: str, out=sys.stdout) -> None:
+def print_table(result, note: str, out=None) -> None:
+    out = out or sys.stdout
     def fmt(v, spec=".2f"):
         return "-" if v is None else format(v, spec)
 
