@@ -73,8 +73,17 @@ def test_reads_the_datasets_present(fif_root, mini):
     assert list(train.captions(3)) == list(source.captions(3))
     assert bench.load("CUB200", "test").images([0, 1], 16).shape == (2, 3, 16, 16)
     assert len(bench.load("MSCOCO", "test")) == SMALL["retrieval_test"]
-    with pytest.raises(ValueError, match="'MNIST' has no 'train' split"):
+    with pytest.raises(ValueError, match=r"'MNIST' has no 'train' split \(.*MNIST_train\.json not found\)"):
         bench.load("MNIST", "train")
+
+
+def test_extra_splits_load_when_their_file_exists(fif_root, mini, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(fif_root / "MNIST", root / "MNIST")
+    for f in fif_root.glob("MNIST_*.json"):
+        shutil.copy(f, root / f.name)
+    write_split(mini.load("mini_colors", "train"), root / "MNIST")  # eval-only sets need only test
+    assert len(build_fif(root, datasets=["MNIST"]).load("MNIST", "train")) == len(mini.load("mini_colors", "train"))
 
 
 def test_fifs_stream_names_are_valid_concepts(fif_root):

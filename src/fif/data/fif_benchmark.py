@@ -153,7 +153,8 @@ class Located:
     dataset: FifDataset
     images: Path
     meta: Path
-    split_files: dict[str, str]
+    split_files: dict[str, str]  # the splits its role needs (checked when the benchmark is built)
+    resized: bool = True
 
 
 def locate(d: FifDataset, root: Path, info_dir: Path | None, resized: bool) -> tuple[Located | None, list[str]]:
@@ -167,13 +168,19 @@ def locate(d: FifDataset, root: Path, info_dir: Path | None, resized: bool) -> t
         missing.append(str(classnames_path(meta)))
     files = {}
     for split in d.splits:
-        if resized and split_path(meta, split + RESIZED_SUFFIX).is_file():
-            files[split] = split + RESIZED_SUFFIX
-        elif split_path(meta, split).is_file():
-            files[split] = split
-        else:
+        name = split_file(meta, split, resized)
+        if name is None:
             missing.append(str(split_path(meta, split)))
-    return (Located(d, images, meta, files) if not missing else None), missing
+        else:
+            files[split] = name
+    return (Located(d, images, meta, files, resized) if not missing else None), missing
+
+
+def split_file(meta: Path, split: str, resized: bool) -> str | None:
+    """The JSON split name to read for ``split`` (``<split>_224`` when preferred and present), or None."""
+    if resized and split_path(meta, split + RESIZED_SUFFIX).is_file():
+        return split + RESIZED_SUFFIX
+    return split if split_path(meta, split).is_file() else None
 
 
 def _chosen(datasets: Sequence[str] | str | None) -> list[FifDataset]:
@@ -256,10 +263,11 @@ def build_fif(root: str | Path | None = None, datasets: Sequence[str] | str | No
         loc = found.get(spec.name)
         if loc is None:
             raise KeyError(unknown_name_message("dataset", spec.name, found, where="benchmark 'fif'"))
-        if split not in loc.split_files:
-            raise ValueError(f"FiF dataset {spec.name!r} has no {split!r} split here (it has: "
-                             f"{', '.join(loc.split_files)}); {spec.role} datasets use {', '.join(loc.dataset.splits)}")
-        return read_split(loc.images, loc.split_files[split], spec, meta_prefix=loc.meta, split_name=split)
+        name = loc.split_files.get(split) or split_file(loc.meta, split, loc.resized)
+        if name is None:
+            raise ValueError(f"FiF dataset {spec.name!r} has no {split!r} split ({split_path(loc.meta, split)} not "
+                             f"found); {spec.role} datasets need {', '.join(loc.dataset.splits)}")
+        return read_split(loc.images, name, spec, meta_prefix=loc.meta, split_name=split)
 
     return Benchmark(name="fif", datasets=specs, loader=load, pretraining_pool=None)
 
