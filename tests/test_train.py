@@ -326,7 +326,65 @@ def test_grad_checkpointing_gives_the_same_gradients(vit_clip):
     assert_same_grads(g_plain, g_ckpt, rtol=1e-5, atol=1e-7)
 
 
-def test_grad_checkpointing_on_the_mini_resnet_checkpoints_the_text_tower(rn_clip):
+def test_grad_checkpointing_on_the_mini_resnet_gives_the_same_gradients(rn_clip):
+    """fif-mini-rn32's text tower has open_clip's custom blocks (checkpointed by fif, see train.py)."""
+    import pickle
+
     clip = copy.deepcopy(rn_clip)
+    clip.model.eval()  # the same BatchNorm statistics in both passes
+    method = build_method("finetune", {}, clip)
+    batch = make_batch(clip, 8)
+    keys = list(clip.model.state_dict())
+    loss_plain, g_plain = whole_batch_grads(method, clip.model, batch)
     enable_grad_checkpointing(clip.model)
-    assert clip.model.transformer.grad_checkpointing
+    clip.model.train()
+    for m in clip.model.visual.modules():  # keep BatchNorm on running stats, checkpoint the text blocks
+        m.train(False)
+    block = clip.model.transformer.resblocks[0]
+    assert type(block).__name__ == "CheckpointedCustomBlock"
+    loss_ckpt, g_ckpt = whole_batch_grads(method, clip.model, batch)
+    torch.testing.assert_close(loss_ckpt, loss_plain)
+    assert_same_grads(g_plain, g_ckpt, rtol=1e-5, atol=1e-7)
+    assert list(clip.model.state_dict()) == keys
+    assert type(copy.deepcopy(clip.model).transformer.resblocks[0]) is type(block)
+    assert type(pickle.loads(pickle.dumps(clip.model)).transformer.resblocks[0]) is type(block)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring through the runner (one small run of two tasks)
+
+SMALL_RUN = [
+    "model.pretrained=null",
+    "budget.ft_steps=8",
+    "stream.tasks=2",
+    "stream.datasets=[mini_digits,mini_letters]",
+    "train.batch_size=16",
+    "train.log_every=2",
+    "eval.min_samples=40",
+    "eval.batch_size=128",
+    "eval.datasets=[mini_digits,mini_letters]",
+    "data.options={pool_size: 400, train_per_class: 12, test_per_class: 6, eval_size: 60, retrieval_train: 40, "
+    "retrieval_test: 40}",
+]
+
+
+@pytest.mark.slow
+def test_recipe_knobs_reach_the_runner(tmp_path):
+    from fif.config import load_config
+    from fif.runner import run_task, setup
+
+    cfg = load_config("mini", SMALL_RUN + [
+        "train.optimizer_reset=false", "train.grad_accum_steps=2", "train.label_smoothing=0.1",
+        "train.temperature=fixed", "train.fixed_logit_scale=50", "train.grad_checkpointing=true",
+    ])
+    ctx = setup(cfg, tmp_path)
+    assert ctx.method.label_smoothing == 0.1
+    assert type(ctx.clip.model.transformer.resblocks[0]).__name__ == "CheckpointedCustomBlock"
+    steps = []
+    for task in ctx.tasks:
+        run_task(ctx, task)
+        steps.append(ctx.ledger.tasks[task.index].steps_done)
+        assert float(ctx.clip.model.logit_scale.detach().exp()) == pytest.approx(50.0)
+        p = ctx.clip.model.text_projection
+        assert float(ctx.optimizer.state[p]["step"]) == sum(steps)  # moments carried across tasks
+    assert all(s > 0 for s in steps)

@@ -33,7 +33,15 @@ from fif.methods.finetune import Finetune
 from fif.model.clip import Clip, build_clip
 from fif.results import EventLog, atomic_write_bytes, atomic_write_json, atomic_write_text, read_events, summarize
 from fif.schedules import schedule_from_config, task_curve
-from fif.train import OptimConfig, build_optimizer, resolve_precision, train_task
+from fif.train import (
+    OptimConfig,
+    build_optimizer,
+    carry_optimizer_state,
+    enable_grad_checkpointing,
+    fix_temperature_,
+    resolve_precision,
+    train_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,7 @@ class RunContext:
     reference_cost: StepCost
     pretraining_pool: Pool | None
     buffer_segments: list = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None  # the last task's (train.optimizer_reset=false carries it)
     on_event: Callable[[dict], None] | None = None
     progress: bool = False
 
@@ -174,9 +183,11 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
         options=ordering_options(cfg.stream, cfg.eval.batch_size, precision),
     )
     reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device)
-    method = build_method(cfg.method.name, cfg.method.options, clip)
+    method = build_method(cfg.method.name, cfg.method.options, clip, label_smoothing=cfg.train.label_smoothing)
     freeze_all_but(clip.model, method.trainable_parameters())
     step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device)
+    if cfg.train.grad_checkpointing:  # after measuring: the budget charges the method, not the memory trick
+        enable_grad_checkpointing(clip.model)
     total = run_budget_mafs(cfg.budget.ft_steps, cfg.budget.mafs, reference_cost)
     ledger = Ledger.for_run(total, max(len(tasks), 1))  # zeroshot reference: no task, the budget stays unspent
     evaluator = Evaluator(
@@ -272,10 +283,16 @@ def run_task(ctx: RunContext, task: Task) -> None:
     start_weights = method.training_weights()
     if start_weights is not None:
         ctx.clip.model.load_state_dict(start_weights)
+    if cfg.train.temperature == "fixed":  # after the start weights, which may hold another logit_scale
+        fix_temperature_(ctx.clip.model, cfg.train.fixed_logit_scale)
+    t = cfg.train
     optimizer = build_optimizer(
-        method.trainable_parameters(), cfg.train.lr,
-        OptimConfig(cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2), cfg.train.eps),
+        method.trainable_parameters(), t.lr,
+        OptimConfig(t.weight_decay, (t.beta1, t.beta2), t.eps, t.optimizer, t.optimizer_impl),
     )
+    if not t.optimizer_reset:
+        carry_optimizer_state(ctx.optimizer, optimizer)
+    ctx.optimizer = optimizer
     lr_curve = task_curve(schedule_from_config(cfg.train), task.index, steps, num_tasks)
     batches = task_batches(ctx, task, steps)
     bar = None
@@ -293,7 +310,7 @@ def run_task(ctx: RunContext, task: Task) -> None:
     tlog = train_task(
         ctx.clip.model, method, optimizer, batch_iterator(batches, 0, cfg.data.num_workers),
         lambda s: float(lr_curve[s]), steps, ctx.device, ctx.precision,
-        cfg.train.grad_clip, cfg.train.log_every, on_log=on_log,
+        cfg.train.grad_clip, cfg.train.log_every, on_log=on_log, grad_accum_steps=cfg.train.grad_accum_steps,
     )
     if bar is not None:
         bar.close()
