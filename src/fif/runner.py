@@ -244,6 +244,24 @@ def evaluate_in_task(ctx: RunContext, task: int, step: int) -> float:
     return seconds
 
 
+class StepEvals:
+    """``eval.every_steps``: the ``on_step`` hook that evaluates inside a task (``hook`` is None when off).
+
+    Evaluates every N steps except the task's last, which the end-of-task evaluation covers, and adds up
+    the seconds so the task's training time excludes them.
+    """
+
+    def __init__(self, ctx: RunContext, task: int, steps: int):
+        self.ctx, self.task, self.steps = ctx, task, steps
+        self.every = ctx.cfg.eval.every_steps
+        self.seconds = 0.0
+        self.hook = self._on_step if self.every > 0 else None
+
+    def _on_step(self, tlog: Any) -> None:
+        if tlog.steps % self.every == 0 and tlog.steps < self.steps:
+            self.seconds += evaluate_in_task(self.ctx, self.task, tlog.steps)
+
+
 def task_batches(ctx: RunContext, task: Task, steps: int) -> MixedBatches:
     """The task's mixed batches (update = its concepts, buffer = all earlier tasks, pool = pretraining)."""
     cfg = ctx.cfg
@@ -295,6 +313,7 @@ def run_task(ctx: RunContext, task: Task) -> None:
     ctx.optimizer = optimizer
     lr_curve = task_curve(schedule_from_config(cfg.train), task.index, steps, num_tasks)
     batches = task_batches(ctx, task, steps)
+    step_evals = StepEvals(ctx, task.index, steps)
     bar = None
     if ctx.progress:
         from tqdm.auto import tqdm
@@ -311,6 +330,7 @@ def run_task(ctx: RunContext, task: Task) -> None:
         ctx.clip.model, method, optimizer, batch_iterator(batches, 0, cfg.data.num_workers),
         lambda s: float(lr_curve[s]), steps, ctx.device, ctx.precision,
         cfg.train.grad_clip, cfg.train.log_every, on_log=on_log, grad_accum_steps=cfg.train.grad_accum_steps,
+        on_step=step_evals.hook,
     )
     if bar is not None:
         bar.close()
@@ -320,7 +340,7 @@ def run_task(ctx: RunContext, task: Task) -> None:
     last = task.index == num_tasks - 1
     ctx.emit({
         "event": "task_end", "task": task.index, "concepts": len(task.concepts), "steps": steps,
-        "train_seconds": round(tlog.seconds, 3), "spent_mafs": ctx.ledger.tasks[task.index].spent_mafs,
+        "train_seconds": round(tlog.seconds - step_evals.seconds, 3), "spent_mafs": ctx.ledger.tasks[task.index].spent_mafs,
         "budget_mafs": ctx.ledger.tasks[task.index].budget_mafs, "budget_total_mafs": ctx.ledger.total_budget_mafs,
         "final_loss": tlog.losses[-1][1] if tlog.losses else None,
     })
