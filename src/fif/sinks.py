@@ -130,7 +130,7 @@ class WandbSink:
                 "or set log.wandb=false"
             ) from e
         self.run = wandb.init(
-            project=project, dir=str(run_dir), mode=mode, config=config or {}, name=name, reinit="finish_previous",
+            project=project, dir=str(run_dir), mode=mode, config=config or {}, name=name,
         )
         self.scalars = EventScalars()
         self.last_step = 0
