@@ -122,7 +122,9 @@ def _plan(
         wanted = f"exactly {op.min_models}" if op.min_models == op.max_models else f"at least {op.min_models}"
         raise MergeError(f"merge operator {operator!r} merges {wanted} models, got {n}")
     if op.task_vectors and base is None:
-        raise MergeError(f"merge operator {operator!r} works on task vectors θ_i − θ_0: give the base θ_0 (base=...)")
+        raise MergeError(
+            f"merge operator {operator!r} works on task vectors θ_i − θ_0: give the base θ_0 (base=...)"
+        )
     if not op.task_vectors and base is not None:
         raise MergeError(
             f"merge operator {operator!r} averages weights and takes no base; put the base among the models "
@@ -158,7 +160,9 @@ class _KeyInputs:
     records whether every input it loaded equals the reference (θ_0, or θ_1 in weight mode).
     """
 
-    def __init__(self, key: str, models: list[StateSource], base: Tensor | None, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, key: str, models: list[StateSource], base: Tensor | None, device: torch.device, dtype: torch.dtype
+    ):
         self.key, self.models, self.base = key, models, base
         self.device, self.dtype = device, dtype
         self.first: Tensor | None = None  # θ_1 in weight mode, kept for the equality check

@@ -70,7 +70,9 @@ def block_depths(keys: Iterable[str]) -> dict[str, tuple[int, int] | None]:
 class LinesOptions:
     """LiNeS scaling of a task vector: block l of L gets α + β·l/(L − 1), other parameters α."""
 
-    alpha: float = field(default=0.5, metadata={"help": "α: scale of the shallowest block and of non-block parameters."})
+    alpha: float = field(
+        default=0.5, metadata={"help": "α: scale of the shallowest block and of non-block parameters."}
+    )
     beta: float = field(default=0.5, metadata={"help": "β: extra scale of the deepest block over the shallowest."})
 
     def __post_init__(self) -> None:

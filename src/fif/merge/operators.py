@@ -93,7 +93,10 @@ def register_operator(
 
     def wrap(fn: OperatorFn) -> OperatorFn:
         if name in OPERATORS:
-            raise ValueError(f"merge operator {name!r} is registered twice ({OPERATORS[name].fn.__qualname__} and {fn.__qualname__})")
+            raise ValueError(
+                f"merge operator {name!r} is registered twice "
+                f"({OPERATORS[name].fn.__qualname__} and {fn.__qualname__}); pick another name"
+            )
         if not dataclasses.is_dataclass(options):
             raise TypeError(f"options of merge operator {name!r} must be a dataclass, got {options!r}")
         OPERATORS[name] = Operator(name, fn, options, task_vectors, min_models, max_models)
@@ -168,7 +171,9 @@ def _check_lam(lam: float, name: str) -> None:
 
 @dataclass
 class InterpolationOptions:
-    weights: list[float] | None = _help("One non-negative weight per model (normalised to sum 1); null = uniform.", None)
+    weights: list[float] | None = _help(
+        "One non-negative weight per model (normalised to sum 1); null = uniform.", None
+    )
 
     def __post_init__(self) -> None:
         if self.weights is not None:
@@ -178,7 +183,9 @@ class InterpolationOptions:
 
     def check_models(self, num_models: int) -> None:
         if self.weights is not None and len(self.weights) != num_models:
-            raise MergeError(f"interpolation got {len(self.weights)} weights for {num_models} models; give one per model")
+            raise MergeError(
+                f"interpolation got {len(self.weights)} weights for {num_models} models; give one per model"
+            )
 
 
 def normalized(weights: list[float] | None, n: int) -> list[float]:
@@ -315,7 +322,8 @@ class DareOptions:
     p: float = _help("Drop probability of each task-vector entry, in [0, 1).", 0.9)
     seed: int = _help("Seed of the drop masks (each key and model gets its own stream).", 0)
     combine: Literal["task_arithmetic", "ties"] = _help(
-        "How the sparsified task vectors are combined: λ·Σ (task_arithmetic) or sign election + disjoint mean (ties).",
+        "How the sparsified task vectors are combined: λ·Σ (task_arithmetic) or sign election + "
+        "disjoint mean (ties).",
         "task_arithmetic",
     )
     lam: float = _help("λ: scale of the combined task vector.", 1.0)
@@ -350,7 +358,8 @@ def dare(key: str, taus: Inputs, opts: DareOptions) -> Tensor:
     """DARE, drop and rescale (Yu et al. 2024, arXiv 2311.03099), then task arithmetic or TIES.
 
     τ̃_i = m_i ⊙ τ_i / (1 − p), m_i ~ Bernoulli(1 − p) (seeded per key and model);
-    combine = task_arithmetic: θ = θ_0 + λ·Σ_i τ̃_i;  combine = ties: θ = θ_0 + λ·disjoint_mean(τ̃, sgn(Σ_i τ̃_i)).
+    combine = task_arithmetic: θ = θ_0 + λ·Σ_i τ̃_i;
+    combine = ties: θ = θ_0 + λ·disjoint_mean(τ̃, sgn(Σ_i τ̃_i)) (TIES without the trim).
     """
     dropped = (dare_drop_(t, opts.p, mask_generator(opts.seed, key, i, t.device)) for i, t in enumerate(taus))
     if opts.combine == "ties":
@@ -370,11 +379,19 @@ class BreadcrumbsOptions:
     beta: float = _help("Fraction of smallest-|τ| entries masked out.", 0.85)
     gamma: float = _help("Fraction of largest-|τ| entries (outliers) masked out.", 0.01)
     lam: float = _help("λ: scale of the summed masked task vectors.", 1.0)
-    per_row: bool = _help("Rank magnitudes within each row (dim 0) of a ≥2-D tensor instead of the whole tensor.", False)
+    per_row: bool = _help(
+        "Rank magnitudes within each row (dim 0) of a ≥2-D tensor instead of the whole tensor.", False
+    )
 
     def __post_init__(self) -> None:
-        _require(0.0 <= self.beta <= 1.0 and 0.0 <= self.gamma <= 1.0, f"breadcrumbs beta and gamma must be in [0, 1], got {self.beta}, {self.gamma}")
-        _require(self.beta + self.gamma < 1.0, f"breadcrumbs beta + gamma must be < 1 (else nothing is kept), got {self.beta + self.gamma}")
+        _require(
+            0.0 <= self.beta <= 1.0 and 0.0 <= self.gamma <= 1.0,
+            f"breadcrumbs beta and gamma must be in [0, 1], got {self.beta}, {self.gamma}",
+        )
+        _require(
+            self.beta + self.gamma < 1.0,
+            f"breadcrumbs beta + gamma must be < 1 (else nothing is kept), got {self.beta + self.gamma}",
+        )
         _check_lam(self.lam, "breadcrumbs")
 
 

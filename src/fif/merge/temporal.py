@@ -61,7 +61,9 @@ def ema_update_(avg: Mapping[str, Tensor], new: Mapping[str, Tensor], decay: flo
         raise MergeError(f"EMA decay must be in [0, 1], got {decay}")
     if avg.keys() != new.keys():
         missing, extra = sorted(set(avg) - set(new)), sorted(set(new) - set(avg))
-        raise MergeError(f"EMA update: the model's keys differ from the average's: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise MergeError(
+            f"EMA update: the model's keys differ from the average's: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     floats_avg, floats_new = [], []
     with torch.no_grad():
         for key, a in avg.items():
