@@ -19,6 +19,7 @@ from fif.model.clip import MAX_LOGIT_SCALE, Clip, build_clip
 from fif.train import (
     OptimConfig,
     accumulated_backward,
+    batchnorm_accumulation_warning,
     build_optimizer,
     carry_optimizer_state,
     enable_grad_checkpointing,
@@ -149,6 +150,12 @@ def test_accumulation_with_fp16_and_grad_scaler_on_cpu(rn_clip):
     log = train_task(clip.model, method, opt, [make_batch(clip)], lambda s: 1e-4, 1, CPU, precision="fp16",
                      log_every=1, grad_accum_steps=2)
     assert log.steps == 1 and math.isfinite(log.losses[-1][1])
+
+
+def test_batchnorm_models_get_a_warning_about_accumulation(rn_clip, vit_clip):
+    assert "BatchNorm" in batchnorm_accumulation_warning(rn_clip.model, 4)
+    assert batchnorm_accumulation_warning(rn_clip.model, 1) is None
+    assert batchnorm_accumulation_warning(vit_clip.model, 4) is None
 
 
 def test_accumulation_refuses_a_loss_on_other_inputs(rn_clip):

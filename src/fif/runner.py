@@ -35,6 +35,7 @@ from fif.results import EventLog, atomic_write_bytes, atomic_write_json, atomic_
 from fif.schedules import schedule_from_config, task_curve
 from fif.train import (
     OptimConfig,
+    batchnorm_accumulation_warning,
     build_optimizer,
     carry_optimizer_state,
     enable_grad_checkpointing,
@@ -188,6 +189,8 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
     step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device)
     if cfg.train.grad_checkpointing:  # after measuring: the budget charges the method, not the memory trick
         enable_grad_checkpointing(clip.model)
+    if (warning := batchnorm_accumulation_warning(clip.model, cfg.train.grad_accum_steps)) is not None:
+        log.warning(warning)
     total = run_budget_mafs(cfg.budget.ft_steps, cfg.budget.mafs, reference_cost)
     ledger = Ledger.for_run(total, max(len(tasks), 1))  # zeroshot reference: no task, the budget stays unspent
     evaluator = Evaluator(
