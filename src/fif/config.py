@@ -62,14 +62,22 @@ class MixtureConfig:
     pretraining: float = _help("λ_P: share of each batch from the pretraining pool.", 0.33)
     update: float = _help("λ_D: share of each batch from the current task.", 0.34)
     buffer: float = _help("λ_B: share of each batch from the buffer of all earlier tasks.", 0.33)
-    pool: str | None = _help("Pretraining pool: a dataset of the benchmark (role pretraining) or a path.", None)
+    pool: str | None = _help(
+        "Pretraining pool: a dataset of the benchmark, WebDataset shards (/data/laion/{00000..00099}.tar, a "
+        "folder of .tar, globs) or a CSV/JSONL image,caption manifest (docs/data.md).",
+        None,
+    )
     buffer_cap: int | None = _help("Optional cap on buffer samples (uniform subsample); null = all past data.", None)
 
 
 @dataclass
 class DataConfig:
-    benchmark: str = _help("Benchmark name (mini, fif) or a folder of user datasets.", "mini")
-    root: str | None = _help("Where real datasets live (FiF layout).", None)
+    benchmark: str = _help(
+        "Benchmark name (mini, fif) or the path of a YAML file describing your own datasets (docs/data.md).", "mini"
+    )
+    root: str | None = _help(
+        "fif: the folder holding FiF's dataset folders; a YAML benchmark: the base of relative locations.", None
+    )
     options: dict = _help("Benchmark-specific options (e.g. mini sizes).", factory=dict)
     num_workers: int = _help("DataLoader workers for file-backed data (0 = in the main process).", 0)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)

@@ -235,7 +235,8 @@ def build_fif(root: str | Path | None = None, datasets: Sequence[str] | str | No
     root_path = _check_root(root)
     info = Path(info_dir).expanduser() if info_dir is not None else None
     if info is not None and not info.is_dir():
-        raise ValueError(f"data.options.info_dir={str(info)!r} is not a folder (it should hold FiF's <NAME>_*.json files)")
+        raise ValueError(f"data.options.info_dir={str(info)!r} is not a folder (it should hold FiF's "
+                         f"<NAME>_*.json files)")
     found: dict[str, Located] = {}
     absent: dict[str, list[str]] = {}
     for d in _chosen(datasets):

@@ -122,7 +122,8 @@ def load_benchmark_yaml(path: str | Path, root: str | Path | None = None, datase
                                               ["root", "datasets", "index_dir"]))
     path = Path(path).expanduser()
     if not path.is_file():
-        raise SourceError(f"{path}: benchmark file not found (data.benchmark is a name — mini, fif — or a YAML path)")
+        raise SourceError(f"{path}: benchmark file not found (data.benchmark is a name — mini, fif — or the "
+                          f"path of a YAML file)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -224,7 +225,7 @@ def _infer_source(location: str, base: Path) -> str:
     if wds_source.looks_like_shards(probe):
         return "wds"
     prefix = resolve(probe, base)
-    if classnames_path(prefix).is_file() or split_path(prefix, "test").is_file() or split_path(prefix, "train").is_file():
+    if any(p.is_file() for p in (classnames_path(prefix), split_path(prefix, "train"), split_path(prefix, "test"))):
         return "fif"
     return "folder"
 

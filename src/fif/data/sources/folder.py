@@ -92,8 +92,9 @@ def _read_classes(spec: DatasetSpec, split: str, folder: Path, label_map: Mappin
     for raw in class_folders(folder):
         name = label_map.get(raw) if label_map is not None else raw
         if name is None or name not in index:
-            hint = "the class-names mapping has no entry for it" if label_map is not None else \
-                f"it is not one of the dataset's class names ({', '.join(list(index)[:10])}{', ...' if len(index) > 10 else ''})"
+            names = ", ".join(list(index)[:10]) + (", ..." if len(index) > 10 else "")
+            hint = ("the class-names mapping has no entry for it" if label_map is not None
+                    else f"it is not one of the dataset's class names ({names})")
             raise SourceError(f"{folder / raw}: class folder of dataset {spec.name!r} maps to no class: {hint}")
         target = index[name]
         for image in image_files(folder / raw):
