@@ -321,14 +321,14 @@ def evaluate_config(cfg, subset: bool = False, on_event=None) -> EvalResult:
     Raises:
         ModelLoadError, KeyError, ValueError: bad model, dataset or benchmark names (with the valid choices).
     """
-    from fif.data.registry import get_benchmark
+    from fif.data.registry import benchmark_options, get_benchmark
     from fif.metrics import stream_point
     from fif.runner import load_model, resolve_device
     from fif.train import resolve_precision
 
     device = resolve_device(cfg.run.device)
     precision = cfg.eval.precision if cfg.eval.precision != "auto" else resolve_precision(cfg.train.precision, device)
-    benchmark = get_benchmark(cfg.data.benchmark, **cfg.data.options)
+    benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
     evaluator = Evaluator(
         benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
         cfg.eval.ensemble, seed=cfg.run.seed,

@@ -71,12 +71,12 @@ def _ordering_label(cfg) -> str:
 
 def run_build(args: argparse.Namespace) -> int:
     from fif.config import load_config
-    from fif.data.registry import get_benchmark
+    from fif.data.registry import benchmark_options, get_benchmark
     from fif.data.stream import order_concepts, ordering_options, write_stream
     from fif.data.specs import split_concept
 
     cfg = load_config(args.preset, args.overrides)
-    benchmark = get_benchmark(cfg.data.benchmark, **cfg.data.options)
+    benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
     clip, device, precision = _model_for(cfg)
     s = cfg.stream
     concepts = order_concepts(
@@ -99,14 +99,14 @@ def _split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 def run_show(args: argparse.Namespace) -> int:
     from fif.config import load_config
-    from fif.data.registry import get_benchmark
+    from fif.data.registry import benchmark_options, get_benchmark
     from fif.data.stream import build_tasks, describe_tasks, ordering_options
 
     file, overrides = _split_items(args.items)
     if file is not None:
         overrides = [*overrides, "stream.ordering=file", f"stream.file={file}"]
     cfg = load_config(args.preset, overrides)
-    benchmark = get_benchmark(cfg.data.benchmark, **cfg.data.options)
+    benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
     clip, device, precision = _model_for(cfg)
     s = cfg.stream
     tasks = build_tasks(
