@@ -67,3 +67,29 @@ def test_yaml_dump_and_help():
     assert "train:" in text and "batch_size: 128" in text
     keys = [k for k, _, _ in field_help()]
     assert "train.lr" in keys and "data.mixture.update" in keys
+
+
+def test_recipe_knobs_validate_all_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config("mini", [
+            "train.optimizer=adamx", "train.optimizer_impl=fast", "train.temperature=frozen",
+            "train.grad_accum_steps=0", "train.label_smoothing=1.0", "train.fixed_logit_scale=200",
+            "train.anneal_shape=cos", "train.cooldown_frac=1.0", "train.decay_frac=-0.1",
+        ])
+    text = "\n".join(e.value.problems)
+    for key in ("optimizer: 'adamx'", "did you mean adamw", "optimizer_impl", "temperature", "grad_accum_steps",
+                "label_smoothing", "fixed_logit_scale: 200", "did you mean cosine", "cooldown_frac", "decay_frac"):
+        assert key in text, key
+    assert "train.grad_accum_steps: 256 must be in [1, train.batch_size=128]" in str(
+        pytest.raises(ConfigError, load_config, "mini", ["train.grad_accum_steps=256"]).value
+    )
+
+
+def test_recipe_knobs_reach_the_schedule_spec():
+    from fif.schedules import schedule_from_config
+
+    cfg = load_config("mini", ["train.schedule=wsd", "train.decay_frac=0.3", "train.anneal_shape=sqrt",
+                               "train.temperature=fixed", "train.fixed_logit_scale=30"])
+    spec = schedule_from_config(cfg.train)
+    assert (spec.decay_frac, spec.anneal_shape, spec.cooldown_frac) == (0.3, "sqrt", 0.1)
+    assert cfg.train.fixed_logit_scale == 30.0
