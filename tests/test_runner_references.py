@@ -54,3 +54,19 @@ def test_oracle_is_one_task_with_the_whole_budget(tmp_path):
     assert end["budget_mafs"] == pytest.approx(end["budget_total_mafs"])
     assert end["steps"] == 6  # the whole budget: 6 full fine-tuning steps
     assert [p["task"] for p in result.summary["trajectory"]] == [-1, 0]
+
+
+def test_a_model_ordering_in_a_run_uses_the_base_model(tmp_path):
+    from fif.data.registry import get_benchmark
+    from fif.data.stream import OrderingOptions, build_tasks
+    from fif.model.clip import build_clip
+
+    cfg = fif.load_config("mini", [*SMALL, "stream.ordering=similarity", "budget.ft_steps=3"])
+    fif.run(cfg, out_dir=tmp_path / "sim")
+    ran = json.loads((tmp_path / "sim" / "run.json").read_text())["tasks"]
+    torch.manual_seed(cfg.run.seed)  # the runner seeds torch before building the (random-init) base model
+    clip = build_clip(cfg.model.arch)
+    benchmark = get_benchmark("mini", **cfg.data.options)
+    expected = build_tasks(benchmark, "similarity", 3, seed=cfg.run.seed, datasets=cfg.stream.datasets, clip=clip,
+                           options=OrderingOptions(batch_size=cfg.eval.batch_size))
+    assert ran == [list(t.concepts) for t in expected]
