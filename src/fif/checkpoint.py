@@ -171,6 +171,25 @@ def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file with a canonical header: the same tensors and metadata always give the same bytes.
+
+    ``safetensors.torch.save`` writes ``__metadata__`` from a hash map whose order changes between
+    processes; the header is re-serialised here with sorted metadata keys (tensor offsets are unchanged,
+    the header is re-padded to 8 bytes as the format recommends).
+    """
+    from safetensors.torch import save
+
+    raw = save(_storable(tensors), metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
+
+
 # ----------------------------------------------------------------------------------------------
 # RNG streams
 
@@ -241,8 +260,6 @@ def save_checkpoint(
         TypeError: ``state`` holds something that cannot be stored without pickling.
         OSError: the disk refused the write (nothing partial is left under the final name).
     """
-    from safetensors.torch import save
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / position.name
@@ -254,8 +271,8 @@ def save_checkpoint(
         tree = encode_tree(state, tensors)
         meta = {"fif_version": __version__, "format": str(FORMAT_VERSION)}
         files = {
-            MODEL_FILE: _write_synced(tmp / MODEL_FILE, save(_storable(dict(weights)), metadata=meta)),
-            TENSORS_FILE: _write_synced(tmp / TENSORS_FILE, save(_storable(tensors), metadata=meta)),
+            MODEL_FILE: _write_synced(tmp / MODEL_FILE, safetensors_bytes(dict(weights), meta)),
+            TENSORS_FILE: _write_synced(tmp / TENSORS_FILE, safetensors_bytes(tensors, meta)),
             STATE_FILE: _write_synced(tmp / STATE_FILE, json.dumps(tree).encode()),
         }
         manifest = {

@@ -42,6 +42,10 @@ class RunFolderInUseError(FileExistsError):
     """Another fif process holds the run folder's lock."""
 
 
+class TrainingDivergedError(RuntimeError):
+    """Non-finite steps kept coming back after the allowed rollbacks (the message says what to try)."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM stopped the run; ``checkpoint`` is where it can resume from (None: the last saved one).
 

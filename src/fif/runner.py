@@ -8,8 +8,11 @@ a :class:`RunResult`. It never prints: progress goes through ``on_event`` and tq
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
+import math
 import platform
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,6 +25,8 @@ import torch
 
 from fif import __version__
 from fif.budget import Ledger, StepCost, hook_cost_mafs, mafs_per_step, measure_step_cost, run_budget_mafs
+from fif.budget.mafs import steps_for_task
+from fif.checkpoint import CHECKPOINT_DIR, Position, latest_valid, quarantine, safetensors_bytes
 from fif.config import Config, dump_yaml
 from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
 from fif.data.pool import load_pool
@@ -31,6 +36,17 @@ from fif.evaluate import Evaluator
 from fif.methods import TaskInfo, UpdateMethod, build_method, freeze_all_but
 from fif.methods.finetune import Finetune
 from fif.model.clip import Clip, build_clip
+from fif.resume import RunInterrupted, RunLock, StopSignals, TrainingDivergedError, resume_config
+from fif.runstate import (
+    GuardState,
+    TaskRun,
+    is_finished,
+    record_resume,
+    restore_run_state,
+    roll_back,
+    save_run_checkpoint,
+    truncate_events,
+)
 from fif.results import EventLog, atomic_write_bytes, atomic_write_json, atomic_write_text, read_events, summarize
 from fif.schedules import schedule_from_config, task_curve
 from fif.train import (
@@ -40,6 +56,7 @@ from fif.train import (
     carry_optimizer_state,
     enable_grad_checkpointing,
     fix_temperature_,
+    TaskLog,
     resolve_precision,
     train_task,
 )
@@ -51,6 +68,14 @@ MINI_BASE = "mini-base"  # model.pretrained value: build (or reuse) the cached m
 
 class RunFolderError(FileExistsError):
     """The run folder exists and neither overwrite nor resume was asked for."""
+
+
+class _Rollback(Exception):
+    """Raised out of a task when ``guard.max_bad_steps`` consecutive steps were non-finite."""
+
+    def __init__(self, task: int, step: int):
+        super().__init__(f"task {task} step {step}")
+        self.task, self.step = task, step
 
 
 @dataclass
@@ -86,6 +111,8 @@ class RunContext:
     pretraining_pool: Pool | None
     buffer_segments: list = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = None  # the last task's (train.optimizer_reset=false carries it)
+    guard: GuardState = field(default_factory=GuardState)
+    stop: StopSignals | None = None
     on_event: Callable[[dict], None] | None = None
     progress: bool = False
 
@@ -111,18 +138,38 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create the run folder; refuse to touch an existing non-empty one unless ``overwrite``."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise RunFolderError(
-                f"run folder {str(out_dir)!r} already exists; pass --overwrite to replace it, "
-                f"--resume to continue it, or choose another --out"
-            )
-        if not (out_dir / "events.jsonl").exists() and not (out_dir / "config.yaml").exists():
-            raise RunFolderError(f"refusing to overwrite {str(out_dir)!r}: it does not look like a fif run folder")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> RunLock:
+    """Create and lock the run folder; refuse an existing non-empty one unless ``overwrite``.
+
+    Returns:
+        The held lock (release it when the run ends).
+
+    Raises:
+        RunFolderInUseError: another fif process works in the folder.
+        RunFolderError: the folder holds something and ``overwrite`` is False, or is not a fif run folder.
+    """
+    existed, had_lock = out_dir.exists(), (out_dir / RunLock.NAME).exists()
+    lock = RunLock(out_dir).acquire()
+    try:
+        entries = [p for p in out_dir.iterdir() if p.name != RunLock.NAME]
+        if entries:
+            if not overwrite:
+                raise RunFolderError(
+                    f"run folder {str(out_dir)!r} already exists; pass --overwrite to replace it, "
+                    f"--resume {out_dir} to continue it, or choose another --out"
+                )
+            if not (out_dir / "events.jsonl").exists() and not (out_dir / "config.yaml").exists():
+                raise RunFolderError(f"refusing to overwrite {str(out_dir)!r}: it does not look like a fif run folder")
+            for entry in entries:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    except BaseException:
+        lock.release()
+        if not existed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        elif not had_lock:
+            lock.path.unlink(missing_ok=True)
+        raise
+    return lock
 
 
 def load_model(
@@ -162,7 +209,9 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
     """Build benchmark, model, method, tasks, budget and evaluator for a run (no training yet)."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)  # all global RNGs: a run does not depend on what its process did before
+    np.random.seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.train.precision, device)
     benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
@@ -193,6 +242,8 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
         log.warning(warning)
     total = run_budget_mafs(cfg.budget.ft_steps, cfg.budget.mafs, reference_cost)
     ledger = Ledger.for_run(total, max(len(tasks), 1))  # zeroshot reference: no task, the budget stays unspent
+    if tasks:  # fail before any result is written, not at the first task
+        steps_for_task(min(t.budget_mafs for t in ledger.tasks), mafs_per_step(step_cost, reference_cost))
     evaluator = Evaluator(
         benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
         cfg.eval.ensemble, seed=cfg.run.seed,
@@ -265,10 +316,15 @@ class StepEvals:
             self.seconds += evaluate_in_task(self.ctx, self.task, tlog.steps)
 
 
+def task_pool(ctx: RunContext, task: Task) -> Pool:
+    """The training samples of a task's concepts (after the task, they join the buffer)."""
+    return Pool([(ctx.benchmark.load(d, "train"), idx) for d, idx in task_indices(task, ctx.benchmark).items()])
+
+
 def task_batches(ctx: RunContext, task: Task, steps: int) -> MixedBatches:
     """The task's mixed batches (update = its concepts, buffer = all earlier tasks, pool = pretraining)."""
     cfg = ctx.cfg
-    update = Pool([(ctx.benchmark.load(d, "train"), idx) for d, idx in task_indices(task, ctx.benchmark).items()])
+    update = task_pool(ctx, task)
     buffer = Pool(ctx.buffer_segments) if ctx.buffer_segments else None
     if buffer is not None and cfg.data.mixture.buffer_cap:
         from fif.data.stream import rng_for
@@ -288,66 +344,124 @@ def batch_iterator(batches: MixedBatches, start: int, num_workers: int):
     return iter(torch.utils.data.DataLoader(subset, batch_size=None, num_workers=num_workers, persistent_workers=False))
 
 
-def run_task(ctx: RunContext, task: Task) -> None:
-    """One task: budget → begin_task → train → end_task → evaluate → record."""
-    cfg, method = ctx.cfg, ctx.method
-    num_tasks = len(ctx.tasks)
+def start_task(ctx: RunContext, task: Task) -> TaskRun:
+    """Plan the task's steps, announce it, run ``begin_task``, load its start weights, build its optimizer."""
+    method = ctx.method
     step_mafs = mafs_per_step(ctx.step_cost, ctx.reference_cost)
-    info = TaskInfo(task.index, num_tasks, list(task.concepts), steps=0)
+    info = TaskInfo(task.index, len(ctx.tasks), list(task.concepts), steps=0)
     hook_mafs = hook_cost_mafs(method.extra_cost(info), ctx.reference_cost)
-    steps = ctx.ledger.plan(task.index, step_mafs, hook_mafs)
-    info.steps = steps
-    ctx.emit({"event": "task_start", "task": task.index, "concepts": len(task.concepts), "steps": steps})
+    info.steps = ctx.ledger.plan(task.index, step_mafs, hook_mafs)
+    ctx.emit({"event": "task_start", "task": task.index, "concepts": len(task.concepts), "steps": info.steps})
 
     method.begin_task(info)
     ctx.ledger.charge(task.index, hook_mafs=hook_mafs)
     start_weights = method.training_weights()
     if start_weights is not None:
         ctx.clip.model.load_state_dict(start_weights)
-    if cfg.train.temperature == "fixed":  # after the start weights, which may hold another logit_scale
-        fix_temperature_(ctx.clip.model, cfg.train.fixed_logit_scale)
-    t = cfg.train
+    return TaskRun(info, task_optimizer(ctx), TaskLog())
+
+
+def task_optimizer(ctx: RunContext, state: dict | None = None) -> torch.optim.Optimizer:
+    """The task's optimizer (after fixing the temperature, which takes logit_scale out of it).
+
+    With ``state`` (a checkpoint's) it is loaded; else ``train.optimizer_reset=false`` carries the last
+    task's moments over.
+    """
+    t = ctx.cfg.train
+    if t.temperature == "fixed":  # after the start weights, which may hold another logit_scale
+        fix_temperature_(ctx.clip.model, t.fixed_logit_scale)
     optimizer = build_optimizer(
-        method.trainable_parameters(), t.lr,
+        ctx.method.trainable_parameters(), t.lr,
         OptimConfig(t.weight_decay, (t.beta1, t.beta2), t.eps, t.optimizer, t.optimizer_impl),
     )
-    if not t.optimizer_reset:
+    if state is not None:
+        optimizer.load_state_dict(state)
+    elif not t.optimizer_reset:
         carry_optimizer_state(ctx.optimizer, optimizer)
     ctx.optimizer = optimizer
+    return optimizer
+
+
+def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> None:
+    """One task: budget → begin_task → train → end_task → evaluate → checkpoint.
+
+    ``current`` continues a task restored from a mid-task checkpoint (its steps so far are kept).
+
+    Raises:
+        _Rollback: ``guard.max_bad_steps`` consecutive non-finite steps (the caller rolls back).
+        RunInterrupted: SIGINT/SIGTERM (a checkpoint of the current step was written first).
+    """
+    cfg, method = ctx.cfg, ctx.method
+    num_tasks = len(ctx.tasks)
+    current = current or start_task(ctx, task)
+    info, optimizer, steps = current.info, current.optimizer, current.info.steps
     lr_curve = task_curve(schedule_from_config(cfg.train), task.index, steps, num_tasks)
     batches = task_batches(ctx, task, steps)
-    step_evals = StepEvals(ctx, task.index, steps)
     bar = None
     if ctx.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=f"task {task.index + 1}/{num_tasks}", leave=False, unit="step")
+        bar = tqdm(total=steps, initial=current.log.steps, desc=f"task {task.index + 1}/{num_tasks}", leave=False, unit="step")
+    step_evals = StepEvals(ctx, task.index, steps)
 
     def on_log(step: int, loss: float) -> None:
-        ctx.emit({"event": "train", "task": task.index, "step": step, "loss": round(loss, 6)})
+        skips = current.log.skips
+        extra = {"skipped": skips[-1][1]} if skips and skips[-1][0] == step else {}
+        ctx.emit({"event": "train", "task": task.index, "step": step, "loss": finite_or_none(loss, 6), **extra})
         if bar is not None:
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.3f}")
 
-    tlog = train_task(
-        ctx.clip.model, method, optimizer, batch_iterator(batches, 0, cfg.data.num_workers),
-        lambda s: float(lr_curve[s]), steps, ctx.device, ctx.precision,
-        cfg.train.grad_clip, cfg.train.log_every, on_log=on_log, grad_accum_steps=cfg.train.grad_accum_steps,
-        on_step=step_evals.hook,
-    )
-    if bar is not None:
-        bar.close()
+    def on_step(log: TaskLog) -> None:  # Python only; acts (and syncs) at eval/checkpoint steps or on a signal
+        if step_evals.hook is not None:  # before the checkpoint, so a resume from this step keeps its eval
+            step_evals.hook(log)
+        every = cfg.checkpoint.every_steps
+        stop = ctx.stop is not None and ctx.stop.requested
+        if stop or (every and log.steps % every == 0 and log.steps < steps):
+            path = save_run_checkpoint(ctx, Position(task.index, True, log.steps), log, optimizer)
+            if stop:
+                raise RunInterrupted(ctx.stop.signum, ctx.out_dir, path)
+
+    if ctx.stop is not None:
+        ctx.stop.deferred = True  # a signal now stops after the current step, with a checkpoint
+    try:
+        tlog = train_task(
+            ctx.clip.model, method, optimizer, batch_iterator(batches, current.log.steps, cfg.data.num_workers),
+            lambda s: float(lr_curve[s]) * ctx.guard.lr_scale, steps, ctx.device, ctx.precision,
+            cfg.train.grad_clip, cfg.train.log_every, on_log=on_log, grad_accum_steps=cfg.train.grad_accum_steps,
+            log=current.log, on_step=on_step, max_bad_steps=cfg.guard.max_bad_steps,
+        )
+    finally:
+        if ctx.stop is not None:
+            ctx.stop.deferred = False
+        if bar is not None:
+            bar.close()
+    if tlog.rollback:
+        raise _Rollback(task.index, tlog.steps)
+    if ctx.stop is not None and ctx.stop.requested:  # signalled after the last step's check
+        path = save_run_checkpoint(ctx, Position(task.index, True, tlog.steps), tlog, optimizer)
+        raise RunInterrupted(ctx.stop.signum, ctx.out_dir, path)
     method.end_task(info)
     ctx.ledger.charge(task.index, steps=tlog.steps)
     ctx.buffer_segments.extend(batches.sampler.pools["update"].segments)
     last = task.index == num_tasks - 1
     ctx.emit({
         "event": "task_end", "task": task.index, "concepts": len(task.concepts), "steps": steps,
-        "train_seconds": round(tlog.seconds - step_evals.seconds, 3), "spent_mafs": ctx.ledger.tasks[task.index].spent_mafs,
+        "train_seconds": round(max(tlog.seconds - step_evals.seconds, 0.0), 3),
+        "spent_mafs": ctx.ledger.tasks[task.index].spent_mafs,
         "budget_mafs": ctx.ledger.tasks[task.index].budget_mafs, "budget_total_mafs": ctx.ledger.total_budget_mafs,
-        "final_loss": tlog.losses[-1][1] if tlog.losses else None,
+        "final_loss": finite_or_none(tlog.losses[-1][1]) if tlog.losses else None,
+        "skipped_steps": tlog.nonfinite_steps,
     })
     evaluate_deployed(ctx, task.index, full=last and cfg.eval.full_at_ends)
+    save_run_checkpoint(ctx, Position(task.index + 1))
+
+
+def finite_or_none(value: float, digits: int | None = None) -> float | None:
+    """``value`` (rounded) if finite, else None: the event log is strict JSON."""
+    if not math.isfinite(value):
+        return None
+    return round(value, digits) if digits is not None else value
 
 
 def provenance(cfg: Config) -> dict[str, Any]:
@@ -384,28 +498,112 @@ def run(
 
     Raises:
         RunFolderError: the folder exists and ``overwrite`` is False.
+        RunFolderInUseError: another fif process works in the folder.
         ConfigError / ValueError / KeyError: bad configuration or data, before any result is written.
+        RunInterrupted: SIGINT/SIGTERM; the folder can be resumed with :func:`resume`.
+        TrainingDivergedError: non-finite steps persisted after ``guard.max_rollbacks`` rollbacks.
     """
     out = Path(out_dir or cfg.run.out or default_out_dir(cfg))
-    prepare_out_dir(out, overwrite)
-    try:
-        ctx = setup(cfg, out, on_event, progress)
+    with StopSignals(out) as stop:
+        lock = prepare_out_dir(out, overwrite)
+        try:
+            try:
+                ctx = setup(cfg, out, on_event, progress)
+                open_sinks(ctx)
+            except BaseException:
+                # Nothing was learned yet: leave no half-made run folder behind.
+                shutil.rmtree(out, ignore_errors=True)
+                raise
+            ctx.stop = stop
+            atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+            atomic_write_json(out / "run.json", {**provenance(cfg), "tasks": [list(t.concepts) for t in ctx.tasks]})
+            return start_stream(ctx)
+        finally:
+            lock.release()
+
+
+def resume(
+    run_dir: str | Path,
+    overrides: list[str] | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> RunResult:
+    """Continue an interrupted run from its newest valid checkpoint; on CPU the result is bit-identical
+    to the uninterrupted run (``summary.json``, ``final.safetensors``, and ``events.jsonl`` up to the
+    wall-clock fields of :data:`fif.resume.TIMING_KEYS`).
+
+    Args:
+        run_dir: the run folder.
+        overrides: ``section.key=value`` changes to the run's config.yaml (see :func:`fif.resume.resume_config`).
+        on_event: as for :func:`run`; the events already logged are replayed to it first.
+        progress: show tqdm progress bars.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a run folder.
+        RunFolderError: the run already finished.
+        RunFolderInUseError: another fif process works in the folder.
+        ConfigError: an override is invalid or would change what the run computes.
+        CheckpointError: the event log does not match the checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: no such run folder")
+    with StopSignals(run_dir) as stop, RunLock(run_dir):
+        rc = resume_config(run_dir, overrides)
+        if is_finished(run_dir):
+            raise RunFolderError(f"run {str(run_dir)!r} already finished (see its summary.json); nothing to resume")
+        ckpt, skipped = latest_valid(run_dir / CHECKPOINT_DIR)
+        for path, _ in skipped:
+            quarantine(path)
+        ctx = setup(rc.cfg, run_dir, on_event, progress)
+        ctx.stop = stop
+        if rc.changed:
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(rc.cfg))
+        record_resume(run_dir, ckpt, rc.changed)
+        for stale in ("summary.json", "final.safetensors"):
+            (run_dir / stale).unlink(missing_ok=True)
+        if ckpt is None:  # stopped before the first checkpoint: start over in the same folder
+            log.warning(f"{run_dir}: no valid checkpoint; starting the run over")
+            truncate_events(run_dir / "events.jsonl", 0, hashlib.sha256(b"").hexdigest())
+            open_sinks(ctx)
+            return start_stream(ctx)
+        current = restore_run_state(ctx, ckpt, rollback=False)
+        if on_event is not None:
+            for event in read_events(run_dir / "events.jsonl"):
+                on_event(event)
         open_sinks(ctx)
-    except BaseException:
-        # Nothing was learned yet: leave no half-made run folder behind.
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-    atomic_write_json(out / "run.json", {**provenance(cfg), "tasks": [list(t.concepts) for t in ctx.tasks]})
+        return run_stream(ctx, ckpt.position, current)
+
+
+def start_stream(ctx: RunContext) -> RunResult:
+    """Log the run start, evaluate the zero-shot model, checkpoint, and run every task."""
+    cfg = ctx.cfg
     ctx.emit({
         "event": "run_start", "tasks": len(ctx.tasks), "method": cfg.method.name,
         "step_gflops": ctx.step_cost.flops / 1e9, "mafs_per_step": mafs_per_step(ctx.step_cost, ctx.reference_cost),
         "budget_total_mafs": ctx.ledger.total_budget_mafs, "device": str(ctx.device), "precision": ctx.precision,
     })
     evaluate_deployed(ctx, -1, full=cfg.eval.full_at_ends)
-    for task in ctx.tasks:
-        run_task(ctx, task)
-    return finish(ctx)
+    position = Position(0)
+    save_run_checkpoint(ctx, position)
+    return run_stream(ctx, position, None)
+
+
+def run_stream(ctx: RunContext, position: Position, current: TaskRun | None) -> RunResult:
+    """Every task from ``position`` on (rolling back on persistent non-finite steps), then the summary."""
+    try:
+        while True:
+            try:
+                for task in ctx.tasks[position.task:]:
+                    run_task(ctx, task, current)
+                    current = None
+                break
+            except _Rollback as r:
+                position, current = roll_back(ctx, r.task, r.step)
+        return finish(ctx)
+    except BaseException:
+        close_sinks(ctx)
+        raise
 
 
 def open_sinks(ctx: RunContext) -> None:
@@ -430,12 +628,10 @@ def close_sinks(ctx: RunContext) -> None:
 
 def finish(ctx: RunContext) -> RunResult:
     """Write the deployed weights and the summary."""
-    from safetensors.torch import save
-
     weights = ctx.method.deploy_weights() or ctx.clip.model.state_dict()
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     meta = {"fif_version": __version__, "arch": ctx.cfg.model.arch, "seed": str(ctx.cfg.run.seed)}
-    atomic_write_bytes(ctx.out_dir / "final.safetensors", save(weights, metadata=meta))
+    atomic_write_bytes(ctx.out_dir / "final.safetensors", safetensors_bytes(weights, meta))  # same weights, same bytes
     summary = summarize(list(read_events(ctx.out_dir / "events.jsonl")))
     summary["ledger"] = {**ctx.ledger.summary(), **ctx.ledger.to_dict()}
     atomic_write_json(ctx.out_dir / "summary.json", summary)

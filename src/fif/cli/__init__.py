@@ -34,6 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: shown as one line, without a traceback (``-vv`` shows it).
+
+    Evaluated only when an exception reaches :func:`main`, so commands import torch only if they need it.
+    """
+    from fif.config import ConfigError
+    from fif.model.clip import ModelLoadError
+    from fif.resume import TrainingDivergedError
+
+    return (CliError, ConfigError, OSError, KeyError, ValueError, ModelLoadError, TrainingDivergedError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -44,11 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from fif.config import ConfigError
-
     try:
         return int(args.func(args) or 0)
-    except (CliError, ConfigError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+    except user_errors() as e:
         if args.verbose >= 2:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

@@ -15,9 +15,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train.lr=1e-4). Results go to --out (default: a new folder under runs/).",
     )
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-    p.add_argument("--preset", default="mini", help="preset name or YAML file (default: mini)")
+    p.add_argument("--preset", help="preset name or YAML file (default: mini)")
     p.add_argument("--out", help="run folder (default: runs/<time>-<benchmark>-<method>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument(
+        "--resume", metavar="RUN",
+        help="continue the interrupted run folder RUN from its last valid checkpoint, with its own config.yaml "
+        "(overrides that change what the run computes are refused; others are applied with a warning)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--list-methods", action="store_true", help="list update methods and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -69,6 +74,17 @@ class TablePrinter:
             )
 
 
+def interrupted_message(e) -> str:
+    """What to tell the user after SIGINT/SIGTERM: where the run stopped and how to continue it."""
+    from pathlib import Path
+
+    name = str(e.args[0]) if e.args else "signal"
+    if e.out_dir is None or not (Path(e.out_dir) / "config.yaml").is_file():
+        return f"fif run: stopped by {name} before the run started; nothing was saved"
+    where = f"checkpoint saved: {e.checkpoint}" if e.checkpoint else "it continues from its last checkpoint"
+    return f"fif run: stopped by {name}; {where}\nresume with: fif run --resume {e.out_dir}"
+
+
 def main(args: argparse.Namespace) -> int:
     from fif.config import dump_yaml, load_config
     from fif.methods import registered_methods
@@ -77,13 +93,30 @@ def main(args: argparse.Namespace) -> int:
         for name, cls in sorted(registered_methods().items()):
             print(f"{name:16s} {(cls.__doc__ or '').strip().splitlines()[0]}")
         return 0
-    cfg = load_config(args.preset, args.overrides)
+    from fif.cli import CliError
+    from fif.resume import RunInterrupted
+
+    if args.resume and (args.preset or args.out or args.overwrite):
+        raise CliError("--resume continues RUN with its own config.yaml and folder; drop --preset/--out/--overwrite")
+    if args.resume and args.print_config:
+        from fif.resume import resume_config
+
+        print(dump_yaml(resume_config(args.resume, args.overrides).cfg), end="")
+        return 0
+    cfg = None if args.resume else load_config(args.preset or "mini", args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    from fif.runner import run
+    from fif.runner import resume, run
 
-    result = run(cfg, out_dir=args.out, overwrite=args.overwrite, on_event=TablePrinter(), progress=not args.no_progress)
+    try:
+        if args.resume:
+            result = resume(args.resume, args.overrides, on_event=TablePrinter(), progress=not args.no_progress)
+        else:
+            result = run(cfg, out_dir=args.out, overwrite=args.overwrite, on_event=TablePrinter(), progress=not args.no_progress)
+    except RunInterrupted as e:
+        print(interrupted_message(e), file=sys.stderr)
+        return 128 + e.signum
     f = result.final
     print(f"final: A_KA {fmt(f.get('a_ka'))}  A_ZS {fmt(f.get('a_zs'))}  GM {fmt(f.get('gm'))}")
     print(f"results: {result.out_dir}/ (summary.json, events.jsonl, config.yaml, final.safetensors)")

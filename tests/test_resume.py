@@ -1,0 +1,161 @@
+"""Exact resume: a mini run killed with SIGKILL (or stopped with SIGTERM) and resumed ends bit-identical to the
+uninterrupted run — summary.json, final.safetensors, and events.jsonl up to wall-clock fields.
+
+Runs are tiny (random-init model, batch 8, 2 tasks x 8 steps, two eval datasets) and go through the real
+CLI in subprocesses. One kill/resume runs in the default suite; the sweep over kill points and seeds is slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fif.checkpoint import CHECKPOINT_DIR, list_checkpoints
+from fif.resume import without_timing
+
+MINI = [
+    "model.pretrained=null", "budget.ft_steps=16", "stream.tasks=2", "train.batch_size=8", "train.log_every=4",
+    "checkpoint.every_steps=3", "checkpoint.keep_last=2", "run.threads=1", "eval.min_samples=10",
+    "data.options={pool_size: 200, train_per_class: 6, test_per_class: 3, eval_size: 30, retrieval_train: 30, "
+    "retrieval_test: 10}",
+    "stream.datasets=[mini_digits,mini_letters]", "eval.datasets=[mini_digits,mini_colors]",
+]
+ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+
+
+def fif_run(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fif", "run", "--no-progress", *args]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(fif_run(*args), env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def events(run: Path) -> list[dict]:
+    path = run / "events.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            break
+    return out
+
+
+def start_and_kill(out: Path, until, sig: int = signal.SIGKILL, extra: tuple[str, ...] = (), timeout: float = 300):
+    """Start a run and send ``sig`` once ``until(out)`` is true; returns the process (after it exited)."""
+    proc = subprocess.Popen(fif_run("--out", str(out), *MINI, *extra), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and not until(out):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the run never reached the kill point")
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the run ended before the kill point:\n{proc.stderr.read()}"
+        proc.send_signal(sig)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc
+
+
+def after_train_events(n: int):
+    return lambda out: sum(e["event"] == "train" for e in events(out)) >= n
+
+
+def after_checkpoints(n_step_checkpoints: int):
+    def until(out: Path) -> bool:
+        return sum(p.started for p, _ in list_checkpoints(out / CHECKPOINT_DIR)) >= n_step_checkpoints
+
+    return until
+
+
+def after_event(kind: str, task: int):
+    return lambda out: any(e["event"] == kind and e.get("task") == task for e in events(out))
+
+
+def assert_identical(run: Path, reference: Path) -> None:
+    assert (run / "summary.json").read_bytes() == (reference / "summary.json").read_bytes()
+    assert (run / "final.safetensors").read_bytes() == (reference / "final.safetensors").read_bytes()
+    got, want = [without_timing(e) for e in events(run)], [without_timing(e) for e in events(reference)]
+    assert got == want
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    done = run_cli("--out", str(out), *MINI)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_sigkill_mid_task_then_resume_is_bit_identical(reference, tmp_path):
+    out = tmp_path / "run"
+    start_and_kill(out, after_train_events(3))  # task 1, between its checkpoints
+    assert not (out / "summary.json").exists()
+    done = run_cli("--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    assert_identical(out, reference)
+    resumes = json.loads((out / "run.json").read_text())["resumes"]
+    assert len(resumes) == 1 and resumes[0]["checkpoint"].startswith("task0001-step")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_point", [
+    pytest.param(after_train_events(1), id="early-task0"),
+    pytest.param(after_checkpoints(1), id="right-after-a-checkpoint"),
+    pytest.param(after_event("task_end", 0), id="around-task-end"),
+    pytest.param(after_event("eval", 0), id="after-task-eval"),
+    pytest.param(after_train_events(4), id="end-of-last-task"),
+])
+def test_sigkill_anywhere_then_resume_is_bit_identical(reference, tmp_path, kill_point):
+    out = tmp_path / "run"
+    start_and_kill(out, kill_point)
+    done = run_cli("--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    assert_identical(out, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_other_seeds_twice_killed(tmp_path, seed):
+    ref = tmp_path / "ref"
+    assert run_cli("--out", str(ref), *MINI, f"run.seed={seed}").returncode == 0
+    out = tmp_path / "run"
+    start_and_kill(out, after_train_events(1 + seed), extra=(f"run.seed={seed}",))
+    # killed again while resuming, then resumed to the end
+    proc = subprocess.Popen(fif_run("--resume", str(out)), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not after_train_events(3 + seed)(out) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    done = run_cli("--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    assert_identical(out, ref)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start_and_kill(out, after_train_events(1), sig=signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM
+    err = proc.stderr.read() if proc.stderr and not proc.stderr.closed else ""
+    stopped = [p for p, _ in list_checkpoints(out / CHECKPOINT_DIR)][-1]
+    assert stopped.started and stopped.step % 3 != 0 or stopped.step > 0  # a checkpoint at the signalled step
+    del err
+    done = run_cli("--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    assert_identical(out, reference)
