@@ -60,11 +60,11 @@ def test_interrupted_run_reports(tmp_path):
     run = interrupted_copy(tmp_path, 14)  # up to the evaluation after task 1
     data = load_run(run)
     m = run_metrics(data)
-    assert data.status == "interrupted after 2/3 tasks" and not data.finished
+    assert data.status == "unfinished: 2/3 tasks" and not data.finished
     assert m["final"]["task"] == 1 and m["final"]["a_ka"] == pytest.approx(46.0)
     assert m["forgetting"] == {"A": -10.0, "B": None, "R": None}  # A improved: 40 after task 0, 50 now
     rep = write_report([run], tmp_path / "out")
-    assert rep.html.is_file() and "interrupted after 2/3 tasks" in rep.html.read_text()
+    assert rep.html.is_file() and "unfinished: 2/3 tasks" in rep.html.read_text()
 
 
 def test_run_with_no_evaluation_yet(tmp_path):

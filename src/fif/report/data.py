@@ -84,7 +84,7 @@ class RunData:
         if self.finished:
             return "finished"
         done = sum(1 for t in self.ledger if t.spent_mafs is not None)
-        return f"interrupted after {done}/{self.tasks_planned or '?'} tasks"
+        return f"unfinished: {done}/{self.tasks_planned or '?'} tasks"  # interrupted, or still running
 
     def points(self) -> list[dict[str, float | None]]:
         """{task, a_ka, a_zs, gm} of each evaluation, in order."""

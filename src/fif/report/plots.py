@@ -131,7 +131,9 @@ def plot_change_heatmap(run: RunData) -> Figure:
     if delta.size <= 400:
         for (i, j), v in np.ndenumerate(delta):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:+.0f}", ha="center", va="center", fontsize=6, color="white" if abs(v) > 0.6 * lim else "black")
+                r = int(round(v))
+                ax.text(j, i, "0" if r == 0 else f"{r:+d}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(v) > 0.6 * lim else "black")
     fig.colorbar(im, ax=ax, label="change vs zero-shot (pp)", shrink=0.8)
     ax.set_title(f"{run.label}: per-dataset change from zero-shot")
     fig.tight_layout()
@@ -146,6 +148,9 @@ def plot_budget(run: RunData) -> Figure:
     w = 0.4
     ax1.bar(x - w / 2, [t.budget_mafs or 0.0 for t in lines], w, label="budget", color="0.7")
     ax1.bar(x + w / 2, [t.spent_mafs or 0.0 for t in lines], w, label="spent", color="tab:blue")
+    for xi, t in zip(x, lines):
+        if t.budget_mafs and t.spent_mafs is not None:
+            ax1.annotate(f"{t.spent_mafs / t.budget_mafs:.0%}", (xi + w / 2, t.spent_mafs), ha="center", va="bottom", fontsize=7)
     ax1.set_ylabel("MAFs")
     ax1.set_title("Compute budget per task")
     ax2.bar(x - w / 2, [t.train_seconds or 0.0 for t in lines], w, label="train", color="tab:orange")
