@@ -190,3 +190,20 @@ def test_stream_config_is_validated():
         load_config("mini", ["stream.ordering=file"])
     cfg = load_config("mini", ["stream.ordering=time", "stream.interleave=true", "stream.reference=oracle"])
     assert cfg.stream.interleave and cfg.stream.reference == "oracle"
+
+
+def test_classes_without_training_images_stay_out_of_streams(toy):
+    from fif.data.registry import Benchmark
+    from fif.data.specs import DatasetSpec
+
+    spec = toy.datasets["toy_a"]
+    wider = DatasetSpec(spec.name, spec.kind, spec.role, spec.classnames + ("dog",), spec.primer)
+
+    def loader(s, split):  # the data of the 3-class set, described with a 4th class that has no images
+        data = toy.loader(spec if s.name == "toy_a" else s, split)
+        data.spec = s
+        return data
+
+    bench = Benchmark("toy2", {**toy.datasets, "toy_a": wider}, loader, toy.pretraining_pool)
+    concepts = benchmark_concepts(bench, ["toy_a"])
+    assert concepts == ["toy_a+++ant", "toy_a+++bee", "toy_a+++cat"]  # 'dog' has no train images

@@ -14,6 +14,7 @@ model is only evaluated) and ``oracle`` (the whole stream as one task with the w
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # imported lazily at run time: the model-based orderings pull
     from fif.config import StreamConfig
     from fif.model.clip import Clip
 
+log = logging.getLogger(__name__)
 ALL_PAIRS = "*"  # classname of a retrieval dataset's single concept
 
 ORDERINGS = ("dataset", "random", "time", "frequency", "similarity", "easy_to_hard", "file")
@@ -99,8 +101,15 @@ def benchmark_concepts(benchmark: Benchmark, datasets: Sequence[str] = ()) -> li
     for spec in chosen:
         if spec.kind == "retrieval":
             out.append(concept_id(spec.name, ALL_PAIRS))
-        else:
-            out.extend(concept_id(spec.name, c) for c in spec.classnames)
+            continue
+        # Classes without training images cannot be learned (FiF: 18,449 classes, 18,381 in streams):
+        # leave them out of the stream; they are still evaluated.
+        present = set(np.unique(benchmark.load(spec.name, "train").targets).tolist())
+        missing = [c for i, c in enumerate(spec.classnames) if i not in present]
+        if missing:
+            log.info("%s: %d class(es) without training images left out of the stream: %s",
+                     spec.name, len(missing), ", ".join(missing[:5]))
+        out.extend(concept_id(spec.name, c) for i, c in enumerate(spec.classnames) if i in present)
     return out
 
 
