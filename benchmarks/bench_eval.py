@@ -67,7 +67,20 @@ def run_times(folder: Path) -> dict:
          "eval_over_train": round(t.eval_seconds / t.train_seconds, 3) if t.train_seconds and t.eval_seconds else None}
         for t in run.ledger
     ]
-    return {"run": str(folder), "status": run.status, "zero_shot_eval_seconds": zero_shot, "tasks": tasks}
+    done = [t for t in run.ledger if t.train_seconds and t.steps]
+    per_step = sum(t.train_seconds for t in done) / sum(t.steps for t in done) if done else None
+    evals = [t.eval_seconds for t in run.ledger if t.eval_seconds and t.task < len(run.ledger) - 1]  # subset evals
+    eval_mean = sum(evals) / len(evals) if evals else None
+    return {"run": str(folder), "status": run.status, "zero_shot_eval_seconds": zero_shot, "tasks": tasks,
+            "train_seconds_per_step": per_step, "subset_eval_seconds": eval_mean}
+
+
+def default_steps_per_task(preset: str = "mini") -> float:
+    """Full fine-tuning steps per task of a preset's default run (budget.ft_steps / stream.tasks)."""
+    from fif.config import load_config
+
+    cfg = load_config(preset)
+    return cfg.budget.ft_steps / cfg.stream.tasks
 
 
 def main() -> None:
@@ -77,6 +90,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="timed repeats; the fastest counts")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--run", nargs="*", default=[], help="run folders to read train/eval seconds from")
+    p.add_argument("--no-throughput", action="store_true", help="only read the runs")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     if args.threads:
@@ -88,7 +102,7 @@ def main() -> None:
     print(f"machine: {machine['cpu_count']} CPUs, torch {machine['torch']} with {machine['torch_threads']} threads, "
           f"load average {machine['load_before'][0]:.1f}")
     results = []
-    for precision in args.precision:
+    for precision in [] if args.no_throughput else args.precision:
         for subset in (False, True):
             r = throughput(precision, args.batch_size, subset, args.repeats)
             results.append(r)
@@ -101,6 +115,14 @@ def main() -> None:
         for t in r["tasks"]:
             print(f"{t['task']:>5d} {t['steps'] or 0:>6d} {t['train_seconds'] or 0:>9.1f} {t['eval_seconds'] or 0:>8.1f} "
                   f"{t['eval_over_train'] if t['eval_over_train'] is not None else '-':>10}")
+        if r["train_seconds_per_step"] and r["subset_eval_seconds"]:
+            steps = default_steps_per_task()
+            train = steps * r["train_seconds_per_step"]
+            r["projected_default"] = {"steps_per_task": steps, "train_seconds": train,
+                                      "eval_over_train": r["subset_eval_seconds"] / train}
+            print(f"  {r['train_seconds_per_step']:.2f} s/step; mini preset default ({steps:.0f} steps/task): "
+                  f"{train:.0f} s training vs {r['subset_eval_seconds']:.0f} s subset evaluation per task "
+                  f"= {r['subset_eval_seconds'] / train:.2f}")
     machine["load_after"] = os.getloadavg()
     print(f"load average after: {machine['load_after'][0]:.1f}")
     if args.json:
