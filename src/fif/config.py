@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -369,14 +370,17 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
         problems.append(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        problems.append(f"{key}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        problems.append(f"{key}: expected a finite number, got {value!r}")
         return value
     if tp is str:
         if isinstance(value, str):

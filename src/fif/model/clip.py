@@ -123,6 +123,13 @@ def build_clip(
             arch, pretrained=pretrained or None, device=device, cache_dir=cache_dir, output_dict=True, weights_only=True
         )
     except Exception as e:  # open_clip raises bare RuntimeErrors for network and file problems
+        if "Weights only load failed" in str(e):  # torch.load(weights_only=True) met a pickled object
+            blocked = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+            raise ModelLoadError(
+                f"model.pretrained: refused to load {pretrained!r}: it holds pickled Python objects, not only tensors"
+                f"{f' ({blocked[0]})' if blocked else ''}. fif never unpickles user files; convert it to .safetensors "
+                "where you trust its source"
+            ) from e
         hint = ""
         if pretrained and not Path(pretrained).is_file():
             hint = (
