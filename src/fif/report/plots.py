@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # no display: the report renders to PNG bytes only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fif.metrics import change_from_zero_shot  # noqa: E402
 from fif.report.data import RunData  # noqa: E402
@@ -100,6 +101,7 @@ def plot_metrics_over_tasks(runs: Sequence[RunData]) -> Figure:
             )
     for ax, title in zip(axes, ("A_KA (adaptation)", "A_ZS (eval-only)", "GM")):
         ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("tasks done (0 = zero-shot)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (%)")
