@@ -56,6 +56,11 @@ class ModelConfig:
     pretrained: str | None = _help(
         "Weights: an open_clip tag, a local .safetensors/.pt file, 'mini-base' (build/cached), or null.", None
     )
+    attention: Literal["default", "custom"] = _help(
+        "Transformer blocks: default (the architecture's own) or custom (open_clip's CustomResidualAttentionBlock; "
+        "same keys and weights, attention as a plain module).",
+        "default",
+    )
 
 
 @dataclass

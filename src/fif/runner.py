@@ -7,7 +7,6 @@ a :class:`RunResult`. It never prints: progress goes through ``on_event`` and tq
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import math
@@ -15,7 +14,7 @@ import platform
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -202,7 +201,7 @@ def load_model(
         if on_event:
             on_event({"event": "base_model", "status": "built" if built else "cached", "path": str(path)})
         pretrained = str(path)
-    return build_clip(cfg.model.arch, pretrained=pretrained, device=device)
+    return build_clip(cfg.model.arch, pretrained=pretrained, device=device, attention=cfg.model.attention)
 
 
 def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> RunContext:
@@ -259,8 +258,7 @@ def evaluate_deployed(ctx: RunContext, task: int, full: bool) -> dict[str, float
     clip = ctx.clip
     weights = ctx.method.deploy_weights()
     if weights is not None:
-        model = copy.deepcopy(ctx.clip.model)
-        model.load_state_dict(weights)
+        model = ctx.method.deploy_model(weights)  # a copy; the base architecture for adapter methods
         clip = Clip(model, ctx.clip.tokenizer, ctx.clip.arch, ctx.clip.image_size, ctx.clip.mean, ctx.clip.std)
     t0 = time.perf_counter()
     scores = ctx.evaluator.run(clip, ctx.device, subset=not full, precision=eval_precision(ctx))
@@ -370,10 +368,10 @@ def task_optimizer(ctx: RunContext, state: dict | None = None) -> torch.optim.Op
     t = ctx.cfg.train
     if t.temperature == "fixed":  # after the start weights, which may hold another logit_scale
         fix_temperature_(ctx.clip.model, t.fixed_logit_scale)
-    optimizer = build_optimizer(
-        ctx.method.trainable_parameters(), t.lr,
-        OptimConfig(t.weight_decay, (t.beta1, t.beta2), t.eps, t.optimizer, t.optimizer_impl),
+    named, optim_cfg = ctx.method.trainable_parameters(), OptimConfig(
+        t.weight_decay, (t.beta1, t.beta2), t.eps, t.optimizer, t.optimizer_impl
     )
+    optimizer = ctx.method.build_optimizer(named, t.lr, optim_cfg) or build_optimizer(named, t.lr, optim_cfg)
     if state is not None:
         optimizer.load_state_dict(state)
     elif not t.optimizer_reset:
@@ -638,6 +636,6 @@ def finish(ctx: RunContext) -> RunResult:
     ctx.emit({"event": "run_end", **{k: summary["final"].get(k) for k in ("a_ka", "a_zs", "gm")}})
     close_sinks(ctx)
     deployed = ctx.clip
-    if ctx.method.deploy_weights() is not None:
-        deployed.model.load_state_dict(weights)
+    if ctx.method.deploy_weights() is not None:  # adapter methods deploy the plain base architecture
+        deployed = replace(ctx.clip, model=ctx.method.deploy_model(weights))
     return RunResult(ctx.out_dir, summary, deployed)

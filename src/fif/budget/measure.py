@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fif.budget.mafs import BudgetError, StepCost
 from fif.methods.base import Batch, UpdateMethod
 from fif.model.clip import Clip
+from fif.train import OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -272,12 +273,19 @@ def _trace_by_extrapolation(clip: Clip, method: UpdateMethod, batch_size: int, d
 
 
 def estimate_peak_memory(
-    param_bytes: float, trainable_bytes: float, activation_bytes: float, batch_bytes: float
+    param_bytes: float,
+    trainable_bytes: float,
+    activation_bytes: float,
+    batch_bytes: float,
+    optimizer_state_bytes: float | None = None,
 ) -> dict[str, float]:
     """The CPU/meta estimate of a step's peak memory, term by term (sum them for the peak).
 
-    peak ≈ parameters (all, incl. buffers) + gradients (trainable) + AdamW state (2 × trainable)
-           + activations saved for backward + the batch.
+    peak ≈ parameters (all, incl. buffers) + gradients (trainable) + optimizer state
+           + activations saved for backward + the batch,
+
+    with the optimizer state AdamW's 2 × trainable unless ``optimizer_state_bytes`` is given (a method
+    with its own optimizer, e.g. GaLore's projected moments: ``UpdateMethod.optimizer_state_bytes``).
 
     An estimate, not a measurement: it adds terms that do not all peak at the same moment (activations
     are freed while gradients appear) and omits kernel workspaces and temporaries. Reference and
@@ -286,7 +294,7 @@ def estimate_peak_memory(
     return {
         "parameters": float(param_bytes),
         "gradients": float(trainable_bytes),
-        "optimizer_state": 2.0 * trainable_bytes,
+        "optimizer_state": 2.0 * trainable_bytes if optimizer_state_bytes is None else float(optimizer_state_bytes),
         "activations": float(activation_bytes),
         "batch": float(batch_bytes),
     }
@@ -313,7 +321,9 @@ def run_real_steps(clip: Clip, method: UpdateMethod, batch_size: int, device: to
         if name in names:
             trainable.append(p)
     model.train()
-    optimizer = torch.optim.AdamW(trainable, lr=0.0)
+    optimizer = method.build_optimizer(
+        [(n, p) for n, p in model.named_parameters() if p.requires_grad], 0.0, OptimConfig()
+    ) or torch.optim.AdamW(trainable, lr=0.0)  # the method's own optimizer (GaLore), else AdamW
     batch = synthetic_batch(clip, batch_size, device)
     for _ in range(steps):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -398,6 +408,7 @@ def measure_step_cost(
         trainable_bytes=_storage_bytes(trainable),
         activation_bytes=trace.activation_bytes,
         batch_bytes=sum(t.numel() * t.element_size() for t in (batch.images, batch.tokens, batch.source)),
+        optimizer_state_bytes=method.optimizer_state_bytes(),
     )
     return StepCost(trace.flops, sum(parts.values()), "estimate", trace.forward_flops, batch_size, parts)
 

@@ -11,6 +11,7 @@ Methods return values (losses, costs, weights); they never reach into the runner
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
@@ -156,7 +157,40 @@ class UpdateMethod:
         return None
 
     def deploy_weights(self) -> dict[str, torch.Tensor] | None:
-        """Weights to evaluate and ship; None = the model as it is."""
+        """Weights to evaluate and ship; None = the model as it is.
+
+        Keys: the model's, or for a method that adds modules to the model (PEFT adapters) the base
+        architecture's, with the added modules merged in (see :meth:`deploy_model`).
+        """
+        return None
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """A model holding ``weights`` (from :meth:`deploy_weights`), to evaluate; the model is untouched.
+
+        Default: a copy of the model with ``weights`` loaded. Methods that add modules return the plain
+        base architecture instead.
+        """
+        model = copy.deepcopy(self.clip.model)
+        model.load_state_dict(weights)
+        return model
+
+    # --- optimizer (optional) -------------------------------------------------------------------
+    def build_optimizer(
+        self, named_params: list[tuple[str, nn.Parameter]], lr: float, optim_cfg: Any
+    ) -> torch.optim.Optimizer | None:
+        """The method's own optimizer for ``named_params`` (e.g. GaLore's projected AdamW).
+
+        ``optim_cfg`` is a :class:`fif.train.OptimConfig`. Default None: the runner's
+        :func:`fif.train.build_optimizer` (AdamW).
+        """
+        return None
+
+    def optimizer_state_bytes(self) -> float | None:
+        """Bytes of optimizer state a step holds, for the budget's memory estimate.
+
+        Default None: AdamW's two moments per trainable element. A method with its own optimizer
+        (:meth:`build_optimizer`) reports its own, so its memory advantage shows in the MAFs.
+        """
         return None
 
     # --- resume --------------------------------------------------------------------------------

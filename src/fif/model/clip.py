@@ -79,6 +79,7 @@ def build_clip(
     pretrained: str | None = None,
     device: str | torch.device = "cpu",
     cache_dir: str | None = None,
+    attention: str = "default",
 ) -> Clip:
     """Build an open_clip model.
 
@@ -88,6 +89,8 @@ def build_clip(
             file (``.safetensors``, or a torch file loaded with ``weights_only=True``).
         device: where to put the model.
         cache_dir: download cache for pretrained tags.
+        attention: ``default`` (the architecture's own transformer blocks) or ``custom``: open_clip's
+            ``CustomResidualAttentionBlock`` in every transformer tower (see :func:`attention_overrides`).
 
     Returns:
         The model (fp32, train mode) with its tokenizer and preprocessing constants.
@@ -118,9 +121,11 @@ def build_clip(
                     f"model.pretrained: {pretrained!r} is neither a file nor an open_clip tag for {arch!r}. "
                     f"Tags for {arch}: {', '.join(tags) or '(none)'}"
                 )
+    overrides = attention_overrides(arch, attention)
     try:
         model = open_clip.create_model(
-            arch, pretrained=pretrained or None, device=device, cache_dir=cache_dir, output_dict=True, weights_only=True
+            arch, pretrained=pretrained or None, device=device, cache_dir=cache_dir, output_dict=True, weights_only=True,
+            **overrides,
         )
     except Exception as e:  # open_clip raises bare RuntimeErrors for network and file problems
         if "Weights only load failed" in str(e):  # torch.load(weights_only=True) met a pickled object
@@ -146,6 +151,41 @@ def build_clip(
     std = tuple(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
     tokenizer = open_clip.get_tokenizer(arch)
     return Clip(model=model, tokenizer=tokenizer, arch=arch, image_size=size, mean=mean, std=std)  # type: ignore[arg-type]
+
+
+ATTENTION_CHOICES = ("default", "custom")
+
+
+def attention_overrides(arch: str, attention: str) -> dict[str, dict]:
+    """open_clip model kwargs that select the transformer block type (``model.attention``).
+
+    ``custom`` sets ``block_type: custom`` in the tower configs of ``arch`` (open_clip's
+    ``CustomResidualAttentionBlock``, whose attention is a module of fif's reach rather than
+    ``nn.MultiheadAttention``). The state_dict keys and the function are those of the default block, so
+    pretrained weights load unchanged. Towers that are not open_clip transformers (ModifiedResNet, timm,
+    HF text models) are left as they are.
+
+    Raises:
+        ModelLoadError: an unknown value, or ``custom`` for an architecture without a built-in config.
+    """
+    if attention not in ATTENTION_CHOICES:
+        raise ModelLoadError(f"model.attention={attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
+    if attention == "default":
+        return {}
+    import open_clip
+
+    cfg = None if arch.startswith(("hf-hub:", "local-dir:")) else open_clip.get_model_config(arch)
+    if cfg is None:
+        raise ModelLoadError(
+            f"model.attention=custom needs a built-in open_clip architecture; {arch!r} has none (use default)"
+        )
+    overrides = {}
+    vision, text = dict(cfg.get("vision_cfg", {})), dict(cfg.get("text_cfg", {}))
+    if isinstance(vision.get("layers"), int) and "timm_model_name" not in vision:  # a ViT, not a ResNet/timm
+        overrides["vision_cfg"] = {**vision, "block_type": "custom"}
+    if text and "hf_model_name" not in text:
+        overrides["text_cfg"] = {**text, "block_type": "custom"}
+    return overrides
 
 
 def clamp_logit_scale_(model: nn.Module) -> None:

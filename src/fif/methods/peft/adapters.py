@@ -1,0 +1,181 @@
+"""LoRA, DoRA and VeRA: low-rank adapters on the attention and MLP Linear layers of both towers.
+
+Only the adapters train; the base weights stay frozen. The deployed model is a plain open_clip model
+with the adapters merged into its weights (exact: merging a linear adapter is a change of weights, not
+of function), so evaluation, ``final.safetensors`` and ``fif eval`` see the base architecture's keys.
+
+Across tasks (FiF trains the same adapters through the stream): by default the adapters carry on from
+task to task, and the optimizer sees the same parameters. With ``merge_every_task=true`` each task end
+merges them into the base weights and resets them to the identity, so every task learns a fresh
+low-rank update on top of everything learnt so far (the rank limits each task's change, not the
+stream's).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from fif.methods.base import TaskInfo, UpdateMethod, register_method
+from fif.methods.peft.config import LoraOptions, VeraOptions
+from fif.methods.peft.inject import adapter_parameters, inject_adapters, merge_and_reset_, unload
+from fif.model.clip import Clip
+
+
+def lora_config(options: LoraOptions, dora: bool):
+    """peft's LoraConfig for ``options`` (target modules are filled in at injection)."""
+    import peft
+
+    return peft.LoraConfig(
+        r=options.rank, lora_alpha=options.scale * options.rank, lora_dropout=options.dropout,
+        use_dora=dora, bias="none", init_lora_weights=True, target_modules=[],
+    )
+
+
+def vera_config(options: VeraOptions):
+    """peft's VeraConfig for ``options``.
+
+    The shared random A and B are not saved (``save_projection=False``): peft draws them from a CPU
+    generator seeded with ``projection_seed``, so they are the same on every device and are rebuilt on
+    resume; the checkpoint holds the trained scaling vectors b and d.
+    """
+    import peft
+
+    with warnings.catch_warnings():  # peft warns about save_projection=False; it is deliberate (see above)
+        warnings.simplefilter("ignore", UserWarning)
+        return peft.VeraConfig(
+            r=options.rank, vera_dropout=options.dropout, d_initial=options.d_initial,
+            projection_prng_key=options.projection_seed, save_projection=False, bias="none", target_modules=[],
+        )
+
+
+class AdapterSet:
+    """The adapters of one model: injected at construction, trained alone, merged to deploy.
+
+    Shared by :class:`Lora`, :class:`Dora` and :class:`Vera` (composition, not a base class).
+    """
+
+    def __init__(self, clip: Clip, peft_config: Any, options: LoraOptions | VeraOptions):
+        self.model = clip.model
+        self.layers = inject_adapters(clip.model, peft_config, options.targets, options.towers, clip.arch)
+        self.merge_every_task = options.merge_every_task
+        self.d_initial = getattr(options, "d_initial", 0.1)
+        # Seeds the re-drawn A of merge_every_task; drawn once from the run's seeded global RNG.
+        self.reinit_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return adapter_parameters(self.model)
+
+    def end_task(self, task: TaskInfo) -> None:
+        if self.merge_every_task:
+            merge_and_reset_(self.model, self.reinit_seed + task.index, self.d_initial)
+
+    def deploy_weights(self) -> dict[str, torch.Tensor]:
+        return unload(self.model).state_dict()
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        plain = unload(self.model)
+        plain.load_state_dict(weights)
+        return plain
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reinit_seed": self.reinit_seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {"reinit_seed"}:
+            raise ValueError(f"adapter method state must hold exactly 'reinit_seed', got keys {sorted(state)}")
+        self.reinit_seed = int(state["reinit_seed"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The methods: each builds its peft config and forwards the hooks to its AdapterSet.
+
+
+@register_method("lora")
+class Lora(UpdateMethod):
+    """LoRA (Hu et al., ICLR 2022): W' = W + (alpha/r)·B·A on attention and MLP layers of both towers; B = 0 at init."""
+
+    Config = LoraOptions
+
+    def __init__(self, clip: Clip, config: LoraOptions, label_smoothing: float = 0.0):
+        super().__init__(clip, config, label_smoothing)
+        self.adapters = AdapterSet(clip, lora_config(config, dora=False), config)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return self.adapters.trainable_parameters()
+
+    def end_task(self, task: TaskInfo) -> None:
+        self.adapters.end_task(task)
+
+    def deploy_weights(self) -> dict[str, torch.Tensor]:
+        return self.adapters.deploy_weights()
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        return self.adapters.deploy_model(weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.adapters.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adapters.load_state_dict(state)
+
+
+@register_method("dora")
+class Dora(UpdateMethod):
+    """DoRA (Liu et al., ICML 2024): W' = m · (W + s·B·A) / ‖W + s·B·A‖_row; trains magnitude m and LoRA's A, B."""
+
+    Config = LoraOptions
+
+    def __init__(self, clip: Clip, config: LoraOptions, label_smoothing: float = 0.0):
+        super().__init__(clip, config, label_smoothing)
+        self.adapters = AdapterSet(clip, lora_config(config, dora=True), config)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return self.adapters.trainable_parameters()
+
+    def end_task(self, task: TaskInfo) -> None:
+        self.adapters.end_task(task)
+
+    def deploy_weights(self) -> dict[str, torch.Tensor]:
+        return self.adapters.deploy_weights()
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        return self.adapters.deploy_model(weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.adapters.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adapters.load_state_dict(state)
+
+
+@register_method("vera")
+class Vera(UpdateMethod):
+    """VeRA (Kopiczko et al., ICLR 2024): W' = W + diag(b)·B·diag(d)·A, frozen shared random A, B; trains b, d."""
+
+    Config = VeraOptions
+
+    def __init__(self, clip: Clip, config: VeraOptions, label_smoothing: float = 0.0):
+        super().__init__(clip, config, label_smoothing)
+        self.adapters = AdapterSet(clip, vera_config(config), config)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return self.adapters.trainable_parameters()
+
+    def end_task(self, task: TaskInfo) -> None:
+        self.adapters.end_task(task)
+
+    def deploy_weights(self) -> dict[str, torch.Tensor]:
+        return self.adapters.deploy_weights()
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        return self.adapters.deploy_model(weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.adapters.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adapters.load_state_dict(state)
