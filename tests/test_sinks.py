@@ -94,3 +94,19 @@ def test_missing_package_message(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match="log.wandb=false"):
         build_sinks(tmp_path, wandb=True)
+
+
+def test_tensorboard_resume_continues_the_step_axis_and_purges_the_lost_tail(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    evs = events()
+    cut = next(i for i, e in enumerate(evs) if e["event"] == "task_start" and e["task"] == 1)
+    (sink,) = build_sinks(tmp_path, tensorboard=True)
+    replay(evs[: cut + 3], sink)  # the crashed process logged a little of task 1 (steps 15, 20) ...
+    (sink,) = build_sinks(tmp_path, tensorboard=True, history=evs[:cut])  # ... the resume restarts task 1
+    replay(evs[cut:], sink)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("train/loss")] == [5, 10, 15, 20, 25, 30]
+    assert [s.step for s in acc.Scalars("eval/A_KA")] == [0, 10, 20, 30]

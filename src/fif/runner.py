@@ -609,9 +609,13 @@ def open_sinks(ctx: RunContext) -> None:
     from fif.sinks import FanOut, build_sinks
 
     log_cfg = ctx.cfg.log
+    if not (log_cfg.tensorboard or log_cfg.wandb):
+        return
+    log_path = ctx.out_dir / "events.jsonl"  # a resumed run's log so far: the sinks continue its step axis
     sinks = build_sinks(
         ctx.out_dir, log_cfg.tensorboard, log_cfg.wandb, log_cfg.wandb_project, log_cfg.wandb_mode,
         config=ctx.cfg.to_dict(), config_text=dump_yaml(ctx.cfg),
+        history=list(read_events(log_path)) if log_path.is_file() else [],
     )
     if sinks:
         ctx.on_event = FanOut(ctx.on_event, sinks)

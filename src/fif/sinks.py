@@ -71,6 +71,15 @@ class EventScalars:
             return step, out
         return None
 
+    def prime(self, events: Iterable[dict[str, Any]]) -> int | None:
+        """Track earlier events (a resumed run's log) without emitting them; returns their last step."""
+        last = None
+        for event in events:
+            got = self(event)
+            if got is not None:
+                last = got[0] if last is None else max(last, got[0])
+        return last
+
     def _at(self, task: int, step: int) -> int:
         return self.task_offset.get(task, self.offset) + int(step)
 
@@ -82,7 +91,7 @@ class TensorBoardSink:
         ImportError: tensorboard is not installed (the message says how to install it or turn it off).
     """
 
-    def __init__(self, log_dir: str | Path, config_text: str | None = None):
+    def __init__(self, log_dir: str | Path, config_text: str | None = None, history: Iterable[dict] = ()):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
@@ -91,9 +100,12 @@ class TensorBoardSink:
                 "(or pip install tensorboard), or set log.tensorboard=false"
             ) from e
         self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(log_dir=str(self.log_dir))
         self.scalars = EventScalars()
-        if config_text:
+        last_step = self.scalars.prime(history)
+        # A resumed run: hide what the crashed process logged after the checkpoint the log was cut back to.
+        purge = None if last_step is None else last_step + 1
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
+        if config_text and purge is None:
             self.writer.add_text("config", "```\n" + config_text + "\n```", 0)
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -120,7 +132,8 @@ class WandbSink:
     """
 
     def __init__(
-        self, project: str, run_dir: str | Path, mode: str = "offline", config: dict | None = None, name: str | None = None
+        self, project: str, run_dir: str | Path, mode: str = "offline", config: dict | None = None,
+        name: str | None = None, history: Iterable[dict] = (),
     ):
         try:
             import wandb
@@ -133,7 +146,7 @@ class WandbSink:
             project=project, dir=str(run_dir), mode=mode, config=config or {}, name=name,
         )
         self.scalars = EventScalars()
-        self.last_step = 0
+        self.last_step = self.scalars.prime(history) or 0  # a resumed run continues the step axis (new W&B run)
 
     def __call__(self, event: dict[str, Any]) -> None:
         got = self.scalars(event)
@@ -180,8 +193,12 @@ class FanOut:
 def build_sinks(
     run_dir: str | Path, tensorboard: bool = False, wandb: bool = False, wandb_project: str = "fif",
     wandb_mode: str = "offline", config: dict | None = None, config_text: str | None = None,
+    history: Iterable[dict] = (),
 ) -> list[Sink]:
     """The sinks a run's ``log`` section asks for (TensorBoard files go to ``<run_dir>/tensorboard``).
+
+    ``history`` is the log so far of a resumed run: the sinks continue its step axis and TensorBoard
+    hides anything logged past it before the interruption.
 
     Raises:
         ImportError: a requested sink's package is missing (before any training starts).
@@ -189,9 +206,9 @@ def build_sinks(
     run_dir = Path(run_dir)
     sinks: list[Sink] = []
     if tensorboard:
-        sinks.append(TensorBoardSink(run_dir / "tensorboard", config_text))
+        sinks.append(TensorBoardSink(run_dir / "tensorboard", config_text, history))
     if wandb:
-        sinks.append(WandbSink(wandb_project, run_dir, wandb_mode, config, name=run_dir.name))
+        sinks.append(WandbSink(wandb_project, run_dir, wandb_mode, config, name=run_dir.name, history=history))
     return sinks
 
 
