@@ -63,7 +63,7 @@ def start_and_kill(out: Path, until, sig: int = signal.SIGKILL, extra: tuple[str
             time.sleep(0.02)
         assert proc.poll() is None, f"the run ended before the kill point:\n{proc.stderr.read()}"
         proc.send_signal(sig)
-        proc.communicate(timeout=120)
+        proc.stdout_text, proc.stderr_text = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -150,12 +150,13 @@ def test_other_seeds_twice_killed(tmp_path, seed):
 @pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(reference, tmp_path):
     out = tmp_path / "run"
-    proc = start_and_kill(out, after_train_events(1), sig=signal.SIGTERM)
-    assert proc.returncode == 128 + signal.SIGTERM
-    err = proc.stderr.read() if proc.stderr and not proc.stderr.closed else ""
-    stopped = [p for p, _ in list_checkpoints(out / CHECKPOINT_DIR)][-1]
-    assert stopped.started and stopped.step % 3 != 0 or stopped.step > 0  # a checkpoint at the signalled step
-    del err
+    proc = start_and_kill(out, after_train_events(1), sig=signal.SIGTERM)  # at step 4 of task 0
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr_text
+    stopped = list_checkpoints(out / CHECKPOINT_DIR)[-1][0]
+    assert stopped.task == 0 and stopped.started and stopped.step >= 4  # the step it was signalled at
+    assert f"checkpoint saved: {out / CHECKPOINT_DIR / stopped.name}" in proc.stderr_text
+    assert f"resume with: fif run --resume {out}" in proc.stderr_text
+    assert "Traceback" not in proc.stderr_text
     done = run_cli("--resume", str(out))
     assert done.returncode == 0, done.stderr
     assert_identical(out, reference)

@@ -171,12 +171,12 @@ def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """A safetensors file with a canonical header: the same tensors and metadata always give the same bytes.
+def safetensors_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> tuple[bytes, memoryview]:
+    """A safetensors file as (header, data) with a canonical header: equal inputs always give equal bytes.
 
     ``safetensors.torch.save`` writes ``__metadata__`` from a hash map whose order changes between
     processes; the header is re-serialised here with sorted metadata keys (tensor offsets are unchanged,
-    the header is re-padded to 8 bytes as the format recommends).
+    the header is re-padded to 8 bytes as the format recommends). The data part is a view, not a copy.
     """
     from safetensors.torch import save
 
@@ -187,7 +187,13 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
+    return len(text).to_bytes(8, "little") + text, memoryview(raw)[8 + n :]
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """:func:`safetensors_parts` joined into one ``bytes``."""
+    header, data = safetensors_parts(tensors, metadata)
+    return header + data.tobytes()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,12 +238,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes) -> dict[str, Any]:
+def _write_synced(path: Path, *parts: bytes | memoryview) -> dict[str, Any]:
+    """Write ``parts`` one after the other, fsync; returns the file's sha256 and size for the manifest."""
+    h, size = hashlib.sha256(), 0
     with open(path, "wb") as f:
-        f.write(data)
+        for part in parts:
+            f.write(part)
+            h.update(part)
+            size += len(part)
         f.flush()
         os.fsync(f.fileno())
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    return {"sha256": h.hexdigest(), "bytes": size}
 
 
 def save_checkpoint(
@@ -271,8 +282,8 @@ def save_checkpoint(
         tree = encode_tree(state, tensors)
         meta = {"fif_version": __version__, "format": str(FORMAT_VERSION)}
         files = {
-            MODEL_FILE: _write_synced(tmp / MODEL_FILE, safetensors_bytes(dict(weights), meta)),
-            TENSORS_FILE: _write_synced(tmp / TENSORS_FILE, safetensors_bytes(tensors, meta)),
+            MODEL_FILE: _write_synced(tmp / MODEL_FILE, *safetensors_parts(dict(weights), meta)),
+            TENSORS_FILE: _write_synced(tmp / TENSORS_FILE, *safetensors_parts(tensors, meta)),
             STATE_FILE: _write_synced(tmp / STATE_FILE, json.dumps(tree).encode()),
         }
         manifest = {
