@@ -341,3 +341,47 @@ def test_mafs_order_lora_below_finetune_and_galore_memory_below_finetune():
     assert mafs["lora"] < mafs["finetune"] and mafs["vera"] < mafs["finetune"] and mafs["dora"] < mafs["finetune"]
     assert costs["galore"].memory_parts["optimizer_state"] < ref.memory_parts["optimizer_state"]
     assert mafs["galore"] < mafs["finetune"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs: budget, deployment and exact resume through the runner
+
+RUN = [
+    "model.pretrained=null", "budget.ft_steps=16", "stream.tasks=2", "train.batch_size=8", "train.log_every=4",
+    "checkpoint.every_steps=8", "checkpoint.keep_last=100", "eval.min_samples=10",
+    "data.options={pool_size: 200, train_per_class: 6, test_per_class: 3, eval_size: 30, retrieval_train: 30, "
+    "retrieval_test: 10}",
+    "stream.datasets=[mini_digits,mini_letters]", "eval.datasets=[mini_digits,mini_colors]",
+]
+
+
+@pytest.mark.parametrize("name, options", [
+    ("lora", ["method.merge_every_task=true"]),
+    pytest.param("dora", [], marks=pytest.mark.slow),
+    pytest.param("vera", ["method.merge_every_task=true"], marks=pytest.mark.slow),
+    pytest.param("galore", ["method.rank=8", "method.update_proj_gap=5", "checkpoint.every_steps=3"],
+                 marks=pytest.mark.slow),
+])  # fmt: skip
+def test_run_ships_plain_weights_and_resumes_mid_task_exactly(name, options, tmp_path, base_clip):
+    import shutil
+
+    import fif
+    from fif.checkpoint import CHECKPOINT_DIR, list_checkpoints, remove_after
+
+    events = []
+    cfg = fif.load_config("mini", [*RUN, f"method.name={name}", *options])
+    result = fif.run(cfg, out_dir=tmp_path / "a", on_event=events.append)
+    steps = [e["steps"] for e in events if e["event"] == "task_end"]
+    assert name == "galore" or min(steps) > 8  # fine-tuning gets 8 steps per task; adapters are cheaper
+    final = load((tmp_path / "a" / "final.safetensors").read_bytes())
+    assert set(final) == set(base_clip.model.state_dict()) == set(result.clip.model.state_dict())
+    # resume from a checkpoint inside task 1 (after task 0's end_task): same bytes as the uninterrupted run
+    shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=shutil.ignore_patterns(".lock"))
+    (tmp_path / "b" / "summary.json").unlink()
+    mid = [pos for pos, _ in list_checkpoints(tmp_path / "b" / CHECKPOINT_DIR) if pos.task == 1 and pos.started]
+    remove_after(tmp_path / "b" / CHECKPOINT_DIR, mid[0])
+    from fif.runner import resume
+
+    resume(tmp_path / "b")
+    for file in ("final.safetensors", "summary.json"):
+        assert (tmp_path / "b" / file).read_bytes() == (tmp_path / "a" / file).read_bytes(), file

@@ -124,8 +124,8 @@ def build_clip(
     overrides = attention_overrides(arch, attention)
     try:
         model = open_clip.create_model(
-            arch, pretrained=pretrained or None, device=device, cache_dir=cache_dir, output_dict=True, weights_only=True,
-            **overrides,
+            arch, pretrained=pretrained or None, device=device, cache_dir=cache_dir, output_dict=True,
+            weights_only=True, **overrides,
         )
     except Exception as e:  # open_clip raises bare RuntimeErrors for network and file problems
         if "Weights only load failed" in str(e):  # torch.load(weights_only=True) met a pickled object

@@ -96,7 +96,7 @@ class AdapterSet:
 
 @register_method("lora")
 class Lora(UpdateMethod):
-    """LoRA (Hu et al., ICLR 2022): W' = W + (alpha/r)·B·A on attention and MLP layers of both towers; B = 0 at init."""
+    """LoRA (Hu et al. 2022): W + (alpha/r)·B·A on attention and MLP Linear layers of both towers; A, B train."""
 
     Config = LoraOptions
 
@@ -125,7 +125,7 @@ class Lora(UpdateMethod):
 
 @register_method("dora")
 class Dora(UpdateMethod):
-    """DoRA (Liu et al., ICML 2024): W' = m · (W + s·B·A) / ‖W + s·B·A‖_row; trains magnitude m and LoRA's A, B."""
+    """DoRA (Liu et al. 2024): m·(W + s·B·A)/‖W + s·B·A‖ per output row; the magnitude m and A, B train."""
 
     Config = LoraOptions
 
@@ -154,7 +154,7 @@ class Dora(UpdateMethod):
 
 @register_method("vera")
 class Vera(UpdateMethod):
-    """VeRA (Kopiczko et al., ICLR 2024): W' = W + diag(b)·B·diag(d)·A, frozen shared random A, B; trains b, d."""
+    """VeRA (Kopiczko et al. 2024): W + diag(b)·B·diag(d)·A, frozen random A, B shared by all layers; b, d train."""
 
     Config = VeraOptions
 

@@ -89,7 +89,9 @@ class GaloreOptions:
         "Which 2-D weights are projected: attn and/or mlp; every other parameter trains with plain AdamW.",
         factory=lambda: list(TARGET_KINDS),
     )
-    towers: list[str] = _help("Towers whose attn/mlp weights are projected: image and/or text.", factory=lambda: list(TOWERS))
+    towers: list[str] = _help(
+        "Towers whose attn/mlp weights are projected: image and/or text.", factory=lambda: list(TOWERS)
+    )
 
     def __post_init__(self) -> None:
         if self.rank < 1:

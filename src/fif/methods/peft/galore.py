@@ -132,7 +132,7 @@ def galore_state_elements(param: torch.Tensor, rank: int | None) -> int:
 
 @register_method("galore")
 class Galore(UpdateMethod):
-    """GaLore (Zhao et al., ICML 2024): train all weights; AdamW moments of attention/MLP weights in a rank-r gradient projection."""
+    """GaLore (Zhao et al. 2024): all weights train; AdamW moments of attention/MLP weights in a rank-r projection."""
 
     Config = GaloreOptions
 
@@ -163,7 +163,8 @@ class Galore(UpdateMethod):
              "rank": c.rank},
             {"params": [p for n, p in named if not self.projected(n, p) and not no_weight_decay(n, p)],
              "weight_decay": optim_cfg.weight_decay},
-            {"params": [p for n, p in named if not self.projected(n, p) and no_weight_decay(n, p)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not self.projected(n, p) and no_weight_decay(n, p)],
+             "weight_decay": 0.0},
         ]  # fmt: skip
         return GaLoreAdamW([g for g in groups if g["params"]], lr=lr, betas=optim_cfg.betas, eps=optim_cfg.eps,
                            update_proj_gap=c.update_proj_gap, scale=c.scale)  # fmt: skip
