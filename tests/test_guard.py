@@ -186,7 +186,7 @@ def test_isolated_nans_are_only_skipped(tmp_path):
 def test_persistent_nans_stop_the_run_with_a_clear_error(tmp_path):
     from fif.resume import TrainingDivergedError
 
-    with pytest.raises(TrainingDivergedError, match="after 1 rollbacks .*lower train.lr"):
+    with pytest.raises(TrainingDivergedError, match="after 1 rollbacks .*Lower train.lr"):
         poisoned_run(tmp_path, [(0, s) for s in range(8)], once=False,
                      extra=["guard.max_bad_steps=2", "guard.max_rollbacks=1"])
     events = read_events(tmp_path)

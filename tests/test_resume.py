@@ -51,10 +51,11 @@ def events(run: Path) -> list[dict]:
     return out
 
 
-def start_and_kill(out: Path, until, sig: int = signal.SIGKILL, extra: tuple[str, ...] = (), timeout: float = 300):
-    """Start a run and send ``sig`` once ``until(out)`` is true; returns the process (after it exited)."""
-    proc = subprocess.Popen(fif_run("--out", str(out), *MINI, *extra), env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start_and_kill(out: Path, until, sig: int = signal.SIGKILL, extra: tuple[str, ...] = (), timeout: float = 300,
+                   resume: bool = False):
+    """Start a run (or resume ``out``) and send ``sig`` once ``until(out)`` is true; returns the exited process."""
+    cmd = fif_run("--resume", str(out)) if resume else fif_run("--out", str(out), *MINI, *extra)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and not until(out):
@@ -134,14 +135,8 @@ def test_other_seeds_twice_killed(tmp_path, seed):
     ref = tmp_path / "ref"
     assert run_cli("--out", str(ref), *MINI, f"run.seed={seed}").returncode == 0
     out = tmp_path / "run"
-    start_and_kill(out, after_train_events(1 + seed), extra=(f"run.seed={seed}",))
-    # killed again while resuming, then resumed to the end
-    proc = subprocess.Popen(fif_run("--resume", str(out)), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and not after_train_events(3 + seed)(out) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    start_and_kill(out, after_train_events(seed), extra=(f"run.seed={seed}",))
+    start_and_kill(out, after_train_events(3), resume=True)  # killed again while resuming
     done = run_cli("--resume", str(out))
     assert done.returncode == 0, done.stderr
     assert_identical(out, ref)
@@ -159,4 +154,21 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(reference, tmp_p
     assert "Traceback" not in proc.stderr_text
     done = run_cli("--resume", str(out))
     assert done.returncode == 0, done.stderr
+    assert_identical(out, reference)
+
+
+@pytest.mark.slow
+def test_a_corrupt_latest_checkpoint_falls_back_and_still_resumes_exactly(reference, tmp_path):
+    out = tmp_path / "run"
+    start_and_kill(out, after_train_events(3))
+    found = list_checkpoints(out / CHECKPOINT_DIR)
+    assert len(found) == 2
+    latest = found[-1][1] / "model.safetensors"
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit in the weights
+    latest.write_bytes(bytes(data))
+    done = run_cli("--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"checkpoint {found[-1][1].name} is unusable" in done.stderr and "falling back to" in done.stderr
+    assert (out / CHECKPOINT_DIR / f"{found[-1][1].name}.corrupt").is_dir() or not found[-1][1].exists()
     assert_identical(out, reference)
