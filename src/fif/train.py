@@ -1,7 +1,8 @@
 """One task's update loop: mixed batches → loss → backward → clip → step, nothing else in the way.
 
 The loop is flat on purpose (nanoGPT style): every line of an optimizer step is visible in
-:func:`train_task`. The only host syncs are at logging intervals and are marked ``# sync``.
+:func:`train_task`. The only host syncs are at logging intervals and are marked ``# sync`` (plus, for
+unfused optimizers, the per-step non-finite check of :func:`guarded_step_`, free on CPU).
 """
 
 from __future__ import annotations
