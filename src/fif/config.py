@@ -194,6 +194,70 @@ class MethodConfig:
     options: dict = _help("Method options, checked against the method's own config.", factory=dict)
 
 
+# Temporal merging (docs/merging.md "Merging inside runs"). A preset fills the axes the user left unset.
+MERGE_INITS = ("zeroshot", "last", "ema", "all", "online_ema")
+MERGE_DEPLOYS = ("last", "ema", "all", "last_zeroshot", "online_ema")
+MERGE_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {"init": "last", "deploy": "last"},
+    "zs_merge": {"init": "zeroshot", "deploy": "all"},  # FiF ZS-merge
+    "ft_merge": {"init": "last", "deploy": "last_zeroshot"},  # FiF FT-merge: merge(latest, θ0)
+    "ema_merge": {"init": "ema", "deploy": "ema"},  # FiF EMA-merge = TIME's best: r ← merge(θ_t, r)
+    "online_ema": {"init": "last", "deploy": "online_ema"},  # per-step θ_ema ← d·θ_ema + (1 − d)·θ
+    "offline_merge": {"init": "last", "deploy": "all"},  # weighted by merge.weights
+}
+
+
+@dataclass
+class MergeConfig:
+    preset: str | None = _help(
+        "Shorthand for the axes: none, zs_merge, ft_merge, ema_merge, online_ema, offline_merge; keys set "
+        "explicitly win over the preset's.", None
+    )
+    init: str | None = _help(
+        "What each task trains from: zeroshot (θ0), last (the previous task's end; no merging), ema (the "
+        "running merge), all (merge of every task checkpoint so far), online_ema (the per-step EMA). "
+        "null = the preset's, else last.", None
+    )
+    deploy: str | None = _help(
+        "What is evaluated and shipped: last (no merging), ema (running merge r ← merge(θ_t, r), r_0 = θ0), "
+        "all (merge of every task checkpoint), last_zeroshot (merge(latest, θ0)), online_ema. "
+        "null = the preset's, else last.", None
+    )
+    operator: str = _help("Merge operator (fif.merge: interpolation, slerp, ties, ...); task-vector ones use θ0.",
+                          "interpolation")
+    options: dict = _help("The operator's options (e.g. {k: 0.2, lam: 1.0} for ties).", factory=dict)
+    weights: str = _help(
+        "init/deploy=all with interpolation: weighting of the checkpoints: uniform, linear, sqrt, quadratic, "
+        "exponential, reversed (newest heaviest except reversed).", "uniform"
+    )
+    alpha: float = _help(
+        "Weight of the newest model when two are interpolated (or slerped): ema r ← α·θ_t + (1 − α)·r; "
+        "last_zeroshot α·θ_t + (1 − α)·θ0.", 0.5
+    )
+    ema_decay: float = _help("online_ema: θ_ema ← d·θ_ema + (1 − d)·θ after every optimizer step (FiF: 0.999).",
+                             0.999)
+    lines: dict | None = _help(
+        "LiNeS depth scaling {alpha, beta} of every merge's task vector (task-vector operators only); null = off.",
+        None
+    )
+    save_history: bool = _help(
+        "Write every task's end weights to <run>/history/ even when no merge needs them (for `fif merge --run`).",
+        False
+    )
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:
+            if self.preset not in MERGE_PRESETS:
+                close = difflib.get_close_matches(str(self.preset), list(MERGE_PRESETS), n=2, cutoff=0.5)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise ValueError(f"preset {self.preset!r} is unknown{hint or '.'} Valid: {', '.join(MERGE_PRESETS)}")
+            for key, value in MERGE_PRESETS[self.preset].items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
+        self.init = "last" if self.init is None else self.init
+        self.deploy = "last" if self.deploy is None else self.deploy
+
+
 @dataclass
 class CheckpointConfig:
     every_steps: int = _help(
@@ -218,6 +282,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -523,6 +588,7 @@ def validate(cfg: Config) -> list[str]:
         p.append("run.threads: must be >= 0")
     p.extend(_validate_reliability(cfg.checkpoint, cfg.guard))
     p.extend(_validate_method(cfg))
+    p.extend(_validate_merge(cfg.merge))
     return p
 
 
@@ -602,6 +668,12 @@ def _validate_method(cfg: Config) -> list[str]:
     from fif.methods import method_config_problems
 
     return method_config_problems(cfg.method.name, cfg.method.options)
+
+
+def _validate_merge(m: MergeConfig) -> list[str]:
+    from fif.merge.temporal import merge_config_problems
+
+    return merge_config_problems(m)
 
 
 _ = typing  # keep typing importable for get_type_hints on string annotations

@@ -31,7 +31,7 @@ TIMING_KEYS = ("time", "seconds", "train_seconds")
 
 # Overrides that change what the run computes (its stream, data, model, budget plan): refused on resume.
 FIXED_ON_RESUME = (
-    "run.seed", "model.", "data.benchmark", "data.root", "data.options", "data.mixture.", "stream.", "method.",
+    "run.seed", "model.", "data.benchmark", "data.root", "data.options", "data.mixture.", "stream.", "method.", "merge.",
     "budget.", "train.batch_size", "train.grad_accum_steps", "train.grad_checkpointing", "train.precision",
 )
 # Overrides that cannot change results: accepted with a notice.

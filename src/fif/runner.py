@@ -32,6 +32,7 @@ from fif.data.pool import load_pool
 from fif.data.registry import Benchmark, benchmark_options, get_benchmark
 from fif.data.stream import Task, build_tasks, ordering_options, task_indices
 from fif.evaluate import Evaluator
+from fif.merge.temporal import HISTORY_DIR, TemporalMerger
 from fif.methods import TaskInfo, UpdateMethod, build_method, freeze_all_but
 from fif.methods.finetune import Finetune
 from fif.model.clip import Clip, build_clip
@@ -114,6 +115,7 @@ class RunContext:
     stop: StopSignals | None = None
     on_event: Callable[[dict], None] | None = None
     progress: bool = False
+    merger: TemporalMerger | None = None  # the merge section's init/deploy axes (set by setup)
 
     def emit(self, event: dict) -> None:
         event = {"event": event.pop("event"), "time": round(time.time(), 3), **event}
@@ -247,16 +249,33 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
         benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
         cfg.eval.ensemble, seed=cfg.run.seed,
     )
+    merger = TemporalMerger(
+        cfg.merge, out_dir / HISTORY_DIR, clip.model, method.deploy_weights,
+        {"fif_version": __version__, "arch": cfg.model.arch, "seed": str(cfg.run.seed)},
+    )
     return RunContext(
         cfg, out_dir, device, precision, benchmark, clip, method, tasks, evaluator, EventLog(out_dir / "events.jsonl"),
-        ledger, step_cost, reference_cost, pretraining_pool, on_event=on_event, progress=progress,
+        ledger, step_cost, reference_cost, pretraining_pool, on_event=on_event, progress=progress, merger=merger,
     )
+
+
+def latest_weights(ctx: RunContext) -> dict[str, torch.Tensor]:
+    """The method's deployed weights now, else the model's (what the temporal merger merges)."""
+    own = ctx.method.deploy_weights()
+    return own if own is not None else ctx.clip.model.state_dict()
+
+
+def deployed_weights(ctx: RunContext) -> dict[str, torch.Tensor] | None:
+    """What to evaluate and ship: the temporal merger's merge if it deploys one, else the method's own."""
+    own = ctx.method.deploy_weights()
+    merged = ctx.merger.deploy_weights(lambda: own if own is not None else ctx.clip.model.state_dict())
+    return merged if merged is not None else own
 
 
 def evaluate_deployed(ctx: RunContext, task: int, full: bool) -> dict[str, float]:
     """Evaluate the method's deployed weights and log an ``eval`` event; returns per-dataset scores."""
     clip = ctx.clip
-    weights = ctx.method.deploy_weights()
+    weights = deployed_weights(ctx)
     if weights is not None:
         model = ctx.method.deploy_model(weights)  # a copy; the base architecture for adapter methods
         clip = Clip(model, ctx.clip.tokenizer, ctx.clip.arch, ctx.clip.image_size, ctx.clip.mean, ctx.clip.std)
@@ -356,6 +375,9 @@ def start_task(ctx: RunContext, task: Task) -> TaskRun:
     start_weights = method.training_weights()
     if start_weights is not None:
         ctx.clip.model.load_state_dict(start_weights)
+    merged_start = ctx.merger.training_weights()  # merge.init: θ0, the running merge, ... (None = as is)
+    if merged_start is not None:
+        ctx.clip.model.load_state_dict(merged_start)
     return TaskRun(info, task_optimizer(ctx), TaskLog())
 
 
@@ -401,6 +423,7 @@ def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> Non
 
         bar = tqdm(total=steps, initial=current.log.steps, desc=f"task {task.index + 1}/{num_tasks}", leave=False, unit="step")
     step_evals = StepEvals(ctx, task.index, steps)
+    merge_step = ctx.merger.step_hook(ctx.clip.model)  # online EMA: device ops only, or None
 
     def on_log(step: int, loss: float) -> None:
         skips = current.log.skips
@@ -411,6 +434,8 @@ def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> Non
             bar.set_postfix(loss=f"{loss:.3f}")
 
     def on_step(log: TaskLog) -> None:  # Python only; acts (and syncs) at eval/checkpoint steps or on a signal
+        if merge_step is not None:  # first: a checkpoint of this step holds the EMA after it
+            merge_step()
         if step_evals.hook is not None:  # before the checkpoint, so a resume from this step keeps its eval
             step_evals.hook(log)
         every = cfg.checkpoint.every_steps
@@ -440,6 +465,7 @@ def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> Non
         path = save_run_checkpoint(ctx, Position(task.index, True, tlog.steps), tlog, optimizer)
         raise RunInterrupted(ctx.stop.signum, ctx.out_dir, path)
     method.end_task(info)
+    ctx.merger.end_task(task.index, lambda: latest_weights(ctx))
     ctx.ledger.charge(task.index, steps=tlog.steps)
     ctx.buffer_segments.extend(batches.sampler.pools["update"].segments)
     last = task.index == num_tasks - 1
@@ -630,7 +656,8 @@ def close_sinks(ctx: RunContext) -> None:
 
 def finish(ctx: RunContext) -> RunResult:
     """Write the deployed weights and the summary."""
-    weights = ctx.method.deploy_weights() or ctx.clip.model.state_dict()
+    chosen = deployed_weights(ctx)
+    weights = chosen if chosen is not None else ctx.clip.model.state_dict()
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     meta = {"fif_version": __version__, "arch": ctx.cfg.model.arch, "seed": str(ctx.cfg.run.seed)}
     atomic_write_bytes(ctx.out_dir / "final.safetensors", safetensors_bytes(weights, meta))  # same weights, same bytes
@@ -640,6 +667,6 @@ def finish(ctx: RunContext) -> RunResult:
     ctx.emit({"event": "run_end", **{k: summary["final"].get(k) for k in ("a_ka", "a_zs", "gm")}})
     close_sinks(ctx)
     deployed = ctx.clip
-    if ctx.method.deploy_weights() is not None:  # adapter methods deploy the plain base architecture
+    if chosen is not None:  # merged weights, or adapter methods' plain base architecture
         deployed = replace(ctx.clip, model=ctx.method.deploy_model(weights))
     return RunResult(ctx.out_dir, summary, deployed)

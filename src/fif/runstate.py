@@ -97,6 +97,7 @@ def save_run_checkpoint(
         "ledger": ctx.ledger.to_dict(),
         "costs": {"step": ctx.step_cost.to_dict(), "reference": ctx.reference_cost.to_dict()},
         "method": ctx.method.state_dict(),
+        "merge": ctx.merger.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "task_log": log_.state_dict() if log_ is not None else None,
         "guard": {"lr_scale": ctx.guard.lr_scale, "rollbacks": ctx.guard.rollbacks},
@@ -143,6 +144,8 @@ def restore_run_state(ctx: RunContext, ckpt: Checkpoint, rollback: bool) -> Task
             f"{ckpt.path}: made for a run of {len(state['ledger']['tasks'])} tasks, this config has {len(ctx.tasks)}"
         )
     ctx.method.load_state_dict(state["method"])  # first: a method may rebuild modules (adapters) here
+    if "merge" in state:  # checkpoints from before temporal merging have none (and merged nothing)
+        ctx.merger.load_state_dict(state["merge"])
     try:
         ctx.clip.model.load_state_dict(ckpt.weights)
     except RuntimeError as e:

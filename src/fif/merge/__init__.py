@@ -9,7 +9,8 @@ Pure functions (no I/O beyond reading the inputs you name, no globals, seeded ra
   magmax, model_stock — each a per-tensor function with an options dataclass;
 * LiNeS (``fif.merge.depth``): :func:`block_depths`, :func:`lines_scales`, :func:`apply_lines`, and the
   ``lines=`` option of every task-vector operator;
-* over time (``fif.merge.temporal``): :func:`history_weights`, :func:`ema_update_`, :func:`running_merge`;
+* over time (``fif.merge.temporal``): :func:`history_weights`, :func:`ema_update_`, :func:`running_merge`,
+  and :class:`TemporalMerger`, the runner's component for the ``merge`` config section (init/deploy axes);
 * inputs (``fif.merge.sources``): :class:`StateSource`, :class:`DictSource`, :class:`SafetensorsSource`.
 
 See docs/merging.md for the operator reference and memory figures.
@@ -39,10 +40,21 @@ from fif.merge.sources import (
     as_source,
     check_compatible,
 )
-from fif.merge.temporal import HISTORY_SCHEMES, ema_update_, history_weights, running_merge
+from fif.merge.temporal import (
+    HISTORY_DIR,
+    HISTORY_SCHEMES,
+    TemporalMerger,
+    ema_update_,
+    history_file,
+    history_paths,
+    history_weights,
+    merge_config_problems,
+    running_merge,
+)
 
 __all__ = [
     "OPERATORS",
+    "HISTORY_DIR",
     "HISTORY_SCHEMES",
     "BreadcrumbsOptions",
     "DareOptions",
@@ -57,6 +69,7 @@ __all__ = [
     "SlerpOptions",
     "StateSource",
     "TaskArithmeticOptions",
+    "TemporalMerger",
     "TensorSpec",
     "TiesOptions",
     "apply_lines",
@@ -66,11 +79,14 @@ __all__ = [
     "check_compatible",
     "ema_update_",
     "get_operator",
+    "history_file",
+    "history_paths",
     "history_weights",
     "iter_merge",
     "lines_scale",
     "lines_scales",
     "merge",
+    "merge_config_problems",
     "operator_names",
     "register_operator",
     "running_merge",
