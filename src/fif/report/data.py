@@ -7,9 +7,9 @@ Everything is rebuilt from ``events.jsonl`` (plus ``run.json`` for the task → 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-import json
 from typing import Any
 
 import numpy as np
