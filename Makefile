@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,peft]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,peft,tensorboard]"
 	touch $(STAMP)
 
 # The main job: a full continual pretraining run on the built-in mini benchmark.
