@@ -359,6 +359,16 @@ def test_online_ema_run_matches_the_per_step_formula(tmp_path, monkeypatch):
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
 
 
+def test_adapter_methods_merge_on_the_deploy_side_and_refuse_merged_init(tmp_path):
+    result = run(tmp_path, "lora", "method.name=lora", "method.rank=2", "merge.deploy=ema")
+    deployed = final(result.out_dir)  # the running merge lives in the deployed (plain) architecture
+    assert deployed and not any("lora" in k for k in deployed)
+    assert set(result.clip.model.state_dict()) == set(deployed)
+    with pytest.raises(ConfigError, match="merge.init=ema loads merged weights"):
+        run(tmp_path, "lora-init", "method.name=lora", "merge.init=ema")
+    assert not (tmp_path / "lora-init").exists()
+
+
 def test_resume_mid_task_with_running_merge_and_online_ema_is_exact(tmp_path):
     overrides = ["merge.init=ema", "merge.deploy=online_ema", "merge.ema_decay=0.8", "checkpoint.every_steps=2"]
     whole = run(tmp_path, "whole", *overrides)
