@@ -1,0 +1,420 @@
+"""Distillation: LwF and ZSCL keep the model's image–text similarities close to a frozen teacher's.
+
+Both add a temperature-scaled KL divergence (Hinton et al. 2015) to the CLIP loss,
+
+    L = L_CLIP + λ · T² · KL( softmax(z_teacher / T) ‖ softmax(z_student / T) ),
+
+with z the image→text logits exp(s)·I·Tᵀ of each model at its own temperature, and differ in the teacher
+and in what the logits are taken over (FiF §4, "distillation"):
+
+- **LwF** (Li & Hoiem 2017), adapted to CLIP: the teacher is the model as it was at the end of the
+  previous task (the base model θ0 on the first task); logits over the batch's own captions, every row.
+- **ZSCL** (Zheng et al. 2023): the teacher is the zero-shot model θ0, forever; logits of the batch's
+  pretraining-pool images (``Batch.source == 0``; every image where the batch has none) over a fixed
+  reference caption set sampled once from the pretraining pool with the run seed; both directions (each
+  image over the reference texts, each reference text over those images), as ZSCL does. Optionally its
+  weight consolidation: WiSE interpolation with θ0 or the running average of the task's weights.
+
+The teacher is one frozen copy of the model (eval mode, no gradients), held by the method, outside the
+model: it is not among the trainable parameters, not in the deployed weights, and never trained. Its
+forward runs inside :meth:`loss`, so the budget's step measurement charges it. On the meta device (the
+budget's FLOP count) a weightless meta twin of the teacher stands in. See docs/methods-distillation-replay.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fif.methods.base import (
+    Batch,
+    HookCost,
+    LossOutput,
+    TaskInfo,
+    UpdateMethod,
+    clip_contrastive_loss,
+    clip_features,
+    register_method,
+)
+from fif.model.clip import Clip
+
+log = logging.getLogger(__name__)
+
+_MASKED = -1e9  # logit of a column left out of a softmax (exp underflows to exactly 0, no inf − inf)
+
+
+# ----------------------------------------------------------------------------------------------
+# The math
+
+
+def distillation_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    row_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """T² · weighted mean over rows of KL(softmax(t/T) ‖ softmax(s/T)) (Hinton et al. 2015).
+
+    Computed in fp32 whatever the autocast dtype. Zero when the logits agree row by row (up to a
+    per-row constant); the T² keeps gradient magnitudes comparable across temperatures.
+
+    Args:
+        student_logits, teacher_logits: (rows, classes); the teacher's carry no gradient.
+        temperature: T > 0.
+        row_weights: (rows,) non-negative weights (None = plain mean); rows of weight 0 do not count.
+    """
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    rows = (t.exp() * (t - s)).sum(-1)
+    if row_weights is None:
+        mean = rows.mean()
+    else:
+        w = row_weights.to(rows.dtype)
+        mean = (rows * w).sum() / w.sum().clamp_min(1e-12)
+    return temperature * temperature * mean
+
+
+def pretraining_rows(source: torch.Tensor) -> torch.Tensor:
+    """(B,) float weights: 1 on the pretraining-pool rows (``source == 0``), 0 elsewhere; all ones when
+    the batch has no pretraining rows (ZSCL's fallback). Device ops only: no host sync."""
+    mask = (source == Batch.PRETRAINING).float()
+    return torch.where(mask.sum() > 0, mask, torch.ones_like(mask))
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode whose parameters need no gradient (a teacher)."""
+    teacher = copy.deepcopy(model)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+class FrozenTeacher:
+    """One frozen copy of the model's weights, kept outside the model.
+
+    ``on(device)`` gives the module to run: the teacher itself, or on the meta device (where the budget
+    counts a step's FLOPs without running it) a weightless meta twin with the same shapes.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.module = frozen_copy(model)
+        self._meta: nn.Module | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def on(self, device: torch.device) -> nn.Module:
+        if device.type == "meta" and self.device.type != "meta":
+            if self._meta is None:
+                from fif.budget.measure import meta_copy  # budget imports methods: import here
+
+                self._meta = meta_copy(self.module)[0].eval()
+            return self._meta
+        if self.module.training:  # nothing may put the teacher in train mode (BatchNorm, dropout)
+            self.module.eval()
+        return self.module
+
+    def load_(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy ``weights`` into the teacher in place (no new allocation)."""
+        with torch.no_grad():
+            self.module.load_state_dict(weights)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.module.state_dict())
+
+
+def _stand_in(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t``, or an empty meta tensor of its shape when the step runs on the meta device."""
+    return torch.empty_like(t, device="meta") if device.type == "meta" and t.device.type != "meta" else t
+
+
+def _check_positive(name: str, value: float, integer: bool = False) -> None:
+    if integer and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"method.{name} must be an integer, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"method.{name} must be > 0, got {value!r}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"method.{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# LwF
+
+
+@dataclass
+class LwfConfig:
+    strength: float = field(default=1.0, metadata={"help": "λ of the distillation term (needs tuning per model and data)"})
+    temperature: float = field(default=2.0, metadata={"help": "T of the distillation softmax (LwF: 2)"})
+    symmetric: bool = field(
+        default=False, metadata={"help": "also distil the text→image logits (mean of both directions)"}
+    )
+
+    def __post_init__(self):
+        _check_positive("strength", self.strength)
+        _check_positive("temperature", self.temperature)
+
+
+@register_method("lwf")
+class Lwf(UpdateMethod):
+    """LwF (Li & Hoiem 2017) for CLIP: CLIP loss + λ·T²·KL of the image→text logits over the batch's
+    captions against the model frozen at the end of the previous task (θ0 on the first task)."""
+
+    Config = LwfConfig
+
+    def __init__(self, clip: Clip, config: LwfConfig, label_smoothing: float = 0.0):
+        super().__init__(clip, config, label_smoothing)
+        # θ0 until the first task ends: the "previous model" of a continual pretraining stream is the
+        # base model, so every task (and the budget's step measurement) runs the same teacher forward.
+        self.teacher = FrozenTeacher(clip.model)
+
+    def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
+        img, txt, scale = clip_features(model, batch)
+        clip = clip_contrastive_loss(img, txt, scale, self.label_smoothing)
+        with torch.no_grad():
+            t_img, t_txt, t_scale = clip_features(self.teacher.on(batch.images.device), batch)
+            t_logits = t_scale * t_img @ t_txt.t()
+        s_logits = scale * img @ txt.t()
+        cfg = self.config
+        kd = distillation_kl(s_logits, t_logits, cfg.temperature)
+        if cfg.symmetric:
+            kd = 0.5 * (kd + distillation_kl(s_logits.t(), t_logits.t(), cfg.temperature))
+        return LossOutput(clip + cfg.strength * kd, {"clip": clip.detach(), "distill": kd.detach()})
+
+    def end_task(self, task: TaskInfo) -> None:
+        """The teacher ← the weights the task ended with (copied in place: one copy, not one per task)."""
+        self.teacher.load_(self.clip.model.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {"teacher"}:
+            raise ValueError(f"method 'lwf': checkpoint state must hold exactly 'teacher', got keys {sorted(state)}")
+        try:
+            self.teacher.load_(state["teacher"])
+        except RuntimeError as e:
+            raise ValueError(f"method 'lwf': the checkpoint's teacher does not fit the model ({e})") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# ZSCL
+
+
+REFERENCES = ("pool", "batch")
+ENSEMBLES = ("none", "wise", "average")
+
+
+@dataclass
+class ZsclConfig:
+    strength: float = field(default=1.0, metadata={"help": "λ of the distillation terms (needs tuning per model and data)"})
+    temperature: float = field(default=2.0, metadata={"help": "T of the distillation softmax (ZSCL: 2)"})
+    reference: str = field(
+        default="pool",
+        metadata={"help": "reference captions: pool = reference_size captions of the pretraining pool, drawn "
+                  "once with the run seed (ZSCL); batch = the batch's own captions"},
+    )
+    reference_size: int = field(default=1000, metadata={"help": "captions in the pool reference set"})
+    ensemble: str = field(
+        default="none",
+        metadata={"help": "weight consolidation at each task end: none; wise = (1−α)·θ + α·θ0; average = the "
+                  "running mean of the task's weights every average_every steps (ZSCL's WC). The next task "
+                  "trains from, and evaluation sees, the consolidated weights"},
+    )
+    wise_alpha: float = field(default=0.5, metadata={"help": "α of ensemble=wise: the weight of θ0"})
+    average_every: int = field(default=10, metadata={"help": "steps between the samples of ensemble=average"})
+
+    def __post_init__(self):
+        _check_positive("strength", self.strength)
+        _check_positive("temperature", self.temperature)
+        _check_choice("reference", self.reference, REFERENCES)
+        _check_positive("reference_size", self.reference_size, integer=True)
+        _check_choice("ensemble", self.ensemble, ENSEMBLES)
+        if not 0.0 <= self.wise_alpha <= 1.0:
+            raise ValueError(f"method.wise_alpha must be in [0, 1] (0 = no interpolation), got {self.wise_alpha!r}")
+        _check_positive("average_every", self.average_every, integer=True)
+
+
+@register_method("zscl")
+class Zscl(UpdateMethod):
+    """ZSCL (Zheng et al. 2023): CLIP loss + λ·T²·(KL image→reference texts + KL reference text→images)
+    against the frozen zero-shot model θ0, on the batch's pretraining-pool rows; optional weight
+    consolidation (WiSE with θ0, or the running average of the task's weights)."""
+
+    Config = ZsclConfig
+
+    def __init__(self, clip: Clip, config: ZsclConfig, label_smoothing: float = 0.0):
+        super().__init__(clip, config, label_smoothing)
+        self.teacher = FrozenTeacher(clip.model)  # θ0: rebuilt from the base model on resume, never saved
+        self._context_length = int(clip.tokenize([""]).shape[-1])
+        self.reference_tokens: torch.Tensor | None = None  # (N, L) on the device, fixed for the run
+        self._teacher_reference: torch.Tensor | None = None  # (N, D) teacher text features, cached per task
+        self._warned = False
+        # Weight consolidation: ``pending`` between a task's end and the next task's start.
+        self._pending = False
+        self._start: dict[str, torch.Tensor] | None = None
+        self._average: dict[str, torch.Tensor] | None = None
+        self._average_count = 0
+        self._reference_cost: HookCost | None = None
+
+    # --- the reference set ------------------------------------------------------------------------
+    def _reference_for(self, device: torch.device) -> torch.Tensor | None:
+        """Reference tokens for a step on ``device`` (None: distil over the batch's captions).
+
+        On the meta device the pool set is charged at its configured size even before it is drawn, so
+        the budget's step cost (measured before the first task) is that of the real steps.
+        """
+        if self.config.reference != "pool":
+            return None
+        if self.reference_tokens is not None:
+            return _stand_in(self.reference_tokens, device)
+        if device.type == "meta":
+            return torch.zeros(self.config.reference_size, self._context_length, dtype=torch.long, device="meta")
+        return None
+
+    def _draw_reference(self, task: TaskInfo) -> None:
+        """Tokenize ``reference_size`` pool captions (drawn by the runner with the run seed), once per run."""
+        if self.config.reference != "pool" or self.reference_tokens is not None:
+            return
+        texts = task.reference_texts(self.config.reference_size) if task.reference_texts is not None else None
+        if not texts:
+            if not self._warned:
+                log.warning(
+                    "zscl: no pretraining-pool captions for the reference set (no pool in this run, "
+                    "data.mixture.pretraining=0?); distilling over the batch's captions instead. Set "
+                    "method.reference=batch to say so (the budget charged the pool set's size)"
+                )
+                self._warned = True
+            return
+        self.reference_tokens = self.clip.tokenize(texts).to(self.teacher.device)
+
+    def _teacher_text(self, teacher: nn.Module, tokens: torch.Tensor, dim: int) -> torch.Tensor:
+        """The teacher's (N, dim) reference text features, cached (computed at most once per task)."""
+        if tokens.device.type == "meta":  # the budget's FLOP count: a cached tensor costs nothing per step
+            return torch.empty(tokens.shape[0], dim, device="meta")
+        if self._teacher_reference is None:  # first step after a mid-task resume
+            self._teacher_reference = teacher.encode_text(tokens, normalize=True)
+        return self._teacher_reference
+
+    # --- the objective ---------------------------------------------------------------------------
+    def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
+        img, txt, scale = clip_features(model, batch)
+        clip = clip_contrastive_loss(img, txt, scale, self.label_smoothing)
+        device, cfg = batch.images.device, self.config
+        teacher = self.teacher.on(device)
+        rows = pretraining_rows(batch.source)
+        tokens = self._reference_for(device)
+        with torch.no_grad():
+            t_img = teacher.encode_image(batch.images, normalize=True)  # whole batch: static shapes, no sync
+            if tokens is None:
+                t_ref = teacher.encode_text(batch.tokens, normalize=True)
+            else:
+                t_ref = self._teacher_text(teacher, tokens, t_img.shape[-1])
+            t_logits = teacher.logit_scale.exp() * t_img @ t_ref.t()
+        s_ref = txt if tokens is None else model.encode_text(tokens, normalize=True)
+        s_logits = scale * img @ s_ref.t()
+        image_side = distillation_kl(s_logits, t_logits, cfg.temperature, rows)
+        # Each reference text's distribution over the pretraining images only: other columns masked out.
+        out_cols = (rows == 0)[None, :]
+        text_side = distillation_kl(
+            s_logits.t().float().masked_fill(out_cols, _MASKED), t_logits.t().float().masked_fill(out_cols, _MASKED),
+            cfg.temperature,
+        )
+        total = clip + cfg.strength * (image_side + text_side)
+        parts = {"clip": clip.detach(), "distill_image": image_side.detach(), "distill_text": text_side.detach()}
+        return LossOutput(total, parts)
+
+    # --- hooks -----------------------------------------------------------------------------------
+    def begin_task(self, task: TaskInfo) -> None:
+        self._draw_reference(task)
+        if self.reference_tokens is not None:
+            with torch.no_grad():
+                self._teacher_reference = self.teacher.module.encode_text(self.reference_tokens, normalize=True)
+        self._start = self._consolidated() if self._pending else None
+        self._pending = False
+        self._average_count = 0
+
+    def after_step(self, batch: Batch, step: int) -> None:
+        """ensemble=average: fold the weights into the running mean every ``average_every`` steps (device ops)."""
+        if self.config.ensemble != "average" or (step + 1) % self.config.average_every:
+            return
+        floats = {k: v for k, v in self.clip.model.state_dict().items() if v.is_floating_point()}
+        self._average_count += 1
+        with torch.no_grad():
+            if self._average is None:
+                self._average = {k: v.detach().clone() for k, v in floats.items()}
+            elif self._average_count == 1:
+                for k, v in floats.items():
+                    self._average[k].copy_(v)
+            else:
+                for k, v in floats.items():
+                    self._average[k].lerp_(v, 1.0 / self._average_count)
+
+    def end_task(self, task: TaskInfo) -> None:
+        self._pending = self.config.ensemble != "none"
+
+    def extra_cost(self, task: TaskInfo) -> HookCost:
+        """The teacher's forward over the reference captions, once per task (pool reference only)."""
+        if self.config.reference != "pool":
+            return HookCost()
+        if self._reference_cost is None:
+            from fif.budget.measure import count_flops
+
+            teacher = self.teacher.on(torch.device("meta"))
+            tokens = torch.zeros(self.config.reference_size, self._context_length, dtype=torch.long, device="meta")
+            with torch.no_grad():
+                self._reference_cost = HookCost(flops=float(count_flops(lambda: teacher.encode_text(tokens))))
+        return self._reference_cost
+
+    # --- weights -----------------------------------------------------------------------------------
+    def _consolidated(self) -> dict[str, torch.Tensor] | None:
+        """The model's weights after weight consolidation (None: the model as it is)."""
+        current = self.clip.model.state_dict()
+        if self.config.ensemble == "wise":
+            theta0, alpha = self.teacher.module.state_dict(), self.config.wise_alpha
+            return {k: torch.lerp(v, theta0[k], alpha) if v.is_floating_point() else v.clone() for k, v in current.items()}
+        if self.config.ensemble == "average" and self._average is not None and self._average_count > 0:
+            return {k: self._average[k].clone() if k in self._average else v.clone() for k, v in current.items()}
+        return None
+
+    def training_weights(self) -> dict[str, torch.Tensor] | None:
+        start, self._start = self._start, None
+        return start
+
+    def deploy_weights(self) -> dict[str, torch.Tensor] | None:
+        return self._consolidated() if self._pending else None
+
+    # --- resume --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "reference_tokens": self.reference_tokens,
+            "pending": self._pending,
+            "average": self._average,
+            "average_count": self._average_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        keys = {"reference_tokens", "pending", "average", "average_count"}
+        if set(state) != keys:
+            raise ValueError(f"method 'zscl': checkpoint state must hold {sorted(keys)}, got {sorted(state)}")
+        device = self.teacher.device
+        tokens = state["reference_tokens"]
+        self.reference_tokens = None if tokens is None else tokens.to(device=device, dtype=torch.long)
+        self._teacher_reference = None  # recomputed at the next step
+        self._pending = bool(state["pending"])
+        average = state["average"]
+        if average is not None:
+            floats = {k: v for k, v in self.clip.model.state_dict().items() if v.is_floating_point()}
+            if set(average) != set(floats):
+                raise ValueError("method 'zscl': the checkpoint's weight average does not fit the model; resume with the same model")
+            average = {k: v.to(device=floats[k].device, dtype=floats[k].dtype).clone() for k, v in average.items()}
+        self._average = average
+        self._average_count = int(state["average_count"])
