@@ -125,6 +125,57 @@ def test_no_merging_holds_nothing_writes_nothing_and_never_asks_the_method(tmp_p
     assert m.state_dict() == {"tasks_done": 1, "running": None, "online": None}
 
 
+def mix(a: dict, b: dict, wa: float) -> dict:
+    """wa·a + (1 − wa)·b for float tensors; integers follow ``a`` (the first model of a merge)."""
+    return {k: wa * a[k] + (1 - wa) * b[k] if a[k].is_floating_point() else a[k] for k in a}
+
+
+def ema_step(avg: dict, new: dict, decay: float) -> dict:
+    """decay·avg + (1 − decay)·new for float tensors; integers follow ``new``."""
+    return {k: decay * avg[k] + (1 - decay) * new[k] if new[k].is_floating_point() else new[k] for k in avg}
+
+
+@pytest.mark.parametrize("deploy", ["last", "ema", "all", "last_zeroshot", "online_ema"])
+@pytest.mark.parametrize("init", ["zeroshot", "last", "ema", "all", "online_ema"])
+def test_every_init_deploy_combination_does_what_it_says(tmp_path, init, deploy):
+    model = small_model()
+    theta0 = {k: v.clone() for k, v in model.state_dict().items()}
+    m = make(tmp_path, model, init=init, deploy=deploy, alpha=0.3, ema_decay=0.6)
+    online, ends = dict(theta0), []
+    for task in range(2):
+        start = m.training_weights()
+        if task == 1:
+            expected = {"zeroshot": theta0, "last": None, "ema": mix(ends[0], theta0, 0.3), "all": ends[0],
+                        "online_ema": online}[init]
+            if expected is None:
+                assert start is None
+            else:
+                for k in expected:
+                    torch.testing.assert_close(start[k], expected[k], rtol=0, atol=1e-6)
+                model.load_state_dict(start)
+        else:
+            assert start is None
+        hook = m.step_hook(model)
+        assert (hook is not None) == ("online_ema" in (init, deploy))
+        for step in range(2):
+            theta = perturb_(model, 10 * task + step)
+            online = ema_step(online, theta, 0.6)
+            if hook is not None:
+                hook()
+        ends.append({k: v.clone() for k, v in model.state_dict().items()})
+        m.end_task(task, model.state_dict)
+    got = m.deploy_weights(model.state_dict)
+    r2 = mix(ends[1], mix(ends[0], theta0, 0.3), 0.3)
+    expected = {"last": None, "ema": r2, "all": mix(ends[0], ends[1], 0.5), "last_zeroshot": mix(ends[1], theta0, 0.3),
+                "online_ema": online}[deploy]
+    if expected is None:
+        assert got is None
+    else:
+        for k in expected:
+            torch.testing.assert_close(got[k], expected[k], rtol=1e-6, atol=1e-6)
+    assert held_state_dicts(m) <= 2
+
+
 def test_ema_merge_chain_by_hand(tmp_path):
     model = small_model()
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
