@@ -239,6 +239,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         images=batch.images.to(device, non_blocking=True),
         tokens=batch.tokens.to(device, non_blocking=True),
         source=batch.source.to(device, non_blocking=True),
+        labels=None if batch.labels is None else batch.labels.to(device, non_blocking=True),
     )
 
 
