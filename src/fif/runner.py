@@ -338,6 +338,24 @@ def task_pool(ctx: RunContext, task: Task) -> Pool:
     return Pool([(ctx.benchmark.load(d, "train"), idx) for d, idx in task_indices(task, ctx.benchmark).items()])
 
 
+def task_info(ctx: RunContext, task: Task, steps: int) -> TaskInfo:
+    """What the method sees of a task, with ``batches(batch_size)``: one pass over the task's own training
+    data on the device, seeded apart from the training batches (purpose ``"task-hook"``), for task hooks
+    such as EWC's Fisher pass."""
+    from fif.data.mixture import pool_batches
+    from fif.train import to_device
+
+    pool, clip, seed = task_pool(ctx, task), ctx.clip, ctx.cfg.run.seed
+
+    def batches(batch_size: int):
+        for batch in pool_batches(
+            pool, batch_size, clip.tokenize, clip.normalize, clip.image_size, seed, ("task-hook", task.index)
+        ):
+            yield to_device(batch, ctx.device)
+
+    return TaskInfo(task.index, len(ctx.tasks), list(task.concepts), steps, num_samples=len(pool), batches=batches)
+
+
 def task_batches(ctx: RunContext, task: Task, steps: int) -> MixedBatches:
     """The task's mixed batches (update = its concepts, buffer = all earlier tasks, pool = pretraining)."""
     cfg = ctx.cfg
@@ -365,7 +383,7 @@ def start_task(ctx: RunContext, task: Task) -> TaskRun:
     """Plan the task's steps, announce it, run ``begin_task``, load its start weights, build its optimizer."""
     method = ctx.method
     step_mafs = mafs_per_step(ctx.step_cost, ctx.reference_cost)
-    info = TaskInfo(task.index, len(ctx.tasks), list(task.concepts), steps=0)
+    info = task_info(ctx, task, steps=0)
     hook_mafs = hook_cost_mafs(method.extra_cost(info), ctx.reference_cost)
     info.steps = ctx.ledger.plan(task.index, step_mafs, hook_mafs)
     ctx.emit({"event": "task_start", "task": task.index, "concepts": len(task.concepts), "steps": info.steps})

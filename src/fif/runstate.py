@@ -154,7 +154,7 @@ def restore_run_state(ctx: RunContext, ckpt: Checkpoint, rollback: bool) -> Task
     ctx.ledger = Ledger.from_dict(state["ledger"])
     ctx.step_cost = StepCost.from_dict(state["costs"]["step"])
     ctx.reference_cost = StepCost.from_dict(state["costs"]["reference"])
-    from fif.runner import task_optimizer, task_pool  # the runner's own builders, so both paths agree
+    from fif.runner import task_info, task_optimizer, task_pool  # the runner's own builders, so both paths agree
 
     ctx.buffer_segments = [seg for t in ctx.tasks[: pos.task] for seg in task_pool(ctx, t).segments]
     if not rollback:
@@ -165,7 +165,7 @@ def restore_run_state(ctx: RunContext, ckpt: Checkpoint, rollback: bool) -> Task
     ctx.optimizer = None
     if pos.started:
         task = ctx.tasks[pos.task]
-        info = TaskInfo(pos.task, len(ctx.tasks), list(task.concepts), steps=ctx.ledger.tasks[pos.task].steps)
+        info = task_info(ctx, task, steps=ctx.ledger.tasks[pos.task].steps)
         task_log = TaskLog.from_state_dict(state["task_log"])
         if rollback:  # a fresh start for the non-finite counters
             task_log.stats[STAT_RUN:] = 0

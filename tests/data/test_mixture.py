@@ -88,3 +88,28 @@ def test_pool_subsample_keeps_membership(toy):
     assert len(sub) == 5
     allowed = set(range(10)) | set(range(20, 30))
     assert all(set(idx.tolist()) <= allowed for _, idx in sub.segments)
+
+
+def test_pool_batches_is_one_seeded_pass_over_the_pool(toy):
+    from fif.data.mixture import pool_batches
+
+    a = toy.load("toy_a", "train")
+    pool = Pool([(a, np.flatnonzero(a.targets == 1)), (a, np.flatnonzero(a.targets == 2))])
+    texts = []
+
+    def tokenizer(batch_texts):
+        texts.append(list(batch_texts))
+        return torch.zeros(len(batch_texts), 4, dtype=torch.long)
+
+    batches = list(pool_batches(pool, 5, tokenizer, lambda x: x, 8, seed=0, purpose=("task-hook", 1)))
+    assert [len(b) for b in batches] == [5] * (len(pool) // 5) + ([len(pool) % 5] if len(pool) % 5 else [])
+    assert all((b.source == Batch.UPDATE).all() for b in batches)
+    images = torch.cat([b.images for b in batches])
+    expected = a.images(np.concatenate([idx for _, idx in pool.segments]), 8)
+    order = [next(i for i in range(len(expected)) if torch.equal(expected[i], img)) for img in images]
+    assert sorted(order) == list(range(len(pool))) and order != list(range(len(pool)))  # each once, shuffled
+    again = list(pool_batches(pool, 5, tokenizer, lambda x: x, 8, seed=0, purpose=("task-hook", 1)))
+    assert all(torch.equal(x.images, y.images) for x, y in zip(batches, again))
+    assert texts[: len(batches)] == texts[len(batches) :]  # the same captions too
+    other = pool_batches(pool, 5, tokenizer, lambda x: x, 8, seed=1, purpose=("task-hook", 1))
+    assert not torch.equal(images, torch.cat([b.images for b in other]))

@@ -14,7 +14,7 @@ state beyond the step counter:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -185,4 +185,35 @@ class MixedBatches(torch.utils.data.Dataset):
             images=self.normalize(torch.cat(images)),
             tokens=self.tokenizer(texts),
             source=torch.cat(sources),
+        )
+
+
+def pool_batches(
+    pool: Pool, batch_size: int, tokenizer, normalize, image_size: int, seed: int, purpose: tuple
+) -> Iterator[Batch]:
+    """One pass over ``pool`` in a seeded random order, ``batch_size`` samples at a time (CPU tensors).
+
+    For task hooks that read a task's own data (EWC's Fisher pass, MAS's importance pass): the order and
+    the caption of each sample (one of its captions, as in training) come from ``rng_for(seed, *purpose)``,
+    so the same seed and purpose give the same batches, apart from the training batches' draws. Images
+    get the test-time transform (no augmentation). Loaded lazily: a hook that stops early reads no more.
+    The last batch may be smaller.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = rng_for(seed, *purpose)
+    order = rng.permutation(len(pool))
+    for start in range(0, len(order), batch_size):
+        positions = order[start : start + batch_size]
+        images = torch.empty(len(positions), 3, image_size, image_size)
+        texts: list[str] = [""] * len(positions)
+        for split, local, where in pool.locate(positions):
+            images[torch.as_tensor(where)] = split.images(local, image_size, train=False)
+            for w, i in zip(where.tolist(), local.tolist()):
+                caps = split.captions(i)
+                texts[w] = caps[int(rng.integers(len(caps)))] if len(caps) > 1 else caps[0]
+        yield Batch(
+            images=normalize(images),
+            tokens=tokenizer(texts),
+            source=torch.full((len(positions),), Batch.UPDATE, dtype=torch.int8),
         )

@@ -21,3 +21,4 @@ from fif.methods.base import (  # noqa: F401
 # Importing a family's module registers its methods.
 from fif.methods import finetune, selective  # noqa: F401,E402
 from fif.methods import peft  # noqa: F401,E402  (lora, dora, vera, galore)
+from fif.methods import regularizers  # noqa: F401,E402  (ewc, si, mas)

@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -56,12 +56,20 @@ class Batch:
 
 @dataclass
 class TaskInfo:
-    """What a method may know about a task."""
+    """What a method may know about a task.
+
+    ``batches(batch_size)`` gives task hooks (EWC's Fisher pass, MAS's importance pass) one pass over the
+    current task's training data only, on the device, in a seeded order of its own (same seed, same
+    batches); it is None where no data is at hand (``fif budget``, unit tests). ``num_samples`` is the
+    task's training-set size (0 = unknown), so ``extra_cost`` can size a pass before it runs.
+    """
 
     index: int  # 0-based task index
     num_tasks: int
     concepts: list[str]  # "DATASET+++classname"
     steps: int  # optimizer steps this task gets from the budget
+    num_samples: int = 0  # training samples of the task's concepts (0 = unknown)
+    batches: Callable[[int], Iterator["Batch"]] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
