@@ -310,8 +310,10 @@ class EwcConfig:
 
 @register_method("ewc")
 class Ewc(UpdateMethod):
-    """EWC (Kirkpatrick et al. 2017), online (Schwarz et al. 2018): penalty λ/2·Σ F(θ−θ*)², F from a
-    Fisher pass at each task end (charged to the budget)."""
+    """EWC (Kirkpatrick et al. 2017; online): penalty λ/2·Σ F(θ−θ*)², F from a Fisher pass per task end.
+
+    Online accumulation F ← γ·F + F_task (Schwarz et al. 2018); the pass is charged to the budget.
+    """
 
     Config = EwcConfig
 
@@ -381,8 +383,10 @@ class MasConfig:
 
 @register_method("mas")
 class Mas(UpdateMethod):
-    """MAS (Aljundi et al. 2018): penalty λ·Σ Ω(θ−θ*)², Ω = mean |∂‖f(x)‖²/∂θ| over the task's
-    samples (image and text embeddings), from a pass at each task end (charged to the budget)."""
+    """MAS (Aljundi et al. 2018): penalty λ·Σ Ω(θ−θ*)², Ω = mean |∂‖f(x)‖²/∂θ| from a pass per task end.
+
+    f: the image and text embeddings before normalisation; the pass is charged to the budget.
+    """
 
     Config = MasConfig
 
