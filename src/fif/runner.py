@@ -341,19 +341,30 @@ def task_pool(ctx: RunContext, task: Task) -> Pool:
 def task_info(ctx: RunContext, task: Task, steps: int) -> TaskInfo:
     """What the method sees of a task, with ``batches(batch_size)``: one pass over the task's own training
     data on the device, seeded apart from the training batches (purpose ``"task-hook"``), for task hooks
-    such as EWC's Fisher pass."""
-    from fif.data.mixture import pool_batches
+    such as EWC's Fisher pass, each sample labelled with its concept; the run seed; and
+    ``reference_texts(n)``, n pretraining-pool captions drawn with the run seed (ZSCL's reference set)."""
+    from fif.data.mixture import concept_labels, pool_batches, pool_captions
+    from fif.data.stream import rng_for
     from fif.train import to_device
 
     pool, clip, seed = task_pool(ctx, task), ctx.clip, ctx.cfg.run.seed
 
     def batches(batch_size: int):
+        labels = concept_labels(pool, task.concepts)
         for batch in pool_batches(
-            pool, batch_size, clip.tokenize, clip.normalize, clip.image_size, seed, ("task-hook", task.index)
+            pool, batch_size, clip.tokenize, clip.normalize, clip.image_size, seed, ("task-hook", task.index), labels
         ):
             yield to_device(batch, ctx.device)
 
-    return TaskInfo(task.index, len(ctx.tasks), list(task.concepts), steps, num_samples=len(pool), batches=batches)
+    reference_texts = None
+    if ctx.pretraining_pool is not None:
+        def reference_texts(n: int) -> list[str]:
+            return pool_captions(ctx.pretraining_pool, n, rng_for(seed, "reference-texts"))
+
+    return TaskInfo(
+        task.index, len(ctx.tasks), list(task.concepts), steps, num_samples=len(pool), batches=batches, seed=seed,
+        reference_texts=reference_texts,
+    )
 
 
 def task_batches(ctx: RunContext, task: Task, steps: int) -> MixedBatches:

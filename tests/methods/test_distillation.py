@@ -218,7 +218,7 @@ def test_zscl_is_zero_at_theta0_and_grows_as_the_model_moves():
 
 def test_zscl_uses_only_the_pretraining_part_of_the_batch():
     clip = tiny_clip()
-    zscl = build("zscl", clip, reference_size=6)
+    zscl = build("zscl", clip, reference_size=6, reference_per_step=6)
     zscl.begin_task(reference_task())
     nudge_(clip, 0.3)
     batch = batch_of(source=[0, 0, 0, 0, 1, 1, 2, 2])
@@ -261,6 +261,25 @@ def test_zscl_reference_set_is_drawn_once_and_teacher_features_are_cached():
     zscl.end_task(reference_task(0, calls))
     zscl.begin_task(reference_task(1, calls))
     assert calls == [5] and torch.equal(zscl.reference_tokens, tokens)  # fixed for the run
+    assert zscl._teacher_reference is cached  # so are the teacher's features
+
+
+def test_zscl_distils_over_a_random_subset_of_the_reference_set_each_step():
+    clip = tiny_clip()
+    zscl = build("zscl", clip, reference_size=20)
+    zscl.begin_task(reference_task())
+    seen = []
+    for _ in range(3):
+        rows = zscl._step_rows(zscl.reference_tokens, 8)
+        assert rows.shape == (8,) and len(set(rows.tolist())) == 8  # as many as the batch, no repeats
+        seen.append(rows.tolist())
+    assert seen[0] != seen[1]
+    whole = build("zscl", tiny_clip(), reference_size=20, reference_per_step=50)
+    whole.begin_task(reference_task())
+    assert whole._step_rows(whole.reference_tokens, 8) is None  # the whole set every step
+    again = build("zscl", tiny_clip(), reference_size=20)
+    again.begin_task(reference_task())
+    assert again._step_rows(again.reference_tokens, 8).tolist() == seen[0]  # seeded by the run seed and task
 
 
 def test_zscl_without_pool_captions_warns_and_uses_the_batch(caplog):
@@ -340,7 +359,10 @@ def test_bad_zscl_options_are_rejected(options):
 def meta_costs():
     clip = meta_clip("fif-mini-rn32")
     costs = {}
-    for name, options in [("finetune", {}), ("lwf", {}), ("zscl", {"reference_size": 100}), ("zscl_batch", {"reference": "batch"})]:
+    for name, options in [
+        ("finetune", {}), ("lwf", {}), ("zscl", {"reference_size": 100}), ("zscl_batch", {"reference": "batch"}),
+        ("zscl_all", {"reference_size": 100, "reference_per_step": 100}),
+    ]:
         method = build_method(name.split("_")[0], options, clip)
         costs[name] = (method, measure_step_cost(clip, method, 8, "meta"))
     return costs
@@ -353,11 +375,12 @@ def test_teacher_forward_is_counted_in_the_step_cost(meta_costs):
     assert lwf.flops >= ft.flops + ft.forward_flops
     assert lwf.flops < 1.6 * ft.flops
     zscl, zscl_batch = meta_costs["zscl"][1], meta_costs["zscl_batch"][1]
-    assert zscl.flops > zscl_batch.flops > ft.flops  # 100 reference captions through the student's text tower
+    # pool reference: the batch's count of reference captions through the student's text tower per step
+    assert meta_costs["zscl_all"][1].flops > zscl.flops > zscl_batch.flops > ft.flops
 
 
-def test_zscl_charges_the_reference_features_once_per_task(meta_costs):
+def test_zscl_charges_the_reference_features_once(meta_costs):
     zscl = meta_costs["zscl"][0]
-    cost = zscl.extra_cost(TaskInfo(0, 2, [], 0))
-    assert cost.flops > 0
+    assert zscl.extra_cost(TaskInfo(0, 2, [], 0)).flops > 0
+    assert zscl.extra_cost(TaskInfo(1, 2, [], 0)).flops == 0  # cached for the run: θ0 never changes
     assert meta_costs["zscl_batch"][0].extra_cost(TaskInfo(0, 2, [], 0)).flops == 0

@@ -189,7 +189,8 @@ class MixedBatches(torch.utils.data.Dataset):
 
 
 def pool_batches(
-    pool: Pool, batch_size: int, tokenizer, normalize, image_size: int, seed: int, purpose: tuple
+    pool: Pool, batch_size: int, tokenizer, normalize, image_size: int, seed: int, purpose: tuple,
+    labels: np.ndarray | None = None,
 ) -> Iterator[Batch]:
     """One pass over ``pool`` in a seeded random order, ``batch_size`` samples at a time (CPU tensors).
 
@@ -197,7 +198,7 @@ def pool_batches(
     the caption of each sample (one of its captions, as in training) come from ``rng_for(seed, *purpose)``,
     so the same seed and purpose give the same batches, apart from the training batches' draws. Images
     get the test-time transform (no augmentation). Loaded lazily: a hook that stops early reads no more.
-    The last batch may be smaller.
+    The last batch may be smaller. ``labels`` (one per pool position) become the batches' ``labels``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -216,4 +217,35 @@ def pool_batches(
             images=normalize(images),
             tokens=tokenizer(texts),
             source=torch.full((len(positions),), Batch.UPDATE, dtype=torch.int8),
+            labels=None if labels is None else torch.as_tensor(labels[positions], dtype=torch.int64),
         )
+
+
+def concept_labels(pool: Pool, concepts: Sequence[str]) -> np.ndarray:
+    """The concept of each pool position as an index into ``concepts`` (−1 where it is none of them).
+
+    A classification sample's concept is ``dataset+++classname`` of its target; every pair of a retrieval
+    dataset (target −1) belongs to the dataset's single concept ``dataset+++*``.
+    """
+    from fif.data.specs import concept_id
+    from fif.data.stream import ALL_PAIRS
+
+    index = {c: i for i, c in enumerate(concepts)}
+    out = np.full(len(pool), -1, dtype=np.int64)
+    for s, (split, idx) in enumerate(pool.segments):
+        spec, targets = split.spec, split.targets[idx]
+        names = [concept_id(spec.name, spec.classnames[t] if t >= 0 else ALL_PAIRS) for t in targets.tolist()]
+        out[pool.offsets[s] : pool.offsets[s + 1]] = [index.get(n, -1) for n in names]
+    return out
+
+
+def pool_captions(pool: Pool, n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` captions of distinct samples of ``pool`` (all of them when it is smaller), drawn with ``rng``:
+    uniform samples without replacement, one of each sample's captions at random."""
+    positions = np.sort(rng.choice(len(pool), size=min(n, len(pool)), replace=False))
+    texts: list[str] = [""] * len(positions)
+    for split, local, where in pool.locate(positions):
+        for w, i in zip(where.tolist(), local.tolist()):
+            caps = split.captions(i)
+            texts[w] = caps[int(rng.integers(len(caps)))] if len(caps) > 1 else caps[0]
+    return texts

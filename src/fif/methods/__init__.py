@@ -22,3 +22,4 @@ from fif.methods.base import (  # noqa: F401
 from fif.methods import finetune, selective  # noqa: F401,E402
 from fif.methods import peft  # noqa: F401,E402  (lora, dora, vera, galore)
 from fif.methods import regularizers  # noqa: F401,E402  (ewc, si, mas)
+from fif.methods import distillation, replay  # noqa: F401,E402  (lwf, zscl; er, der, derpp, gdumb)

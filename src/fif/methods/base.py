@@ -32,11 +32,15 @@ class Batch:
         images: normalised images (B, 3, S, S).
         tokens: token ids (B, context_length).
         source: (B,) int8 — 0 pretraining pool, 1 current task, 2 buffer of past tasks.
+        labels: (B,) int64 class of each sample as an index into ``TaskInfo.concepts`` (−1: none), set
+            only in passes over a task's own data (``TaskInfo.batches``, e.g. GDumb's class-balanced
+            memory); None in training batches.
     """
 
     images: torch.Tensor
     tokens: torch.Tensor
     source: torch.Tensor
+    labels: torch.Tensor | None = None
 
     PRETRAINING: ClassVar[int] = 0
     UPDATE: ClassVar[int] = 1
@@ -49,7 +53,10 @@ class Batch:
         """Micro-batches for gradient accumulation."""
         size = -(-len(self) // parts)
         return [
-            Batch(self.images[i : i + size], self.tokens[i : i + size], self.source[i : i + size])
+            Batch(
+                self.images[i : i + size], self.tokens[i : i + size], self.source[i : i + size],
+                None if self.labels is None else self.labels[i : i + size],
+            )
             for i in range(0, len(self), size)
         ]
 
@@ -62,6 +69,10 @@ class TaskInfo:
     current task's training data only, on the device, in a seeded order of its own (same seed, same
     batches); it is None where no data is at hand (``fif budget``, unit tests). ``num_samples`` is the
     task's training-set size (0 = unknown), so ``extra_cost`` can size a pass before it runs.
+
+    ``seed`` is the run seed: methods that draw (replay reservoirs, GDumb's memory) seed from it and the
+    task index. ``reference_texts(n)`` gives n captions of the pretraining pool drawn with the run seed
+    (same n, same captions; fewer when the pool is smaller), e.g. ZSCL's reference set; None without a pool.
     """
 
     index: int  # 0-based task index
@@ -70,6 +81,8 @@ class TaskInfo:
     steps: int  # optimizer steps this task gets from the budget
     num_samples: int = 0  # training samples of the task's concepts (0 = unknown)
     batches: Callable[[int], Iterator["Batch"]] | None = field(default=None, repr=False, compare=False)
+    seed: int = 0  # the run seed
+    reference_texts: Callable[[int], list[str]] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -11,9 +11,10 @@ and in what the logits are taken over (FiF §4, "distillation"):
   previous task (the base model θ0 on the first task); logits over the batch's own captions, every row.
 - **ZSCL** (Zheng et al. 2023): the teacher is the zero-shot model θ0, forever; logits of the batch's
   pretraining-pool images (``Batch.source == 0``; every image where the batch has none) over a fixed
-  reference caption set sampled once from the pretraining pool with the run seed; both directions (each
-  image over the reference texts, each reference text over those images), as ZSCL does. Optionally its
-  weight consolidation: WiSE interpolation with θ0 or the running average of the task's weights.
+  reference caption set sampled once from the pretraining pool with the run seed (each step distils over
+  a random subset of it, as many as the batch by default); both directions (each image over the reference
+  texts, each reference text over those images), as ZSCL does. Optionally its weight consolidation: WiSE
+  interpolation with θ0 or the running average of the task's weights.
 
 The teacher is one frozen copy of the model (eval mode, no gradients), held by the method, outside the
 model: it is not among the trainable parameters, not in the deployed weights, and never trained. Its
@@ -134,6 +135,15 @@ def _stand_in(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.empty_like(t, device="meta") if device.type == "meta" and t.device.type != "meta" else t
 
 
+def _seeded_generator(device: torch.device, seed: int, *purpose: int | str) -> torch.Generator | None:
+    """A generator on ``device`` seeded from (run seed, purpose...); None on the meta device."""
+    if device.type == "meta":
+        return None
+    from fif.data.stream import rng_for
+
+    return torch.Generator(device=device).manual_seed(int(rng_for(seed, *purpose).integers(2**62)))
+
+
 def _check_positive(name: str, value: float, integer: bool = False) -> None:
     if integer and (not isinstance(value, int) or isinstance(value, bool)):
         raise ValueError(f"method.{name} must be an integer, got {value!r}")
@@ -223,6 +233,12 @@ class ZsclConfig:
                   "once with the run seed (ZSCL); batch = the batch's own captions"},
     )
     reference_size: int = field(default=1000, metadata={"help": "captions in the pool reference set"})
+    reference_per_step: int = field(
+        default=0,
+        metadata={"help": "reference captions each step distils over, drawn at random from the set (0 = as many "
+                  "as the batch; >= reference_size = the whole set every step; each one costs a student text "
+                  "forward and backward)"},
+    )
     ensemble: str = field(
         default="none",
         metadata={"help": "weight consolidation at each task end: none; wise = (1−α)·θ + α·θ0; average = the "
@@ -237,6 +253,8 @@ class ZsclConfig:
         _check_positive("temperature", self.temperature)
         _check_choice("reference", self.reference, REFERENCES)
         _check_positive("reference_size", self.reference_size, integer=True)
+        if not isinstance(self.reference_per_step, int) or isinstance(self.reference_per_step, bool) or self.reference_per_step < 0:
+            raise ValueError(f"method.reference_per_step must be an integer >= 0, got {self.reference_per_step!r}")
         _check_choice("ensemble", self.ensemble, ENSEMBLES)
         if not 0.0 <= self.wise_alpha <= 1.0:
             raise ValueError(f"method.wise_alpha must be in [0, 1] (0 = no interpolation), got {self.wise_alpha!r}")
@@ -264,6 +282,7 @@ class Zscl(UpdateMethod):
         self._average: dict[str, torch.Tensor] | None = None
         self._average_count = 0
         self._reference_cost: HookCost | None = None
+        self.generator = _seeded_generator(self.teacher.device, 0, "zscl-reference")
 
     # --- the reference set ------------------------------------------------------------------------
     def _reference_for(self, device: torch.device) -> torch.Tensor | None:
@@ -296,6 +315,16 @@ class Zscl(UpdateMethod):
             return
         self.reference_tokens = self.clip.tokenize(texts).to(self.teacher.device)
 
+    def _step_rows(self, tokens: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+        """Rows of the reference set this step distils over (None: all of them), drawn without replacement."""
+        count = tokens.shape[0]
+        rows = min(self.config.reference_per_step or batch_size, count)
+        if rows >= count:
+            return None
+        if tokens.device.type == "meta":
+            return torch.arange(rows, device="meta")
+        return torch.randperm(count, generator=self.generator, device=tokens.device)[:rows]
+
     def _teacher_text(self, teacher: nn.Module, tokens: torch.Tensor, dim: int) -> torch.Tensor:
         """The teacher's (N, dim) reference text features, cached (computed at most once per task)."""
         if tokens.device.type == "meta":  # the budget's FLOP count: a cached tensor costs nothing per step
@@ -312,12 +341,15 @@ class Zscl(UpdateMethod):
         teacher = self.teacher.on(device)
         rows = pretraining_rows(batch.source)
         tokens = self._reference_for(device)
+        rows_ref = None if tokens is None else self._step_rows(tokens, len(batch))
         with torch.no_grad():
             t_img = teacher.encode_image(batch.images, normalize=True)  # whole batch: static shapes, no sync
             if tokens is None:
                 t_ref = teacher.encode_text(batch.tokens, normalize=True)
             else:
                 t_ref = self._teacher_text(teacher, tokens, t_img.shape[-1])
+                if rows_ref is not None:
+                    t_ref, tokens = t_ref.index_select(0, rows_ref), tokens.index_select(0, rows_ref)
             t_logits = teacher.logit_scale.exp() * t_img @ t_ref.t()
         s_ref = txt if tokens is None else model.encode_text(tokens, normalize=True)
         s_logits = scale * img @ s_ref.t()
@@ -334,8 +366,9 @@ class Zscl(UpdateMethod):
 
     # --- hooks -----------------------------------------------------------------------------------
     def begin_task(self, task: TaskInfo) -> None:
+        self.generator = _seeded_generator(self.teacher.device, task.seed, "zscl-reference", task.index)
         self._draw_reference(task)
-        if self.reference_tokens is not None:
+        if self.reference_tokens is not None and self._teacher_reference is None:  # θ0 and the set never change
             with torch.no_grad():
                 self._teacher_reference = self.teacher.module.encode_text(self.reference_tokens, normalize=True)
         self._start = self._consolidated() if self._pending else None
@@ -362,8 +395,12 @@ class Zscl(UpdateMethod):
         self._pending = self.config.ensemble != "none"
 
     def extra_cost(self, task: TaskInfo) -> HookCost:
-        """The teacher's forward over the reference captions, once per task (pool reference only)."""
-        if self.config.reference != "pool":
+        """The teacher's forward over the reference captions, charged to the first task (pool reference only).
+
+        θ0 and the reference set never change, so the features are computed once and cached for the run
+        (recomputed, not charged again, after a resume: the uninterrupted run paid for them at task 0).
+        """
+        if self.config.reference != "pool" or task.index > 0:
             return HookCost()
         if self._reference_cost is None:
             from fif.budget.measure import count_flops
@@ -399,10 +436,11 @@ class Zscl(UpdateMethod):
             "pending": self._pending,
             "average": self._average,
             "average_count": self._average_count,
+            "generator": None if self.generator is None else self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        keys = {"reference_tokens", "pending", "average", "average_count"}
+        keys = {"reference_tokens", "pending", "average", "average_count", "generator"}
         if set(state) != keys:
             raise ValueError(f"method 'zscl': checkpoint state must hold {sorted(keys)}, got {sorted(state)}")
         device = self.teacher.device
@@ -418,3 +456,5 @@ class Zscl(UpdateMethod):
             average = {k: v.to(device=floats[k].device, dtype=floats[k].dtype).clone() for k, v in average.items()}
         self._average = average
         self._average_count = int(state["average_count"])
+        if state["generator"] is not None and self.generator is not None:
+            self.generator.set_state(state["generator"].cpu())
