@@ -150,6 +150,14 @@ class TrainConfig:
     fixed_logit_scale: float | None = _help(
         "temperature=fixed: the logit multiplier exp(s), in (0, 100] (null = keep the model's value).", None
     )
+    distributed: str = _help(
+        "Data parallelism across the processes torchrun starts: none, or ddp (each rank trains its rows of the "
+        "global batch_size, CLIP features gathered; nccl on GPUs, gloo on CPU; docs/scaling.md). Without torchrun "
+        "a run uses one process.", "none"
+    )
+    dist_timeout_minutes: float = _help(
+        "ddp: how long ranks wait for each other (e.g. while rank 0 evaluates or checkpoints) before failing.", 120.0
+    )
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -617,6 +625,7 @@ def _validate_recipe(t: TrainConfig) -> list[str]:
         )
     if not 0 <= t.label_smoothing < 1:
         p.append(f"train.label_smoothing: {t.label_smoothing} must be in [0, 1)")
+    p += _validate_distributed(t)
     if t.fixed_logit_scale is not None:
         if t.temperature != "fixed":
             p.append("train.fixed_logit_scale: only used with train.temperature=fixed; set that or drop the value")
@@ -625,6 +634,23 @@ def _validate_recipe(t: TrainConfig) -> list[str]:
                 f"train.fixed_logit_scale: {t.fixed_logit_scale} must be in (0, 100] "
                 f"(the multiplier exp(s); CLIP starts at 1/0.07 ≈ 14.3 and clamps at 100)"
             )
+    return p
+
+
+def _validate_distributed(t: TrainConfig) -> list[str]:
+    """Problems with train.distributed (the device and world size are checked at launch, fif.distributed)."""
+    from fif.distributed import FSDP_MESSAGE, MODES
+
+    if t.distributed == "fsdp":
+        return [FSDP_MESSAGE]
+    p = _choice("train.distributed", t.distributed, MODES)
+    if t.distributed != "none" and t.grad_accum_steps > 1:
+        p.append(
+            f"train.grad_accum_steps={t.grad_accum_steps} with train.distributed={t.distributed}: not supported; more "
+            "processes already split the batch (use train.grad_accum_steps=1, or train.distributed=none)"
+        )
+    if t.dist_timeout_minutes <= 0:
+        p.append(f"train.dist_timeout_minutes: {t.dist_timeout_minutes} must be > 0")
     return p
 
 

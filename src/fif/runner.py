@@ -31,6 +31,7 @@ from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
 from fif.data.pool import load_pool
 from fif.data.registry import Benchmark, benchmark_options, get_benchmark
 from fif.data.stream import Task, build_tasks, ordering_options, task_indices
+from fif.distributed import launched
 from fif.evaluate import Evaluator
 from fif.merge.temporal import HISTORY_DIR, TemporalMerger
 from fif.methods import TaskInfo, UpdateMethod, build_method, freeze_all_but
@@ -116,6 +117,7 @@ class RunContext:
     on_event: Callable[[dict], None] | None = None
     progress: bool = False
     merger: TemporalMerger | None = None  # the merge section's init/deploy axes (set by setup)
+    dist: Any = None  # fif.distributed.Ranks on each rank of a data-parallel run (fif.distributed_run); None: one process
 
     def emit(self, event: dict) -> None:
         event = {"event": event.pop("event"), "time": round(time.time(), 3), **event}
@@ -274,6 +276,8 @@ def deployed_weights(ctx: RunContext) -> dict[str, torch.Tensor] | None:
 
 def evaluate_deployed(ctx: RunContext, task: int, full: bool) -> dict[str, float]:
     """Evaluate the method's deployed weights and log an ``eval`` event; returns per-dataset scores."""
+    if ctx.dist is not None and not ctx.dist.is_main:  # rank 0 evaluates; the others wait at their next collective
+        return {}
     clip = ctx.clip
     weights = deployed_weights(ctx)
     if weights is not None:
@@ -326,7 +330,7 @@ class StepEvals:
         self.ctx, self.task, self.steps = ctx, task, steps
         self.every = ctx.cfg.eval.every_steps
         self.seconds = 0.0
-        self.hook = self._on_step if self.every > 0 else None
+        self.hook = self._on_step if self.every > 0 and (ctx.dist is None or ctx.dist.is_main) else None
 
     def _on_step(self, tlog: Any) -> None:
         if tlog.steps % self.every == 0 and tlog.steps < self.steps:
@@ -397,6 +401,8 @@ def start_task(ctx: RunContext, task: Task) -> TaskRun:
     info = task_info(ctx, task, steps=0)
     hook_mafs = hook_cost_mafs(method.extra_cost(info), ctx.reference_cost)
     info.steps = ctx.ledger.plan(task.index, step_mafs, hook_mafs)
+    if ctx.dist is not None:  # every rank takes rank 0's steps (a hook's measured cost may differ per GPU)
+        info.steps = ctx.dist.broadcast(info.steps)
     ctx.emit({"event": "task_start", "task": task.index, "concepts": len(task.concepts), "steps": info.steps})
 
     method.begin_task(info)
@@ -469,6 +475,8 @@ def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> Non
             step_evals.hook(log)
         every = cfg.checkpoint.every_steps
         stop = ctx.stop is not None and ctx.stop.requested
+        if ctx.dist is not None:  # ranks stop at the same step: they agree at logging steps (a sync point anyway)
+            stop = ctx.dist.agree(stop) if log.steps % cfg.train.log_every == 0 or log.steps == steps else False
         if stop or (every and log.steps % every == 0 and log.steps < steps):
             path = save_run_checkpoint(ctx, Position(task.index, True, log.steps), log, optimizer)
             if stop:
@@ -476,9 +484,12 @@ def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> Non
 
     if ctx.stop is not None:
         ctx.stop.deferred = True  # a signal now stops after the current step, with a checkpoint
+    model, feed = ctx.clip.model, batches
+    if ctx.dist is not None:  # DDP over this rank's rows of each global batch (built now: it broadcasts rank 0's weights)
+        model, feed = ctx.dist.wrap(model), ctx.dist.shard(batches)
     try:
         tlog = train_task(
-            ctx.clip.model, method, optimizer, batch_iterator(batches, current.log.steps, cfg.data.num_workers),
+            model, method, optimizer, batch_iterator(feed, current.log.steps, cfg.data.num_workers),
             lambda s: float(lr_curve[s]) * ctx.guard.lr_scale, steps, ctx.device, ctx.precision,
             cfg.train.grad_clip, cfg.train.log_every, on_log=on_log, grad_accum_steps=cfg.train.grad_accum_steps,
             log=current.log, on_step=on_step, max_bad_steps=cfg.guard.max_bad_steps,
@@ -488,9 +499,13 @@ def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> Non
             ctx.stop.deferred = False
         if bar is not None:
             bar.close()
+    del model  # the task's DDP
     if tlog.rollback:
         raise _Rollback(task.index, tlog.steps)
-    if ctx.stop is not None and ctx.stop.requested:  # signalled after the last step's check
+    stopped = ctx.stop is not None and ctx.stop.requested
+    if ctx.dist is not None:
+        stopped = ctx.dist.agree(stopped)
+    if stopped:  # signalled after the last step's check
         path = save_run_checkpoint(ctx, Position(task.index, True, tlog.steps), tlog, optimizer)
         raise RunInterrupted(ctx.stop.signum, ctx.out_dir, path)
     method.end_task(info)
@@ -556,6 +571,12 @@ def run(
         RunInterrupted: SIGINT/SIGTERM; the folder can be resumed with :func:`resume`.
         TrainingDivergedError: non-finite steps persisted after ``guard.max_rollbacks`` rollbacks.
     """
+    if cfg.train.distributed != "none" or launched():  # under torchrun: every rank runs this (docs/scaling.md)
+        from fif.distributed_run import run_on_ranks
+
+        result = run_on_ranks(cfg, out_dir, overwrite, on_event, progress)
+        if result is not None:
+            return result
     out = Path(out_dir or cfg.run.out or default_out_dir(cfg))
     with StopSignals(out) as stop:
         lock = prepare_out_dir(out, overwrite)
@@ -601,6 +622,10 @@ def resume(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: no such run folder")
+    if launched():  # under torchrun with several processes: every rank resumes (the config must say ddp)
+        from fif.distributed_run import resume_on_ranks
+
+        return resume_on_ranks(run_dir, overrides, on_event, progress)
     with StopSignals(run_dir) as stop, RunLock(run_dir):
         rc = resume_config(run_dir, overrides)
         if is_finished(run_dir):
@@ -685,6 +710,10 @@ def close_sinks(ctx: RunContext) -> None:
 
 def finish(ctx: RunContext) -> RunResult:
     """Write the deployed weights and the summary."""
+    if ctx.dist is not None and not ctx.dist.is_main:
+        from fif.distributed_run import follower_finish
+
+        return follower_finish(ctx)
     chosen = deployed_weights(ctx)
     weights = chosen if chosen is not None else ctx.clip.model.state_dict()
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
@@ -693,6 +722,8 @@ def finish(ctx: RunContext) -> RunResult:
     summary = summarize(list(read_events(ctx.out_dir / "events.jsonl")))
     summary["ledger"] = {**ctx.ledger.summary(), **ctx.ledger.to_dict()}
     atomic_write_json(ctx.out_dir / "summary.json", summary)
+    if ctx.dist is not None:  # the other ranks read the summary now (follower_finish)
+        ctx.dist.barrier()
     ctx.emit({"event": "run_end", **{k: summary["final"].get(k) for k in ("a_ka", "a_zs", "gm")}})
     close_sinks(ctx)
     deployed = ctx.clip

@@ -84,12 +84,15 @@ def record_resume(run_dir: Path, ckpt: Checkpoint | None, changed: dict[str, tup
 
 def save_run_checkpoint(
     ctx: RunContext, position: Position, log_: TaskLog | None = None, optimizer: torch.optim.Optimizer | None = None
-) -> Path:
+) -> Path | None:
     """Checkpoint everything the run needs to continue exactly from ``position``, then prune old ones.
 
     Mid-task (``position.started``) that is the task's optimizer and loop log; at a task boundary the
-    optimizer only when ``train.optimizer_reset=false`` carries it into the next task.
+    optimizer only when ``train.optimizer_reset=false`` carries it into the next task. In a data-parallel
+    run only rank 0 writes (the others return None).
     """
+    if ctx.dist is not None and not ctx.dist.is_main:
+        return None
     if optimizer is None and not position.started and not ctx.cfg.train.optimizer_reset:
         optimizer = ctx.optimizer
     events = ctx.events.path.read_bytes() if ctx.events.path.is_file() else b""
@@ -159,7 +162,8 @@ def restore_run_state(ctx: RunContext, ckpt: Checkpoint, rollback: bool) -> Task
     ctx.buffer_segments = [seg for t in ctx.tasks[: pos.task] for seg in task_pool(ctx, t).segments]
     if not rollback:
         ctx.guard = GuardState(**state["guard"])
-        dropped = truncate_events(ctx.events.path, state["events"]["bytes"], state["events"]["sha256"])
+        main = ctx.dist is None or ctx.dist.is_main  # only rank 0 writes the run folder
+        dropped = truncate_events(ctx.events.path, state["events"]["bytes"], state["events"]["sha256"]) if main else 0
         log.info(f"resuming from {ckpt.path.name}; dropped {dropped} events logged after it")
     current = None
     ctx.optimizer = None
@@ -194,7 +198,10 @@ def roll_back(ctx: RunContext, task: int, step: int) -> tuple[Position, TaskRun 
         raise TrainingDivergedError(f"{what}, and no checkpoint verifies to roll back to")
     ctx.guard.rollbacks += 1
     ctx.guard.lr_scale *= g.lr_factor
-    remove_after(ctx.out_dir / CHECKPOINT_DIR, ckpt.position)
+    if ctx.dist is not None:  # every rank has read the checkpoint before rank 0 removes the newer ones
+        ctx.dist.barrier()
+    if ctx.dist is None or ctx.dist.is_main:
+        remove_after(ctx.out_dir / CHECKPOINT_DIR, ckpt.position)
     current = restore_run_state(ctx, ckpt, rollback=True)
     ctx.emit({
         "event": "rollback", "task": task, "step": step, "to_task": ckpt.position.task,

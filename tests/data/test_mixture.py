@@ -113,3 +113,45 @@ def test_pool_batches_is_one_seeded_pass_over_the_pool(toy):
     assert texts[: len(batches)] == texts[len(batches) :]  # the same captions too
     other = pool_batches(pool, 5, tokenizer, lambda x: x, 8, seed=1, purpose=("task-hook", 1))
     assert not torch.equal(images, torch.cat([b.images for b in other]))
+
+
+def test_concept_labels_name_each_sample_by_its_concept(toy):
+    from fif.data.mixture import concept_labels
+
+    a, r = toy.load("toy_a", "train"), toy.load("toy_r", "train")
+    pool = Pool([(a, np.flatnonzero(a.targets != 0)), (r, np.arange(4))])
+    concepts = ["toy_r+++*", "toy_a+++cat", "toy_a+++bee"]
+    labels = concept_labels(pool, concepts)
+    expected_a = [2 if t == 1 else 1 for t in a.targets[a.targets != 0]]
+    assert labels.tolist() == expected_a + [0] * 4
+    assert (concept_labels(pool, ["toy_a+++bee"]) == -1).sum() == len(pool) - (a.targets == 1).sum()
+
+
+def test_pool_batches_carry_the_labels(toy):
+    from fif.data.mixture import concept_labels, pool_batches
+
+    a = toy.load("toy_a", "train")
+    pool = Pool([(a, np.arange(len(a)))])
+    labels = concept_labels(pool, ["toy_a+++ant", "toy_a+++bee", "toy_a+++cat"])
+    tokenizer = lambda texts: torch.zeros(len(texts), 4, dtype=torch.long)  # noqa: E731
+    batches = list(pool_batches(pool, 4, tokenizer, lambda x: x, 8, seed=0, purpose=("t",), labels=labels))
+    images = torch.cat([b.images for b in batches])
+    got = torch.cat([b.labels for b in batches])
+    for img, label in zip(images, got):  # each image's label is its own target
+        i = next(i for i in range(len(a)) if torch.equal(a.images(np.array([i]), 8)[0], img))
+        assert label == a.targets[i]
+    assert all(b.labels is None for b in pool_batches(pool, 4, tokenizer, lambda x: x, 8, seed=0, purpose=("t",)))
+
+
+def test_pool_captions_are_a_seeded_sample_of_distinct_samples(toy):
+    from fif.data.mixture import pool_captions
+    from fif.data.stream import rng_for
+
+    p = toy.load("toy_pool", "train")
+    pool = Pool([(p, np.arange(len(p)))])
+    texts = pool_captions(pool, 10, rng_for(0, "reference-texts"))
+    assert len(texts) == 10 and texts == pool_captions(pool, 10, rng_for(0, "reference-texts"))
+    assert texts != pool_captions(pool, 10, rng_for(1, "reference-texts"))
+    assert len(pool_captions(pool, 1000, rng_for(0, "x"))) == len(pool)  # capped by the pool
+    owners = {c.split("#")[-1] if "#" in c else c.split()[-1] for c in texts}
+    assert len(owners) == 10  # distinct samples

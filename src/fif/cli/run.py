@@ -107,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    from fif.distributed import is_main
     from fif.runner import resume, run
 
     try:
@@ -115,8 +116,11 @@ def main(args: argparse.Namespace) -> int:
         else:
             result = run(cfg, out_dir=args.out, overwrite=args.overwrite, on_event=TablePrinter(), progress=not args.no_progress)
     except RunInterrupted as e:
-        print(interrupted_message(e), file=sys.stderr)
+        if is_main():
+            print(interrupted_message(e), file=sys.stderr)
         return 128 + e.signum
+    if not is_main():  # torchrun's other ranks: rank 0 reports
+        return 0
     f = result.final
     print(f"final: A_KA {fmt(f.get('a_ka'))}  A_ZS {fmt(f.get('a_zs'))}  GM {fmt(f.get('gm'))}")
     print(f"results: {result.out_dir}/ (summary.json, events.jsonl, config.yaml, final.safetensors)")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fif.distributed import global_batch_features
 from fif.model.clip import Clip
 
 
@@ -117,7 +118,11 @@ def clip_contrastive_loss(
 
     logits = exp(s)·I·Tᵀ with s the learned log-temperature (open_clip returns exp(s) already);
     loss = ½ [CE(logits, i) + CE(logitsᵀ, i)] with the matching pair on the diagonal.
+
+    In a data-parallel training step the features of this rank's rows are gathered from every rank first
+    (:func:`fif.distributed.global_batch_features`): the loss is that of the whole global batch.
     """
+    image_features, text_features = global_batch_features(image_features, text_features)  # as is in one process
     logits = logit_scale * image_features @ text_features.t()
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (
