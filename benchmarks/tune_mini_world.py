@@ -39,11 +39,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--options", nargs="*", default=[], help="benchmark options key=value (ints)")
     p.add_argument("--save", help="save the pretrained state dict here")
     p.add_argument("--load", help="skip pretraining; load this state dict")
+    p.add_argument("--caption-filter", help="pretrain only on pool captions matching this regex (diagnostic)")
     p.add_argument("--eval-every", type=int, default=0, help="zero-shot check every N pretraining steps")
     p.add_argument("--stream-steps", type=int, default=0, help="steps per stream task (0 = no stream)")
     p.add_argument("--stream-lr", type=float, default=5e-4)
     p.add_argument("--stream-batch", type=int, default=128)
     p.add_argument("--modes", default="finetune,replay", help="stream variants to run")
+    p.add_argument("--ordering", default="random", choices=["random", "dataset"], help="stream concept order")
+    p.add_argument("--tasks", type=int, default=6, help="tasks of a random-order stream")
     return p.parse_args()
 
 
@@ -64,8 +67,11 @@ def lr_at(step: int, steps: int, warmup: int, lr: float, floor: float = 0.01) ->
 class Sampler:
     """Draws (images, captions) from a list of (split, indices) with one numpy generator."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, caption_filter: str | None = None):
+        import re
+
         self.rng = np.random.default_rng(seed)
+        self.keep = re.compile(caption_filter) if caption_filter else None
 
     def draw(self, parts: list[tuple[list, int]]) -> tuple[torch.Tensor, list[str]]:
         images, texts = [], []
@@ -80,6 +86,8 @@ class Sampler:
                 images.append(split.images(rows, 32))
                 for r in rows:
                     caps = split.captions(int(r))
+                    if self.keep is not None:  # a diagnostic: train on some caption kinds only
+                        caps = [c for c in caps if self.keep.search(c)] or caps
                     texts.append(caps[self.rng.integers(0, len(caps))])
         return torch.cat(images), texts
 
@@ -146,27 +154,35 @@ def report(bench, scores: dict[str, float], header: str) -> tuple[float, float]:
 
 
 def run_stream(args, bench, base_state, mode: str) -> list[tuple[float, float]]:
+    from fif.data.stream import benchmark_concepts, chunk, chunk_by_dataset, order_random, task_indices
+
     clip = build_clip("fif-mini-rn32")
     clip.model.load_state_dict(base_state)
     all_names = [s.name for s in bench.eval_only] + [s.name for s in bench.adaptation]
     pool = bench.load(bench.pretraining_pool, "train")
     pool_src = [(pool, np.arange(len(pool)))]
+    concepts = benchmark_concepts(bench)
+    if args.ordering == "dataset":
+        tasks = chunk_by_dataset(concepts)
+    else:
+        tasks = chunk(order_random(concepts, args.seed), args.tasks)
     sampler = Sampler(args.seed + 1)
     buffer: list = []
     path = [report(bench, zero_shot(clip, bench, all_names, max_n=400), f"[{mode}] task 0")]
-    for t, spec in enumerate(bench.adaptation, start=1):
-        data = bench.load(spec.name, "train")
-        current = [(data, np.arange(len(data)))]
-        b = args.stream_batch
+    b = args.stream_batch
+    third = b // 3
+    for task in tasks:
+        current = [(bench.load(d, "train"), idx) for d, idx in task_indices(task, bench).items()]
         if mode == "finetune":
             parts = lambda: [(current, b)]  # noqa: E731
-        else:
-            third = b // 3
-            parts = (lambda: [(pool_src, third), (current, b - 2 * third), (buffer, third)]) if buffer else (
-                lambda: [(pool_src, b // 2), (current, b - b // 2)])
+        elif buffer:
+            parts = lambda: [(pool_src, third), (current, b - 2 * third), (buffer, third)]  # noqa: E731
+        else:  # task 0: the empty buffer's share goes to the pool and the task, as FiF does
+            parts = lambda: [(pool_src, b // 2), (current, b - b // 2)]  # noqa: E731
         train(clip, sampler, parts, args.stream_steps, args.stream_lr, max(1, args.stream_steps // 10), args.wd, 0)
-        buffer.append(current[0])
-        path.append(report(bench, zero_shot(clip, bench, all_names, max_n=400), f"[{mode}] task {t} {spec.name}"))
+        buffer.extend(current)
+        names = sorted({c.split("+++")[0].replace("mini_", "") for c in task.concepts})
+        path.append(report(bench, zero_shot(clip, bench, all_names, max_n=400), f"[{mode}] task {task.index + 1} {','.join(names)}"))
     return path
 
 
@@ -185,7 +201,7 @@ def main() -> None:
         t0 = time.time()
         pool = bench.load(bench.pretraining_pool, "train")
         print(f"pool: {len(pool)} images in {time.time() - t0:.1f}s", flush=True)
-        sampler = Sampler(args.seed)
+        sampler = Sampler(args.seed, args.caption_filter)
         src = [(pool, np.arange(len(pool)))]
         model = clip.model
         opt = torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)

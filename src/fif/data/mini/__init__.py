@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fif.data.mini import render
-from fif.data.mini.world import DEFAULT_LETTERS, POOL_NAME, Draw, MiniDataset, catalogue
+from fif.data.mini.world import DEFAULT_LETTERS, POOL_NAME, CaptionMix, Draw, MiniDataset, catalogue
 from fif.data.registry import Benchmark, register_benchmark
 from fif.data.specs import DatasetSpec, InMemorySplit
 
@@ -113,14 +113,26 @@ def generate_split(dataset: MiniDataset, split: str, seed: int = 0, image_size: 
 
 
 @register_benchmark("mini")
-def build_mini(image_size: int = 32, seed: int = 0, letters: str = DEFAULT_LETTERS, partial_captions: int = 1, **sizes: int) -> Benchmark:
+def build_mini(
+    image_size: int = 32,
+    seed: int = 0,
+    letters: str = DEFAULT_LETTERS,
+    full_captions: int = 2,
+    pair_captions: int = 2,
+    shape_captions: int = 3,
+    single_captions: int = 3,
+    **sizes: int,
+) -> Benchmark:
     """The mini benchmark: a pretraining pool, 6 evaluation-only and 9 adaptation datasets.
 
     Args:
         image_size: image side in pixels (>= 16).
         seed: benchmark seed; every split is a pure function of it, the dataset and the split.
         letters: the classes of ``mini_letters``.
-        partial_captions: one-attribute captions per base-world image (0 = full-attribute only).
+        full_captions: full-attribute captions per base-world image (pool and eval-only sets).
+        pair_captions: shape + one attribute captions per base-world image.
+        shape_captions: shape-only captions per base-world image.
+        single_captions: captions naming one other attribute per base-world image.
         **sizes: fields of :class:`MiniSizes` (``pool_size``, ``train_per_class``, ...).
 
     Returns:
@@ -135,13 +147,16 @@ def build_mini(image_size: int = 32, seed: int = 0, letters: str = DEFAULT_LETTE
         from fif.data.registry import unknown_name_message
 
         raise ValueError(unknown_name_message("mini benchmark option (data.options)", unknown[0],
-                                              ["image_size", "seed", "letters", "partial_captions", *valid]))
+                                              ["image_size", "seed", "letters", "full_captions", "pair_captions", "shape_captions", "single_captions", *valid]))
     if not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"mini benchmark option image_size={image_size!r} must be an integer >= 16")
-    if not isinstance(partial_captions, int) or partial_captions < 0:
-        raise ValueError(f"mini benchmark option partial_captions={partial_captions!r} must be an integer >= 0")
+    counts = {"full_captions": full_captions, "pair_captions": pair_captions, "shape_captions": shape_captions,
+              "single_captions": single_captions}
+    for key, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "full_captions" else 0):
+            raise ValueError(f"mini benchmark option {key}={value!r} must be an integer >= {1 if key == 'full_captions' else 0}")
     split_sizes = MiniSizes(**sizes)
-    datasets = catalogue(letters, partial_captions)
+    datasets = catalogue(letters, CaptionMix(full_captions, pair_captions, shape_captions, single_captions))
 
     def load(spec: DatasetSpec, split: str) -> InMemorySplit:
         if spec.name not in datasets:

@@ -509,7 +509,9 @@ def backgrounds(kinds: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     mix = np.where(k == 2, (np.sin(F32(2 * math.pi) * proj / period) > 0).astype(F32), mix)
     cells = (np.floor(x / period) + np.floor(y / period)).astype(np.int32) & 1
     mix = np.where(k == 3, cells.astype(F32), mix)
-    mix = np.where(k == 4, np.clip(proj * F32(0.8), 0, 1), mix)
+    # gradients run from one tone to the other across the whole image, so they read as "gradient"
+    centre = F32(0.5) * (np.cos(theta) + np.sin(theta))
+    mix = np.where(k == 4, np.clip(F32(0.5) + (proj - centre) * F32(1.3), 0, 1), mix)
     m = mix[:, None]
     return (t1[:, :, None, None] * (F32(1.0) - m) + t2[:, :, None, None] * m).astype(F32)
 

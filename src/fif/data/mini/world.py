@@ -129,13 +129,36 @@ def _calm(rng: np.random.Generator, n: int) -> np.ndarray:
 # Samplers: the pretraining world and its evaluation-only views
 
 
-def base_scene(fixed_factor: str | None = None, partial_per_image: int = 1) -> Sampler:
+@dataclass(frozen=True)
+class CaptionMix:
+    """How many captions of each kind a base-world image gets (training draws one uniformly).
+
+    See :mod:`fif.data.mini.captions` for why most are not full-attribute.
+
+    Attributes:
+        full: full-attribute phrasings (the first is canonical).
+        pairs: shape + one other attribute (``captions.POOL_PAIRS``).
+        shape: the shape alone (``captions.POOL_SHAPE``).
+        singles: one other attribute alone (``captions.POOL_SINGLES``).
+    """
+
+    full: int = 2
+    pairs: int = 2
+    shape: int = 3
+    singles: int = 3
+
+    def __post_init__(self) -> None:
+        if self.full < 1 or min(self.pairs, self.shape, self.singles) < 0:
+            raise ValueError(f"caption mix {self}: need full >= 1 and pairs, shape, singles >= 0")
+
+
+def base_scene(fixed_factor: str | None = None, mix: CaptionMix = CaptionMix()) -> Sampler:
     """Sampler of the pretraining world; ``fixed_factor`` takes its value from the targets.
 
     Args:
         fixed_factor: ``shape``, ``color``, ``size``, ``position`` or ``background``; None for the pool
             and retrieval (targets ignored).
-        partial_per_image: one-attribute captions per image (after three full-attribute ones).
+        mix: captions per image of each kind.
 
     Returns:
         The sampler.
@@ -145,7 +168,8 @@ def base_scene(fixed_factor: str | None = None, partial_per_image: int = 1) -> S
         fixed = {fixed_factor: targets} if fixed_factor else {}
         f = _base_factors(d, len(targets), fixed)
         canvas = _single_object(d, f, BASE_SHAPES)
-        caps = C.caption_lists(d.rng, _base_fields(f), C.POOL_FULL, 3, C.POOL_PARTIAL, partial_per_image)
+        groups = ((C.POOL_PAIRS, mix.pairs), (C.POOL_SHAPE, mix.shape), (C.POOL_SINGLES, mix.singles))
+        caps = C.caption_lists(d.rng, _base_fields(f), C.POOL_FULL, mix.full, groups)
         return canvas, caps
 
     return sample
@@ -359,12 +383,12 @@ def scenes(d: Draw, targets: np.ndarray) -> Sample:
 POOL_NAME = "mini_pretrain"
 
 
-def catalogue(letters_alphabet: str = DEFAULT_LETTERS, partial_per_image: int = 1) -> dict[str, MiniDataset]:
+def catalogue(letters_alphabet: str = DEFAULT_LETTERS, mix: CaptionMix = CaptionMix()) -> dict[str, MiniDataset]:
     """Every mini-world dataset by name: the pool, then eval-only, then adaptation sets.
 
     Args:
         letters_alphabet: the capital letters of ``mini_letters`` (its classes).
-        partial_per_image: one-attribute captions per pool image (see :mod:`captions`).
+        mix: captions per base-world image of each kind (pool and evaluation-only sets).
 
     Returns:
         name → :class:`MiniDataset`, in a stable order.
@@ -376,19 +400,19 @@ def catalogue(letters_alphabet: str = DEFAULT_LETTERS, partial_per_image: int = 
         raise ValueError(f"mini benchmark option letters={letters_alphabet!r}: give distinct letters, e.g. {DEFAULT_LETTERS!r}")
     sets = [
         # (name, kind, role, classes, primer, templates, year, sampler, description)
-        (POOL_NAME, "retrieval", "pretraining", (), "a {}", (), 2009, base_scene(None, partial_per_image),
+        (POOL_NAME, "retrieval", "pretraining", (), "a {}", (), 2009, base_scene(None, mix),
          "the base world: 6 shapes x 8 colours x 3 sizes x 5 positions x 5 backgrounds"),
         ("mini_colors", "classification", "eval_only", R.COLOR_NAMES, "a {} shape", ("a {} object", "something {}"), 2012,
-         base_scene("color", partial_per_image), "colour of a base shape"),
+         base_scene("color", mix), "colour of a base shape"),
         ("mini_shapes", "classification", "eval_only", BASE_SHAPES, "a drawing of a {}", ("a {}", "a picture of a {}"), 2012,
-         base_scene("shape", partial_per_image), "base shapes on every background"),
+         base_scene("shape", mix), "base shapes on every background"),
         ("mini_sizes", "classification", "eval_only", tuple(SIZES), "a {} shape", ("a {} object", "something {}"), 2013,
-         base_scene("size", partial_per_image), "size of a base shape"),
+         base_scene("size", mix), "size of a base shape"),
         ("mini_positions", "classification", "eval_only", tuple(POSITIONS), "a shape in the {}", ("something in the {}",), 2013,
-         base_scene("position", partial_per_image), "where a base shape is"),
+         base_scene("position", mix), "where a base shape is"),
         ("mini_backgrounds", "classification", "eval_only", R.BACKGROUNDS, "a shape on a {} background", ("a {} background",), 2014,
-         base_scene("background", partial_per_image), "background texture behind a base shape"),
-        ("mini_captions", "retrieval", "eval_only", (), "a {}", (), 2015, base_scene(None, 0),
+         base_scene("background", mix), "background texture behind a base shape"),
+        ("mini_captions", "retrieval", "eval_only", (), "a {}", (), 2015, base_scene(None, CaptionMix(full=3, pairs=0, shape=0, singles=0)),
          "image-caption retrieval in the base world"),
         ("mini_digits", "classification", "adaptation", DIGITS, 'a handwritten digit "{}"', ("the number {}",), 1998,
          digits, "handwritten digits (scikit-learn glyphs; train and test glyphs disjoint)"),
