@@ -16,8 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "A_KA/A_ZS/GM over tasks, per-dataset change from zero-shot, forgetting and backward transfer, the "
         "budget ledger, and a comparison table across runs.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
-    p.add_argument("--out", help="output folder (default: RUN/report for one run; required for several)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or a sweep folder (its runs)")
+    p.add_argument("--out", help="output folder (default: RUN/report for one run or sweep; required for several)")
     p.add_argument("--title", help="page title")
     p.add_argument("--json", action="store_true", help="print every run's metrics as JSON instead of the table")
     p.add_argument("--tensorboard", action="store_true",
@@ -43,14 +43,21 @@ def print_table(metrics: list[dict]) -> None:
 def main(args: argparse.Namespace) -> int:
     from fif.cli import CliError
     from fif.report import write_report
+    from fif.sweep import sweep_run_folders
 
+    given, args.runs = args.runs, []
+    for run in given:  # a sweep folder stands for its runs that have started
+        runs = sweep_run_folders(run)
+        if runs == []:
+            raise CliError(f"sweep {run} has no run with events yet; start them with: fif sweep --out {run} --run --resume")
+        args.runs += [str(r) for r in runs] if runs is not None else [run]
     for run in args.runs:
         if not (Path(run) / "events.jsonl").is_file():
-            raise CliError(f"{run} has no events.jsonl; give fif run folders")
+            raise CliError(f"{run} has no events.jsonl; give fif run folders or a fif sweep folder")
     if args.out:
         out = Path(args.out)
-    elif len(args.runs) == 1:
-        out = Path(args.runs[0]) / "report"
+    elif len(given) == 1:
+        out = Path(given[0]) / "report"
     else:
         raise CliError("several runs: say where the report goes with --out DIR")
     if args.tensorboard:
