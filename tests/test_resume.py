@@ -172,3 +172,30 @@ def test_a_corrupt_latest_checkpoint_falls_back_and_still_resumes_exactly(refere
     assert f"checkpoint {found[-1][1].name} is unusable" in done.stderr and "falling back to" in done.stderr
     assert (out / CHECKPOINT_DIR / f"{found[-1][1].name}.corrupt").is_dir() or not found[-1][1].exists()
     assert_identical(out, reference)
+
+
+def in_second_task(out: Path) -> bool:
+    return any(p.task == 1 and p.started and p.step >= 1 for p, _ in list_checkpoints(out / CHECKPOINT_DIR))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [
+    pytest.param(["method.name=er"], id="er"),
+    pytest.param(["method.name=derpp"], id="derpp"),
+    pytest.param(["method.name=gdumb"], id="gdumb"),
+    pytest.param(["method.name=lwf"], id="lwf"),
+    pytest.param(["method.name=zscl", "method.reference_size=20", "method.ensemble=average", "method.average_every=2"],
+                 id="zscl"),
+])
+def test_method_state_resumes_bit_identical(tmp_path, method):
+    """Buffers (reservoir, embeddings, GDumb's memory, their generators), LwF's teacher and ZSCL's reference
+    set and weight average come back from a mid-task checkpoint of the second task exactly."""
+    extra = ("budget.ft_steps=40", "checkpoint.every_steps=1", *method)
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    done = run_cli("--out", str(ref), *MINI, *extra)
+    assert done.returncode == 0, done.stderr
+    start_and_kill(out, in_second_task, extra=extra)
+    done = run_cli("--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "run.json").read_text())["resumes"][0]["checkpoint"].startswith("task0001-step")
+    assert_identical(out, ref)
