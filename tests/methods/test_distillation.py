@@ -384,3 +384,21 @@ def test_zscl_charges_the_reference_features_once(meta_costs):
     assert zscl.extra_cost(TaskInfo(0, 2, [], 0)).flops > 0
     assert zscl.extra_cost(TaskInfo(1, 2, [], 0)).flops == 0  # cached for the run: θ0 never changes
     assert meta_costs["zscl_batch"][0].extra_cost(TaskInfo(0, 2, [], 0)).flops == 0
+
+
+@pytest.mark.parametrize("name", ["lwf", "zscl"])
+def test_gradient_accumulation_gives_the_whole_batch_gradient(name):
+    from fif.train import accumulated_backward
+
+    clip = tiny_clip()
+    method = build(name, clip, **({"reference_size": 6} if name == "zscl" else {}))
+    method.begin_task(reference_task())
+    nudge_(clip, 0.2)
+    twin = copy.deepcopy(method)
+    batch = batch_of()
+    clip.model.zero_grad(set_to_none=True)
+    method.loss(batch, clip.model).total.backward()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    accumulated_backward(twin, twin.clip.model, batch, 2, scaler, lambda: torch.autocast("cpu", enabled=False))
+    for (n, p), q in zip(clip.model.named_parameters(), twin.clip.model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")

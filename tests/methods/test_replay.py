@@ -437,3 +437,34 @@ def test_after_step_does_not_sync_on_cuda(name):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert int(method.core.buffer.count()) == 6
+
+
+def _grads(method, model, batch, parts):
+    from fif.train import accumulated_backward
+
+    model.zero_grad(set_to_none=True)
+    if parts == 1:
+        method.loss(batch, model).total.backward()
+    else:
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        accumulated_backward(method, model, batch, parts, scaler, lambda: torch.autocast("cpu", enabled=False))
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["er", "der", "derpp", "gdumb"])
+def test_gradient_accumulation_gives_the_whole_batch_gradient(name):
+    clip = tiny_clip()
+    method = build(name, clip, **({"memory_size": 6} if name == "gdumb" else {"buffer_size": 6}))
+    if name == "gdumb":
+        method.begin_task(labelled_task(0, ["d+++a", "d+++b"], per_class=4))
+    else:
+        for step in range(2):
+            b = pixels_batch(list(range(8 * step, 8 * step + 8)), seed=step)
+            method.loss(b, clip.model)
+            method.after_step(b, step)
+    twin = copy.deepcopy(method)  # the same generator state: the same replay draw
+    batch = pixels_batch(list(range(50, 58)), seed=7)
+    whole, accumulated = _grads(method, clip.model, batch, 1), _grads(twin, twin.clip.model, batch, 2)
+    assert whole.keys() == accumulated.keys()
+    for n in whole:
+        torch.testing.assert_close(whole[n], accumulated[n], rtol=1e-4, atol=1e-6)
