@@ -175,8 +175,11 @@ class LwfConfig:
 
 @register_method("lwf")
 class Lwf(UpdateMethod):
-    """LwF (Li & Hoiem 2017) for CLIP: CLIP loss + λ·T²·KL of the image→text logits over the batch's
-    captions against the model frozen at the end of the previous task (θ0 on the first task)."""
+    """LwF (Li & Hoiem 2017): CLIP loss + λ·T²·KL to the last task's model's image→text logits.
+
+    The teacher is the model frozen at the end of the previous task (θ0 on the first); the logits are over
+    the batch's own captions.
+    """
 
     Config = LwfConfig
 
@@ -253,8 +256,9 @@ class ZsclConfig:
         _check_positive("temperature", self.temperature)
         _check_choice("reference", self.reference, REFERENCES)
         _check_positive("reference_size", self.reference_size, integer=True)
-        if not isinstance(self.reference_per_step, int) or isinstance(self.reference_per_step, bool) or self.reference_per_step < 0:
-            raise ValueError(f"method.reference_per_step must be an integer >= 0, got {self.reference_per_step!r}")
+        per_step = self.reference_per_step
+        if not isinstance(per_step, int) or isinstance(per_step, bool) or per_step < 0:
+            raise ValueError(f"method.reference_per_step must be an integer >= 0 (0 = as many as the batch), got {per_step!r}")
         _check_choice("ensemble", self.ensemble, ENSEMBLES)
         if not 0.0 <= self.wise_alpha <= 1.0:
             raise ValueError(f"method.wise_alpha must be in [0, 1] (0 = no interpolation), got {self.wise_alpha!r}")
@@ -263,9 +267,12 @@ class ZsclConfig:
 
 @register_method("zscl")
 class Zscl(UpdateMethod):
-    """ZSCL (Zheng et al. 2023): CLIP loss + λ·T²·(KL image→reference texts + KL reference text→images)
-    against the frozen zero-shot model θ0, on the batch's pretraining-pool rows; optional weight
-    consolidation (WiSE with θ0, or the running average of the task's weights)."""
+    """ZSCL (Zheng et al. 2023): CLIP loss + distillation of θ0 on reference captions, + weight ensembling.
+
+    λ·T²·(KL image→reference texts + KL reference text→images) against the frozen zero-shot model θ0, on
+    the batch's pretraining-pool rows; optional weight consolidation (WiSE with θ0, or the running average
+    of the task's weights).
+    """
 
     Config = ZsclConfig
 
@@ -452,7 +459,9 @@ class Zscl(UpdateMethod):
         if average is not None:
             floats = {k: v for k, v in self.clip.model.state_dict().items() if v.is_floating_point()}
             if set(average) != set(floats):
-                raise ValueError("method 'zscl': the checkpoint's weight average does not fit the model; resume with the same model")
+                raise ValueError(
+                    "method 'zscl': the checkpoint's weight average does not fit the model; resume with the same model"
+                )
             average = {k: v.to(device=floats[k].device, dtype=floats[k].dtype).clone() for k, v in average.items()}
         self._average = average
         self._average_count = int(state["average_count"])

@@ -1,0 +1,188 @@
+"""ER, DER and DER++: the CLIP loss plus a replay minibatch from a reservoir of the update stream.
+See :mod:`fif.methods.replay`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fif.methods.base import (
+    Batch,
+    LossOutput,
+    TaskInfo,
+    UpdateMethod,
+    clip_contrastive_loss,
+    clip_features,
+    register_method,
+)
+from fif.methods.replay.buffers import (
+    ReplayCore,
+    check_buffer_options,
+    check_choice,
+    check_positive,
+    dtype_field,
+    embedding_mse,
+    masked_clip_loss,
+    replay_field,
+    size_field,
+)
+from fif.model.clip import Clip
+
+
+# ----------------------------------------------------------------------------------------------
+# ER
+
+
+@dataclass
+class ErConfig:
+    buffer_size: int = size_field()
+    replay_batch_size: int = replay_field()
+    image_dtype: str = dtype_field()
+    combine: str = field(
+        default="concat",
+        metadata={"help": "concat = one CLIP loss over batch + replay (replayed pairs are negatives too); "
+                  "add = CLIP(batch) + CLIP(replay)"},
+    )
+
+    def __post_init__(self):
+        check_buffer_options(self)
+        check_choice("combine", self.combine, ("concat", "add"))
+
+
+@register_method("er")
+class Er(UpdateMethod):
+    """ER (Chaudhry et al. 2019): CLIP loss over the batch plus a replay minibatch from a reservoir.
+
+    The reservoir holds ``buffer_size`` update pairs (Algorithm R, filled on the device in ``after_step``);
+    the replayed pairs are scored at the model's own temperature.
+    """
+
+    Config = ErConfig
+
+    def __init__(self, clip: Clip, config: ErConfig, label_smoothing: float = 0.0):
+        super().__init__(clip, config, label_smoothing)
+        self.core = ReplayCore(clip, config.buffer_size, config.replay_batch_size, config.image_dtype, embeddings=False)
+
+    def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
+        img, txt, scale = clip_features(model, batch)
+        rep = self.core.replay(model, batch, img.shape[-1])
+        ls = self.label_smoothing
+        if self.config.combine == "concat":
+            valid = torch.cat([torch.ones(len(batch), dtype=torch.bool, device=rep.valid.device), rep.valid])
+            loss = masked_clip_loss(torch.cat([img, rep.image]), torch.cat([txt, rep.text]), scale, valid, ls)
+            return LossOutput(loss, {"clip": loss.detach()})
+        clip = clip_contrastive_loss(img, txt, scale, ls)
+        replay = masked_clip_loss(rep.image, rep.text, scale, rep.valid, ls)
+        return LossOutput(clip + replay, {"clip": clip.detach(), "replay": replay.detach()})
+
+    def begin_task(self, task: TaskInfo) -> None:
+        self.core.buffer.begin_task(task.seed, task.index)
+
+    def after_step(self, batch: Batch, step: int) -> None:
+        """Offer the batch's update pairs to the reservoir (device ops only)."""
+        self.core.after_step(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.core.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.core.load_state_dict(state, self.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# DER, DER++
+
+
+@dataclass
+class DerConfig:
+    buffer_size: int = size_field()
+    replay_batch_size: int = replay_field()
+    image_dtype: str = dtype_field()
+    alpha: float = field(default=1.0, metadata={"help": "α of the embedding term α·‖f(x) − z‖² (needs tuning)"})
+
+    def __post_init__(self):
+        check_buffer_options(self)
+        check_positive("alpha", self.alpha)
+
+
+@dataclass
+class DerppConfig(DerConfig):
+    beta: float = field(default=0.5, metadata={"help": "β of the CLIP loss on the replayed pairs"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive("beta", self.beta)
+
+
+def der_loss(core: ReplayCore, batch: Batch, model: nn.Module, alpha: float, beta: float, ls: float) -> LossOutput:
+    """CLIP(batch) + α·‖f(x_buf) − z_buf‖² (+ β·CLIP(buffer pairs) when β > 0), one replay minibatch."""
+    img, txt, scale = clip_features(model, batch)
+    clip = clip_contrastive_loss(img, txt, scale, ls)
+    core.remember(batch, img, txt)
+    rep = core.replay(model, batch, img.shape[-1])
+    mse = embedding_mse(rep.image, rep.text, rep.stored_image, rep.stored_text, rep.valid)
+    total, parts = clip + alpha * mse, {"clip": clip.detach(), "embedding_mse": mse.detach()}
+    if beta > 0:
+        replay = masked_clip_loss(rep.image, rep.text, scale, rep.valid, ls)
+        total, parts["replay"] = total + beta * replay, replay.detach()
+    return LossOutput(total, parts)
+
+
+@register_method("der")
+class Der(UpdateMethod):
+    """DER (Buzzega et al. 2020): CLIP loss + α·‖f(x) − z‖² to the embeddings stored with replayed pairs.
+
+    The reservoir stores each pair's image and text embeddings from the step that inserted it.
+    """
+
+    Config = DerConfig
+
+    def __init__(self, clip: Clip, config: DerConfig, label_smoothing: float = 0.0):
+        super().__init__(clip, config, label_smoothing)
+        self.core = ReplayCore(clip, config.buffer_size, config.replay_batch_size, config.image_dtype, embeddings=True)
+
+    def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
+        return der_loss(self.core, batch, model, self.config.alpha, 0.0, self.label_smoothing)
+
+    def begin_task(self, task: TaskInfo) -> None:
+        self.core.buffer.begin_task(task.seed, task.index)
+
+    def after_step(self, batch: Batch, step: int) -> None:
+        """Store the batch's update pairs with their embeddings from this step's loss (device ops only)."""
+        self.core.after_step(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.core.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.core.load_state_dict(state, self.name)
+
+
+@register_method("derpp")
+class Derpp(UpdateMethod):
+    """DER++ (Buzzega et al. 2020): DER plus β·CLIP loss on the replayed pairs (one replay minibatch)."""
+
+    Config = DerppConfig
+
+    def __init__(self, clip: Clip, config: DerppConfig, label_smoothing: float = 0.0):
+        super().__init__(clip, config, label_smoothing)
+        self.core = ReplayCore(clip, config.buffer_size, config.replay_batch_size, config.image_dtype, embeddings=True)
+
+    def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
+        return der_loss(self.core, batch, model, self.config.alpha, self.config.beta, self.label_smoothing)
+
+    def begin_task(self, task: TaskInfo) -> None:
+        self.core.buffer.begin_task(task.seed, task.index)
+
+    def after_step(self, batch: Batch, step: int) -> None:
+        """Store the batch's update pairs with their embeddings from this step's loss (device ops only)."""
+        self.core.after_step(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.core.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.core.load_state_dict(state, self.name)
