@@ -336,8 +336,9 @@ class Zscl(UpdateMethod):
         """The teacher's (N, dim) reference text features, cached (computed at most once per task)."""
         if tokens.device.type == "meta":  # the budget's FLOP count: a cached tensor costs nothing per step
             return torch.empty(tokens.shape[0], dim, device="meta")
-        if self._teacher_reference is None:  # first step after a mid-task resume
-            self._teacher_reference = teacher.encode_text(tokens, normalize=True)
+        if self._teacher_reference is None:  # first step after a mid-task resume: as begin_task does, in fp32
+            with torch.autocast(tokens.device.type, enabled=False):
+                self._teacher_reference = teacher.encode_text(tokens, normalize=True)
         return self._teacher_reference
 
     # --- the objective ---------------------------------------------------------------------------
