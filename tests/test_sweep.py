@@ -97,7 +97,7 @@ def test_sweep_folder_is_idempotent_and_refuses_another_sweep(tmp_path):
     assert "method:\n  name: lnfit" in (out / "configs" / "method=lnfit.yaml").read_text()
     lines = (out / "commands.txt").read_text().splitlines()
     assert [shlex.split(x) for x in lines] == [
-        ["fif", "sweep", "--out", str(out), "--only", n, "--run", "--resume"] for n in ("method=finetune", "method=lnfit")]
+        ["fif", "sweep", "--out", str(out), "--only", n, "--run-here", "--resume"] for n in ("method=finetune", "method=lnfit")]
     with pytest.raises(FileExistsError, match="different sweep"):
         write_sweep(expand("mini", [("method.name", ["bitfit"])]), out)
     assert sweep_run_folders(out) == [] and sweep_run_folders(tmp_path) is None
@@ -115,7 +115,7 @@ def test_slurm_script_one_gpu_per_run(tmp_path):
         assert f"#SBATCH {flag}" in lines
     assert lines.index("cd /work") < lines.index("source .venv/bin/activate")
     assert "NAMES=(method=finetune method=lnfit)" in lines
-    assert lines[-1] == (f'srun /venv/bin/python -m fif sweep --out {tmp_path}/s --only "$NAME" --run --resume --no-progress')
+    assert lines[-1] == (f'srun /venv/bin/python -m fif sweep --out {tmp_path}/s --only "$NAME" --run-here --resume --no-progress')
     assert "torch.distributed.run" not in script and multi_gpu_overrides(SlurmOptions()) == []
 
 

@@ -30,9 +30,12 @@ class ConfigError(ValueError):
     """One or more problems in a configuration; ``problems`` lists each as ``key: what is wrong``."""
 
     def __init__(self, problems: list[str], source: str = ""):
-        self.problems = list(problems)
+        self.problems, self.source = list(problems), source
         head = f"invalid configuration{f' ({source})' if source else ''}:"
         super().__init__("\n  - ".join([head, *self.problems]))
+
+    def __reduce__(self):  # pickles whole (e.g. raised on every rank of a data-parallel run)
+        return type(self), (self.problems, self.source)
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:

@@ -27,6 +27,7 @@ captions) stays per rank. Everything here is a no-op in a single process.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import inspect
@@ -81,12 +82,13 @@ def is_main() -> bool:
 
 
 def _portable(error: BaseException) -> BaseException:
-    """``error`` if it pickles (to raise it on the other ranks too), else a RuntimeError with its text."""
+    """``error`` if it survives pickling (to raise it on the other ranks too), else a RuntimeError with its text."""
     try:
-        pickle.loads(pickle.dumps(error))
-        return error
+        if str(pickle.loads(pickle.dumps(error))) == str(error):
+            return error
     except Exception:
-        return RuntimeError(f"{type(error).__name__}: {error}")
+        pass
+    return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 class Ranks:
@@ -166,9 +168,14 @@ class Ranks:
         return DataParallelModel(model, self)
 
     def close(self) -> None:
-        """Destroy the process group if :func:`start` created it."""
+        """Destroy the process group now if :func:`start` created it (else it is destroyed at exit)."""
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _destroy_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def start(mode: str, device: str = "auto", timeout_minutes: float = 120.0) -> Ranks | None:
@@ -215,9 +222,18 @@ def start(mode: str, device: str = "auto", timeout_minutes: float = 120.0) -> Ra
             raise ValueError("run.device=cuda but no CUDA device is available; use run.device=cpu (gloo) or auto")
         torch.cuda.set_device(local_rank)  # before anything allocates: "cuda" then means this rank's GPU
     torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    backend = "nccl" if use_cuda else "gloo"
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
+        # One group per process, kept until exit: the runs of a sweep share it (creating a second default
+        # group on torchrun's store after destroying the first can hang in its first collective).
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+        atexit.register(_destroy_group)
+    elif dist.get_backend() != backend:
+        raise ValueError(
+            f"this process's group uses {dist.get_backend()}, but run.device={device!r} needs {backend}; "
+            "give every run of the job the same run.device"
+        )
     if dist.get_world_size() != world or dist.get_rank() != rank:
         raise ValueError(f"the process group ({dist.get_rank()}/{dist.get_world_size()}) is not torchrun's ({rank}/{world})")
     return Ranks(rank, world, local_rank, torch_device, owns)

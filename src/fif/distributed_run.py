@@ -102,10 +102,7 @@ def run_on_ranks(
     ranks = start(cfg.train.distributed, cfg.run.device, cfg.train.dist_timeout_minutes)
     if ranks is None:
         return None
-    try:
-        return _run(ranks, cfg, out_dir, overwrite, on_event, progress)
-    finally:
-        ranks.close()
+    return _run(ranks, cfg, out_dir, overwrite, on_event, progress)  # the group lives until exit (a sweep's next run)
 
 
 def _run(ranks: Ranks, cfg: Config, out_dir, overwrite: bool, on_event, progress: bool) -> RunResult:
@@ -153,10 +150,7 @@ def resume_on_ranks(
     ranks = start(rc.cfg.train.distributed, rc.cfg.run.device, rc.cfg.train.dist_timeout_minutes)
     if ranks is None:  # launched() said several processes; start() returns None only for one
         raise ValueError("resume under torchrun found no process group; launch with torchrun --nproc_per_node=N")
-    try:
-        return _resume(ranks, run_dir, rc, on_event, progress)
-    finally:
-        ranks.close()
+    return _resume(ranks, run_dir, rc, on_event, progress)
 
 
 def _resume(ranks: Ranks, run_dir: Path, rc, on_event, progress: bool) -> RunResult:

@@ -254,7 +254,7 @@ def write_sweep(sweep: Sweep, out: str | Path, command_prefix: Sequence[str] | N
     for name, cfg in configs.items():
         atomic_write_text(out / CONFIG_DIR / f"{name}.yaml", dump_yaml(cfg))
     atomic_write_text(existing, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
-    lines = [shlex.join([*(command_prefix or fif_command()), "sweep", "--out", str(out), "--only", r.name, "--run", "--resume"])
+    lines = [shlex.join([*(command_prefix or fif_command()), "sweep", "--out", str(out), "--only", r.name, "--run-here", "--resume"])
              for r in sweep.runs]
     atomic_write_text(out / COMMANDS_FILE, "\n".join(lines) + "\n")
     return out
@@ -381,7 +381,8 @@ def slurm_script(sweep: Sweep, out: str | Path, opts: SlurmOptions, python: str 
                  workdir: str | Path | None = None) -> str:
     """A SLURM array script: array task i runs (or resumes, or skips) run i of the sweep.
 
-    Each task runs ``fif sweep --out OUT --only NAME --run --resume``: one process per GPU through torchrun
+    Each task runs ``fif sweep --out OUT --only NAME --run-here --resume`` (``--run-here`` is ``--run``, spelled
+    so that torchrun's parser does not take it for its ``--run-path``): one process per GPU through torchrun
     (multi-node: torchrun's c10d rendezvous on the first node). SLURM sends SIGTERM two minutes before the
     time limit; fif checkpoints and stops, and submitting the script again continues every unfinished run.
 
@@ -403,7 +404,7 @@ def slurm_script(sweep: Sweep, out: str | Path, opts: SlurmOptions, python: str 
                         ("partition", opts.partition), ("account", opts.account)):
         if value is not None:
             sbatch.append(f"--{flag}={value}")
-    fif_args = ["-m", "fif", "sweep", "--out", str(out), "--only", '"$NAME"', "--run", "--resume", "--no-progress"]
+    fif_args = ["-m", "fif", "sweep", "--out", str(out), "--only", '"$NAME"', "--run-here", "--resume", "--no-progress"]
     if opts.gpus_per_task == 1 and opts.nodes == 1:
         launch = f"srun {shlex.quote(python)} " + " ".join(fif_args)
     else:

@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--file", help="a sweep YAML file (preset, overrides, grid, runs)")
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="only this run (repeatable)")
     p.add_argument("--list", action="store_true", help="list the runs and their state, and exit")
-    p.add_argument("--run", action="store_true", help="run the runs here, one after another")
+    p.add_argument("--run", "--run-here", dest="run", action="store_true",
+                   help="run the runs here, one after another (under torchrun write --run-here: torchrun's own "
+                   "parser takes --run for an abbreviation of its --run-path)")
     p.add_argument("--resume", action="store_true", help="with --run: skip finished runs, resume started ones")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     s = p.add_argument_group("SLURM")
