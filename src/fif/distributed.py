@@ -33,7 +33,7 @@ import dataclasses
 import inspect
 import logging
 import os
-import pickle
+import copy
 import weakref
 from datetime import timedelta
 from typing import Any, Callable, Iterator, TypeVar
@@ -82,9 +82,12 @@ def is_main() -> bool:
 
 
 def _portable(error: BaseException) -> BaseException:
-    """``error`` if it survives pickling (to raise it on the other ranks too), else a RuntimeError with its text."""
+    """``error`` if it survives pickling (to raise it on the other ranks too), else a RuntimeError with its text.
+
+    deepcopy goes through the same ``__reduce_ex__`` as pickling, without a pickle round trip in fif.
+    """
     try:
-        if str(pickle.loads(pickle.dumps(error))) == str(error):
+        if str(copy.deepcopy(error)) == str(error):
             return error
     except Exception:
         pass
