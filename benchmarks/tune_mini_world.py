@@ -20,6 +20,7 @@ import math
 import time
 
 import numpy as np
+import yaml
 import torch
 
 from fif.data.registry import get_benchmark
@@ -36,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--options", nargs="*", default=[], help="benchmark options key=value (ints)")
+    p.add_argument("--options", nargs="*", default=[], help="benchmark options key=value")
     p.add_argument("--save", help="save the pretrained state dict here")
     p.add_argument("--load", help="skip pretraining; load this state dict")
     p.add_argument("--caption-filter", help="pretrain only on pool captions matching this regex (diagnostic)")
@@ -190,7 +191,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    options = {k: int(v) for k, v in (o.split("=") for o in args.options)}
+    options = {k: yaml.safe_load(v) for k, v in (o.split("=") for o in args.options)}
     bench = get_benchmark("mini", **options)
     clip = build_clip("fif-mini-rn32")
     eval_names = [s.name for s in bench.eval_only]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fif.data.mini import render
-from fif.data.mini.world import DEFAULT_LETTERS, POOL_NAME, CaptionMix, Draw, MiniDataset, catalogue
+from fif.data.mini.world import DEFAULT_LETTERS, POOL_NAME, CaptionMix, Draw, MiniDataset, Studio, catalogue
 from fif.data.registry import Benchmark, register_benchmark
 from fif.data.specs import DatasetSpec, InMemorySplit
 
@@ -117,13 +117,16 @@ def build_mini(
     image_size: int = 32,
     seed: int = 0,
     letters: str = DEFAULT_LETTERS,
-    full_captions: int = 2,
-    pair_captions: int = 2,
-    shape_captions: int = 3,
-    single_captions: int = 3,
+    full_captions: int = 4,
+    pair_captions: int = 0,
+    shape_captions: int = 1,
+    single_captions: int = 1,
+    studio_shape: float = 0.45,
+    studio_position: float = 0.1,
+    studio_size: float = 0.12,
     **sizes: int,
 ) -> Benchmark:
-    """The mini benchmark: a pretraining pool, 6 evaluation-only and 9 adaptation datasets.
+    """The mini benchmark: a pretraining pool, 5 evaluation-only and 9 adaptation datasets.
 
     Args:
         image_size: image side in pixels (>= 16).
@@ -133,6 +136,8 @@ def build_mini(
         pair_captions: shape + one attribute captions per base-world image.
         shape_captions: shape-only captions per base-world image.
         single_captions: captions naming one other attribute per base-world image.
+        studio_shape, studio_position, studio_size: shares of the pool drawn as studio shots in which
+            only colour and that factor vary (see :class:`fif.data.mini.world.Studio`).
         **sizes: fields of :class:`MiniSizes` (``pool_size``, ``train_per_class``, ...).
 
     Returns:
@@ -147,7 +152,7 @@ def build_mini(
         from fif.data.registry import unknown_name_message
 
         raise ValueError(unknown_name_message("mini benchmark option (data.options)", unknown[0],
-                                              ["image_size", "seed", "letters", "full_captions", "pair_captions", "shape_captions", "single_captions", *valid]))
+                                              ["image_size", "seed", "letters", "full_captions", "pair_captions", "shape_captions", "single_captions", "studio_shape", "studio_position", "studio_size", *valid]))
     if not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"mini benchmark option image_size={image_size!r} must be an integer >= 16")
     counts = {"full_captions": full_captions, "pair_captions": pair_captions, "shape_captions": shape_captions,
@@ -156,7 +161,16 @@ def build_mini(
         if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "full_captions" else 0):
             raise ValueError(f"mini benchmark option {key}={value!r} must be an integer >= {1 if key == 'full_captions' else 0}")
     split_sizes = MiniSizes(**sizes)
-    datasets = catalogue(letters, CaptionMix(full_captions, pair_captions, shape_captions, single_captions))
+    shares = {"studio_shape": studio_shape, "studio_position": studio_position, "studio_size": studio_size}
+    for key, value in shares.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"mini benchmark option {key}={value!r} must be a number in [0, 1]")
+    if sum(shares.values()) > 1:
+        raise ValueError(f"mini benchmark options studio_shape + studio_position + studio_size = {sum(shares.values()):.3g} "
+                         f"must be at most 1")
+    studio = Studio(float(studio_shape), float(studio_position), float(studio_size))
+    mix = CaptionMix(full_captions, pair_captions, shape_captions, single_captions)
+    datasets = catalogue(letters, mix, studio)
 
     def load(spec: DatasetSpec, split: str) -> InMemorySplit:
         if spec.name not in datasets:

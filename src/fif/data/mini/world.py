@@ -1,7 +1,7 @@
 """The mini world's datasets: what each one draws, its classes, primer, captions and release year.
 
 The structure mirrors FiF: one *pretraining pool* of base concepts (six shapes × eight colours × three
-sizes × five positions × five backgrounds, every colour–shape pair present) that builds the base CLIP
+sizes × five positions on five kinds of background, every colour–shape pair present) that builds the base CLIP
 and feeds pretraining replay; *evaluation-only* sets that read one base factor each (the base model
 knows them, fine-tuning can erode them); and *adaptation* sets, each a subdomain with new words the
 base model never read (novel shapes, fills, counting, digits, letters, dSprites- and Shapes3D-like
@@ -27,12 +27,13 @@ F32 = np.float32
 
 BASE_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "star")
 NOVEL_SHAPES: tuple[str, ...] = ("heart", "ring", "crescent", "pentagon", "hexagon", "arrow", "semicircle", "trapezoid")
-SIZES: dict[str, float] = {"small": 0.12, "medium": 0.19, "large": 0.27}  # radius / image side
+# Radius / image side. "small" is about 9 px wide at 32 px: smaller shapes are hard to tell apart there.
+SIZES: dict[str, float] = {"small": 0.15, "medium": 0.21, "large": 0.29}
 POSITIONS: dict[str, tuple[float, float]] = {
-    "top left": (0.3, 0.3),
-    "top right": (0.7, 0.3),
-    "bottom left": (0.3, 0.7),
-    "bottom right": (0.7, 0.7),
+    "top left": (0.31, 0.31),
+    "top right": (0.69, 0.31),
+    "bottom left": (0.31, 0.69),
+    "bottom right": (0.69, 0.69),
     "center": (0.5, 0.5),
 }
 COUNTS: tuple[str, ...] = ("one", "two", "three", "four", "five", "six")
@@ -142,23 +143,66 @@ class CaptionMix:
         singles: one other attribute alone (``captions.POOL_SINGLES``).
     """
 
-    full: int = 2
-    pairs: int = 2
-    shape: int = 3
-    singles: int = 3
+    full: int = 4
+    pairs: int = 0
+    shape: int = 1
+    singles: int = 1
 
     def __post_init__(self) -> None:
         if self.full < 1 or min(self.pairs, self.shape, self.singles) < 0:
             raise ValueError(f"caption mix {self}: need full >= 1 and pairs, shape, singles >= 0")
 
 
-def base_scene(fixed_factor: str | None = None, mix: CaptionMix = CaptionMix()) -> Sampler:
+@dataclass(frozen=True)
+class Studio:
+    """Fractions of the pool drawn as "studio shots", where only colour and one other factor vary.
+
+    Why: contrastive learning takes the easy features first (colour, then position and size) and
+    then has little reason to learn a harder one ("feature suppression"); in uniformly drawn images
+    the other factors already tell a batch's images apart. In a studio shot the nuisance factors sit
+    at fixed values, so a batch holds several studio shots of the same colour whose (full, truthful)
+    captions differ only in the studied factor: hard negatives that make the loss learn it, with no
+    false negatives. Measured: shape zero-shot 0.47 → 0.78 after 900 steps with 40% shape studio.
+
+    Attributes:
+        shape: share of shape shots (centre, plain background; any shape and size).
+        position: share of position shots (medium circle on plain; any position).
+        size: share of size shots (square in the centre on plain; any size).
+    """
+
+    shape: float = 0.45
+    position: float = 0.1
+    size: float = 0.12
+
+    def __post_init__(self) -> None:
+        shares = (self.shape, self.position, self.size)
+        if min(shares) < 0 or sum(shares) > 1:
+            raise ValueError(f"studio shares {self} must be >= 0 and sum to at most 1")
+
+
+def _studio(rng: np.random.Generator, f: dict[str, np.ndarray], studio: Studio) -> None:
+    # Overwrite the nuisance factors of the studio shots in place (colour always stays free, so every
+    # colour-shape pair still occurs).
+    u = rng.random(len(f["shape"]))
+    medium, centre = tuple(SIZES).index("medium"), tuple(POSITIONS).index("center")
+    plain = R.BACKGROUNDS.index("plain")
+    cuts = np.cumsum([studio.shape, studio.position, studio.size])
+    shape_shot, position_shot, size_shot = u < cuts[0], (u >= cuts[0]) & (u < cuts[1]), (u >= cuts[1]) & (u < cuts[2])
+    f["background"][u < cuts[2]] = plain
+    f["size"][position_shot] = medium
+    f["position"][shape_shot | size_shot] = centre
+    f["shape"][position_shot] = BASE_SHAPES.index("circle")
+    f["shape"][size_shot] = BASE_SHAPES.index("square")
+
+
+def base_scene(fixed_factor: str | None = None, mix: CaptionMix = CaptionMix(), studio: Studio | None = None) -> Sampler:
     """Sampler of the pretraining world; ``fixed_factor`` takes its value from the targets.
 
     Args:
         fixed_factor: ``shape``, ``color``, ``size``, ``position`` or ``background``; None for the pool
             and retrieval (targets ignored).
         mix: captions per image of each kind.
+        studio: draw some images as studio shots (the pool; see :class:`Studio`); None = all uniform.
 
     Returns:
         The sampler.
@@ -167,6 +211,8 @@ def base_scene(fixed_factor: str | None = None, mix: CaptionMix = CaptionMix()) 
     def sample(d: Draw, targets: np.ndarray) -> Sample:
         fixed = {fixed_factor: targets} if fixed_factor else {}
         f = _base_factors(d, len(targets), fixed)
+        if studio is not None:
+            _studio(d.rng, f, studio)
         canvas = _single_object(d, f, BASE_SHAPES)
         groups = ((C.POOL_PAIRS, mix.pairs), (C.POOL_SHAPE, mix.shape), (C.POOL_SINGLES, mix.singles))
         caps = C.caption_lists(d.rng, _base_fields(f), C.POOL_FULL, mix.full, groups)
@@ -383,12 +429,13 @@ def scenes(d: Draw, targets: np.ndarray) -> Sample:
 POOL_NAME = "mini_pretrain"
 
 
-def catalogue(letters_alphabet: str = DEFAULT_LETTERS, mix: CaptionMix = CaptionMix()) -> dict[str, MiniDataset]:
+def catalogue(letters_alphabet: str = DEFAULT_LETTERS, mix: CaptionMix = CaptionMix(), studio: Studio = Studio()) -> dict[str, MiniDataset]:
     """Every mini-world dataset by name: the pool, then eval-only, then adaptation sets.
 
     Args:
         letters_alphabet: the capital letters of ``mini_letters`` (its classes).
         mix: captions per base-world image of each kind (pool and evaluation-only sets).
+        studio: shares of the pool drawn as studio shots (see :class:`Studio`).
 
     Returns:
         name → :class:`MiniDataset`, in a stable order.
@@ -400,18 +447,16 @@ def catalogue(letters_alphabet: str = DEFAULT_LETTERS, mix: CaptionMix = Caption
         raise ValueError(f"mini benchmark option letters={letters_alphabet!r}: give distinct letters, e.g. {DEFAULT_LETTERS!r}")
     sets = [
         # (name, kind, role, classes, primer, templates, year, sampler, description)
-        (POOL_NAME, "retrieval", "pretraining", (), "a {}", (), 2009, base_scene(None, mix),
-         "the base world: 6 shapes x 8 colours x 3 sizes x 5 positions x 5 backgrounds"),
+        (POOL_NAME, "retrieval", "pretraining", (), "a {}", (), 2009, base_scene(None, mix, studio),
+         "the base world: 6 shapes x 8 colours x 3 sizes x 5 positions, on 5 (unnamed) backgrounds"),
         ("mini_colors", "classification", "eval_only", R.COLOR_NAMES, "a {} shape", ("a {} object", "something {}"), 2012,
          base_scene("color", mix), "colour of a base shape"),
         ("mini_shapes", "classification", "eval_only", BASE_SHAPES, "a drawing of a {}", ("a {}", "a picture of a {}"), 2012,
-         base_scene("shape", mix), "base shapes on every background"),
+         base_scene("shape", mix), "base shapes on plain and textured backgrounds"),
         ("mini_sizes", "classification", "eval_only", tuple(SIZES), "a {} shape", ("a {} object", "something {}"), 2013,
          base_scene("size", mix), "size of a base shape"),
         ("mini_positions", "classification", "eval_only", tuple(POSITIONS), "a shape in the {}", ("something in the {}",), 2013,
          base_scene("position", mix), "where a base shape is"),
-        ("mini_backgrounds", "classification", "eval_only", R.BACKGROUNDS, "a shape on a {} background", ("a {} background",), 2014,
-         base_scene("background", mix), "background texture behind a base shape"),
         ("mini_captions", "retrieval", "eval_only", (), "a {}", (), 2015, base_scene(None, CaptionMix(full=3, pairs=0, shape=0, singles=0)),
          "image-caption retrieval in the base world"),
         ("mini_digits", "classification", "adaptation", DIGITS, 'a handwritten digit "{}"', ("the number {}",), 1998,
