@@ -44,10 +44,10 @@ class PretrainSpec:
         from fif import __version__
         from fif.data import mini
 
-        payload = json.dumps(
-            {"spec": asdict(self), "options": benchmark_options, "world": getattr(mini, "WORLD_VERSION", 0), "fif": __version__},
-            sort_keys=True,
-        )
+        world: dict = {}
+        if self.benchmark == "mini":
+            world = {"version": mini.WORLD_VERSION, "fingerprint": mini.world_fingerprint(**benchmark_options)}
+        payload = json.dumps({"spec": asdict(self), "options": benchmark_options, "world": world, "fif": __version__}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

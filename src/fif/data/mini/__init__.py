@@ -21,10 +21,11 @@ from fif.data.mini.world import DEFAULT_LETTERS, POOL_NAME, CaptionMix, Draw, Mi
 from fif.data.registry import Benchmark, register_benchmark
 from fif.data.specs import DatasetSpec, InMemorySplit
 
-__all__ = ["MiniSizes", "build_mini", "generate_split", "split_size", "POOL_NAME", "WORLD_VERSION"]
+__all__ = ["MiniSizes", "build_mini", "generate_split", "split_size", "world_fingerprint", "POOL_NAME", "WORLD_VERSION"]
 
-# Bump whenever a change alters generated pixels or captions: cached base models are keyed by it.
-WORLD_VERSION = 1
+# Bump whenever a change alters generated pixels or captions. Cached base models are keyed by it and by
+# world_fingerprint(), which catches a change that forgot the bump.
+WORLD_VERSION = 2
 
 SPLITS: tuple[str, ...] = ("train", "test")
 _SPLIT_CODES = {"train": 1, "test": 2}
@@ -183,3 +184,20 @@ def build_mini(
         loader=load,
         pretraining_pool=POOL_NAME,
     )
+
+
+def world_fingerprint(**options) -> str:
+    """A hash of the pretraining pool's generator under ``options`` (the ``mini`` benchmark options).
+
+    It draws a small pool sample (256 images, same seed, size and caption options) and hashes its pixels
+    and captions, so any change to rendering or captions changes it. Cached base models are keyed by it.
+    """
+    import hashlib
+
+    options = {k: v for k, v in options.items() if k not in {f.name for f in fields(MiniSizes)}}
+    bench = build_mini(**options, pool_size=256)
+    pool = bench.load(POOL_NAME, "train")
+    digest = hashlib.sha256(pool.pixels.numpy().tobytes())
+    for caps in pool.texts:
+        digest.update("\x1f".join(caps).encode() + b"\x1e")
+    return digest.hexdigest()[:16]
