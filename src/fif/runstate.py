@@ -40,7 +40,7 @@ from fif.results import atomic_write_json, read_events
 from fif.train import STAT_RUN, TaskLog
 
 if TYPE_CHECKING:
-    from fif.runner import RunContext
+    from fif.run_setup import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def restore_run_state(ctx: RunContext, ckpt: Checkpoint, rollback: bool) -> Task
     ctx.ledger = Ledger.from_dict(state["ledger"])
     ctx.step_cost = StepCost.from_dict(state["costs"]["step"])
     ctx.reference_cost = StepCost.from_dict(state["costs"]["reference"])
-    from fif.runner import task_info, task_optimizer, task_pool  # the runner's own builders, so both paths agree
+    from fif.run_task import task_info, task_optimizer, task_pool  # the runner's own builders, so both paths agree
 
     ctx.buffer_segments = [seg for t in ctx.tasks[: pos.task] for seg in task_pool(ctx, t).segments]
     if not rollback:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import fif
+import fif.run_task
 import fif.runner
 from fif.cli import CliError
 from fif.cli import merge as merge_cli
@@ -319,7 +320,7 @@ def test_training_from_merges_needs_a_method_that_trains_its_deployed_weights(tm
 def recorded(monkeypatch):
     """Every task's start and end weights (fresh task starts only), recorded around ``train_task``."""
     calls = []
-    original = fif.runner.train_task
+    original = fif.run_task.train_task
 
     def spy(model, *args, **kwargs):
         start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -327,7 +328,7 @@ def recorded(monkeypatch):
         calls.append((start, {k: v.clone() for k, v in model.state_dict().items()}))
         return log
 
-    monkeypatch.setattr(fif.runner, "train_task", spy)
+    monkeypatch.setattr(fif.run_task, "train_task", spy)
     return calls
 
 
@@ -392,14 +393,14 @@ def test_online_ema_run_matches_the_per_step_formula(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Finetune, "after_step", after_step)
     theta0 = {}
-    original = fif.runner.train_task
+    original = fif.run_task.train_task
 
     def spy(model, *args, **kwargs):
         if not theta0:
             theta0.update({k: v.clone() for k, v in model.state_dict().items()})
         return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(fif.runner, "train_task", spy)
+    monkeypatch.setattr(fif.run_task, "train_task", spy)
     result = run(tmp_path, "online", "merge.preset=online_ema", "merge.ema_decay=0.8")
     assert len(steps) == 8
     ema = dict(theta0)
