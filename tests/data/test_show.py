@@ -47,3 +47,21 @@ def test_materialize_writes_a_readable_layout(bench, tmp_path):
     assert len(back) == len(bench.load("mini_letters", "train"))
     only_test = materialize(bench, tmp_path / "t", datasets=["mini_letters"], splits=["test"])
     assert [p.name for p in only_test] == ["mini_letters_test.json"]
+
+
+def test_datasets_without_a_train_split_show_a_dash_and_grid_from_test(tmp_path):
+    """FiF's eval-only datasets ship only a test split: `fif data show fif` must not fail on them."""
+    from fif.data.registry import Benchmark, MissingSplitError
+
+    mini = build_mini(pool_size=20, eval_size=12, train_per_class=2, test_per_class=2, retrieval_train=4, retrieval_test=4)
+
+    def loader(spec, split):
+        if spec.role == "eval_only" and split == "train":
+            raise MissingSplitError(f"{spec.name} has no train split")
+        return mini.load(spec.name, split)
+
+    bench = Benchmark(name="testonly", datasets=mini.datasets, loader=loader, pretraining_pool=mini.pretraining_pool)
+    table = describe(bench, ["mini_colors", "mini_digits"])
+    colors = next(line for line in table.splitlines() if line.startswith("mini_colors"))
+    assert colors.split()[4:6] == ["-", "8"]  # 12 // 8 colours * 8
+    assert sample_grid(bench, tmp_path / "g.png", per_dataset=2, datasets=["mini_colors"]).is_file()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from fif.data.registry import Benchmark, register_benchmark, unknown_name_message
+from fif.data.registry import Benchmark, MissingSplitError, register_benchmark, unknown_name_message
 from fif.data.sources.fif_layout import classnames_path, read_classnames, read_split, split_path
 from fif.data.specs import DatasetSpec, Kind, Role
 
@@ -266,7 +266,7 @@ def build_fif(root: str | Path | None = None, datasets: Sequence[str] | str | No
             raise KeyError(unknown_name_message("dataset", spec.name, found, where="benchmark 'fif'"))
         name = loc.split_files.get(split) or split_file(loc.meta, split, loc.resized)
         if name is None:
-            raise ValueError(f"FiF dataset {spec.name!r} has no {split!r} split ({split_path(loc.meta, split)} not "
+            raise MissingSplitError(f"FiF dataset {spec.name!r} has no {split!r} split ({split_path(loc.meta, split)} not "
                              f"found); {spec.role} datasets need {', '.join(loc.dataset.splits)}")
         return read_split(loc.images, name, spec, meta_prefix=loc.meta, split_name=split)
 

@@ -13,6 +13,10 @@ from typing import Callable, Iterable
 from fif.data.specs import DatasetSpec, SplitData
 
 
+class MissingSplitError(ValueError):
+    """A dataset has no such split (e.g. the train split of an evaluation-only dataset)."""
+
+
 @dataclass
 class Benchmark:
     """A named collection of datasets and a way to load their splits.

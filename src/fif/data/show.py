@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from fif.data.registry import Benchmark
+from fif.data.registry import Benchmark, MissingSplitError
 from fif.data.specs import DatasetSpec
 
 _ROLE_ORDER = {"pretraining": 0, "eval_only": 1, "adaptation": 2}
@@ -21,6 +21,28 @@ _ROLE_ORDER = {"pretraining": 0, "eval_only": 1, "adaptation": 2}
 
 def _splits(spec: DatasetSpec) -> tuple[str, ...]:
     return ("train",) if spec.role == "pretraining" else ("train", "test")
+
+
+def _split_sizes(benchmark: Benchmark, spec: DatasetSpec) -> dict[str, int]:
+    """Sizes of the splits a dataset has; a split it lacks (FiF's eval-only sets have no train) is left out."""
+    sizes = {}
+    for split in _splits(spec):
+        try:
+            sizes[split] = len(benchmark.load(spec.name, split))
+        except MissingSplitError:
+            continue
+    return sizes
+
+
+def _load_any(benchmark: Benchmark, spec: DatasetSpec, split: str):
+    """``split`` of the dataset, or the first split it has (pools have only train; FiF's eval-only sets no train)."""
+    order = [split] + [s for s in _splits(spec) if s != split] if split in _splits(spec) else list(_splits(spec))
+    for name in order:
+        try:
+            return benchmark.load(spec.name, name)
+        except MissingSplitError:
+            continue
+    raise MissingSplitError(f"dataset {spec.name!r} has none of the splits {', '.join(order)}")
 
 
 def _select(benchmark: Benchmark, names: Iterable[str] | None) -> list[DatasetSpec]:
@@ -45,7 +67,7 @@ def describe(benchmark: Benchmark, datasets: Sequence[str] | None = None) -> str
     """
     rows = [("dataset", "role", "kind", "classes", "train", "test", "year", "primer")]
     for spec in _select(benchmark, datasets):
-        sizes = {s: str(len(benchmark.load(spec.name, s))) for s in _splits(spec)}
+        sizes = {s: str(n) for s, n in _split_sizes(benchmark, spec).items()}
         rows.append((
             spec.name,
             spec.role,
@@ -94,7 +116,7 @@ def sample_grid(
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(len(specs), per_dataset, figsize=(per_dataset * 1.9, len(specs) * 2.3), squeeze=False)
     for row, spec in zip(axes, specs):
-        data = benchmark.load(spec.name, split if split in _splits(spec) else "train")
+        data = _load_any(benchmark, spec, split)
         picks = rng.choice(len(data), size=min(per_dataset, len(data)), replace=False)
         images = data.images(picks, int(getattr(data, "pixels", np.zeros((1, 3, 64, 64))).shape[-1]))
         for k, ax in enumerate(row):
