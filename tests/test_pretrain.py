@@ -69,3 +69,17 @@ def test_benchmark_without_a_pool_is_refused():
     empty = Benchmark(name="nopool", datasets={}, loader=lambda spec, split: None, pretraining_pool=None)
     with pytest.raises(ValueError, match="no pretraining pool"):
         pretrain(TINY, empty, torch.device("cpu"))
+
+
+def test_key_changes_with_the_architecture_config(monkeypatch):
+    import open_clip
+
+    key = TINY.key(OPTIONS)
+    real = open_clip.get_model_config
+
+    def wider(name):
+        cfg = real(name)
+        return {**cfg, "text_cfg": {**cfg["text_cfg"], "context_length": 16}} if name == TINY.arch else cfg
+
+    monkeypatch.setattr(open_clip, "get_model_config", wider)
+    assert TINY.key(OPTIONS) != key

@@ -53,7 +53,7 @@ def vit_clip(rn_clip):
 
     torch.manual_seed(0)
     vision = CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32)
-    text = CLIPTextCfg(context_length=32, vocab_size=49408, width=32, heads=2, layers=1)
+    text = CLIPTextCfg(context_length=rn_clip.model.context_length, vocab_size=49408, width=32, heads=2, layers=1)
     model = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, output_dict=True)
     return Clip(model, rn_clip.tokenizer, "vit-tiny", 32, rn_clip.mean, rn_clip.std)
 

@@ -47,8 +47,19 @@ class PretrainSpec:
         world: dict = {}
         if self.benchmark == "mini":
             world = {"version": mini.WORLD_VERSION, "fingerprint": mini.world_fingerprint(**benchmark_options)}
-        payload = json.dumps({"spec": asdict(self), "options": benchmark_options, "world": world, "fif": __version__}, sort_keys=True)
+        payload = json.dumps({"spec": asdict(self), "arch": architecture_config(self.arch), "options": benchmark_options,
+                              "world": world, "fif": __version__}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def architecture_config(arch: str) -> dict | None:
+    """open_clip's config of ``arch`` (widths, layers, context length), so a changed architecture gets a new cache key."""
+    import open_clip
+
+    from fif.model.clip import register_fif_models
+
+    register_fif_models()
+    return open_clip.get_model_config(arch)
 
 
 def pretrain(

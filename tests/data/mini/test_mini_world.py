@@ -156,3 +156,24 @@ def test_generate_split_directly_from_the_catalogue():
     ds = catalogue()["mini_counting"]
     data = generate_split(ds, "test", seed=0, image_size=32, sizes=MiniSizes(**SMALL))
     assert len(data) == SMALL["test_per_class"] * ds.spec.num_classes
+
+
+def test_every_caption_and_prompt_fits_the_mini_models_context(bench):
+    """fif-mini-rn32 has a short text context (24 tokens, for speed): nothing of the world may be cut off."""
+    import open_clip
+
+    from fif.model.clip import register_fif_models
+
+    register_fif_models()
+    context = open_clip.get_model_config("fif-mini-rn32")["text_cfg"]["context_length"]
+    tokenizer = open_clip.get_tokenizer("fif-mini-rn32")
+    longest = ("", 0)
+    for spec in bench.datasets.values():
+        texts = [spec.primer.format(c) for c in spec.classnames] + [p.format(c) for c in spec.classnames for p in spec.templates]
+        for split in ("train", "test") if spec.role != "pretraining" else ("train",):
+            data = bench.load(spec.name, split)
+            texts += [c for i in range(len(data)) for c in data.captions(i)]
+        for text in set(texts):
+            n = len(tokenizer.encode(text)) + 2  # start and end tokens
+            longest = max(longest, (text, n), key=lambda t: t[1])
+    assert longest[1] <= context, f"{longest[0]!r} has {longest[1]} tokens; fif-mini-rn32's context is {context}"
