@@ -208,6 +208,7 @@ def start_stream(ctx: RunContext) -> RunResult:
     cfg = ctx.cfg
     ctx.emit({
         "event": "run_start", "tasks": len(ctx.tasks), "method": cfg.method.name,
+        "merge": {"preset": cfg.merge.preset, "init": cfg.merge.init, "deploy": cfg.merge.deploy},
         "step_gflops": ctx.step_cost.flops / 1e9, "mafs_per_step": mafs_per_step(ctx.step_cost, ctx.reference_cost),
         "budget_total_mafs": ctx.ledger.total_budget_mafs, "device": str(ctx.device), "precision": ctx.precision,
     })

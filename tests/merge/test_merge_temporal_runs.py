@@ -26,6 +26,7 @@ from fif.merge import TemporalMerger, history_file, history_weights, merge
 from fif.merge.temporal import ZEROSHOT_FILE
 
 SMALL = [
+    "merge.preset=none",  # the mini preset's recipe is ema_merge; these runs start from no merging
     "model.pretrained=null",
     "budget.ft_steps=8",
     "stream.tasks=2",
@@ -56,7 +57,10 @@ def test_explicit_keys_win_over_the_merge_preset_and_survive_a_reload():
     assert (cfg.merge.init, cfg.merge.deploy, cfg.merge.weights) == ("ema", "all", "sqrt")
     again = load_config(None, base=cfg.to_dict())  # a run's config.yaml, as resume reads it
     assert again.merge == cfg.merge
-    assert (load_config("mini").merge.init, load_config("mini").merge.deploy) == ("last", "last")
+    recipe = load_config("mini").merge  # the mini preset's recommended recipe: fine-tuning + EMA merge
+    assert (recipe.preset, recipe.init, recipe.deploy) == ("ema_merge", "ema", "ema")
+    plain = load_config("mini", ["merge.preset=none"]).merge
+    assert (plain.init, plain.deploy) == ("last", "last")
 
 
 def test_merge_config_errors_come_all_at_once_with_nearest_names():

@@ -347,7 +347,7 @@ def test_mafs_order_lora_below_finetune_and_galore_memory_below_finetune():
 # Runs: budget, deployment and exact resume through the runner
 
 RUN = [
-    "model.pretrained=null", "budget.ft_steps=16", "stream.tasks=2", "train.batch_size=8", "train.log_every=4",
+    "merge.preset=none", "model.pretrained=null", "budget.ft_steps=16", "stream.tasks=2", "train.batch_size=8", "train.log_every=4",
     "checkpoint.every_steps=8", "checkpoint.keep_last=100", "eval.min_samples=10",
     "data.options={pool_size: 200, train_per_class: 6, test_per_class: 3, eval_size: 30, retrieval_train: 30, "
     "retrieval_test: 10}",

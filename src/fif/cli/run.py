@@ -52,8 +52,11 @@ class TablePrinter:
         elif kind == "base_model" and event.get("status") in ("built", "cached"):
             print(f"base model {event['status']}: {event['path']}", file=self.out)
         elif kind == "run_start":
+            merge = event.get("merge") or {}
+            merging = (f" + {merge.get('preset') or 'merge'} (init {merge['init']}, deploy {merge['deploy']})"
+                       if merge and (merge.get("init"), merge.get("deploy")) != ("last", "last") else "")
             print(
-                f"{event['tasks']} tasks, method {event['method']}, {event['step_gflops']:.2f} GFLOPs/step, "
+                f"{event['tasks']} tasks, method {event['method']}{merging}, {event['step_gflops']:.2f} GFLOPs/step, "
                 f"{event['mafs_per_step']:.3g} MAFs/step, budget {event['budget_total_mafs']:.4g} MAFs "
                 f"on {event['device']} ({event['precision']})",
                 file=self.out,
