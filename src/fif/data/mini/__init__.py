@@ -18,7 +18,7 @@ import torch
 
 from fif.data.mini import render
 from fif.data.mini.world import DEFAULT_LETTERS, POOL_NAME, CaptionMix, Draw, MiniDataset, Studio, catalogue
-from fif.data.registry import Benchmark, register_benchmark
+from fif.data.registry import Benchmark, MissingSplitError, register_benchmark
 from fif.data.specs import DatasetSpec, InMemorySplit
 
 __all__ = ["MiniSizes", "build_mini", "generate_split", "split_size", "world_fingerprint", "POOL_NAME", "WORLD_VERSION"]
@@ -95,7 +95,7 @@ def generate_split(dataset: MiniDataset, split: str, seed: int = 0, image_size: 
     spec = dataset.spec
     valid = ("train",) if spec.role == "pretraining" else SPLITS
     if split not in valid:
-        raise ValueError(f"mini dataset {spec.name!r} has no split {split!r}; valid splits: {', '.join(valid)}")
+        raise MissingSplitError(f"mini dataset {spec.name!r} has no split {split!r}; valid splits: {', '.join(valid)}")
     rng = _rng(seed, spec.name, split)
     n = split_size(spec, split, sizes)
     if spec.kind == "classification":
