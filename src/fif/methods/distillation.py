@@ -43,6 +43,7 @@ from fif.methods.base import (
     clip_features,
     register_method,
 )
+from fif.methods.common import check_choice, check_positive, seeded_generator, stand_in
 from fif.model.clip import Clip
 
 log = logging.getLogger(__name__)
@@ -130,32 +131,6 @@ class FrozenTeacher:
         return dict(self.module.state_dict())
 
 
-def _stand_in(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t``, or an empty meta tensor of its shape when the step runs on the meta device."""
-    return torch.empty_like(t, device="meta") if device.type == "meta" and t.device.type != "meta" else t
-
-
-def _seeded_generator(device: torch.device, seed: int, *purpose: int | str) -> torch.Generator | None:
-    """A generator on ``device`` seeded from (run seed, purpose...); None on the meta device."""
-    if device.type == "meta":
-        return None
-    from fif.data.stream import rng_for
-
-    return torch.Generator(device=device).manual_seed(int(rng_for(seed, *purpose).integers(2**62)))
-
-
-def _check_positive(name: str, value: float, integer: bool = False) -> None:
-    if integer and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ValueError(f"method.{name} must be an integer, got {value!r}")
-    if not value > 0:
-        raise ValueError(f"method.{name} must be > 0, got {value!r}")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"method.{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
 # ----------------------------------------------------------------------------------------------
 # LwF
 
@@ -169,8 +144,8 @@ class LwfConfig:
     )
 
     def __post_init__(self):
-        _check_positive("strength", self.strength)
-        _check_positive("temperature", self.temperature)
+        check_positive("strength", self.strength)
+        check_positive("temperature", self.temperature)
 
 
 @register_method("lwf")
@@ -252,17 +227,17 @@ class ZsclConfig:
     average_every: int = field(default=10, metadata={"help": "steps between the samples of ensemble=average"})
 
     def __post_init__(self):
-        _check_positive("strength", self.strength)
-        _check_positive("temperature", self.temperature)
-        _check_choice("reference", self.reference, REFERENCES)
-        _check_positive("reference_size", self.reference_size, integer=True)
+        check_positive("strength", self.strength)
+        check_positive("temperature", self.temperature)
+        check_choice("reference", self.reference, REFERENCES)
+        check_positive("reference_size", self.reference_size, integer=True)
         per_step = self.reference_per_step
         if not isinstance(per_step, int) or isinstance(per_step, bool) or per_step < 0:
             raise ValueError(f"method.reference_per_step must be an integer >= 0 (0 = as many as the batch), got {per_step!r}")
-        _check_choice("ensemble", self.ensemble, ENSEMBLES)
+        check_choice("ensemble", self.ensemble, ENSEMBLES)
         if not 0.0 <= self.wise_alpha <= 1.0:
             raise ValueError(f"method.wise_alpha must be in [0, 1] (0 = no interpolation), got {self.wise_alpha!r}")
-        _check_positive("average_every", self.average_every, integer=True)
+        check_positive("average_every", self.average_every, integer=True)
 
 
 @register_method("zscl")
@@ -289,7 +264,7 @@ class Zscl(UpdateMethod):
         self._average: dict[str, torch.Tensor] | None = None
         self._average_count = 0
         self._reference_cost: HookCost | None = None
-        self.generator = _seeded_generator(self.teacher.device, 0, "zscl-reference")
+        self.generator = seeded_generator(self.teacher.device, 0, "zscl-reference")
 
     # --- the reference set ------------------------------------------------------------------------
     def _reference_for(self, device: torch.device) -> torch.Tensor | None:
@@ -301,7 +276,7 @@ class Zscl(UpdateMethod):
         if self.config.reference != "pool":
             return None
         if self.reference_tokens is not None:
-            return _stand_in(self.reference_tokens, device)
+            return stand_in(self.reference_tokens, device)
         if device.type == "meta":
             return torch.zeros(self.config.reference_size, self._context_length, dtype=torch.long, device="meta")
         return None
@@ -374,7 +349,7 @@ class Zscl(UpdateMethod):
 
     # --- hooks -----------------------------------------------------------------------------------
     def begin_task(self, task: TaskInfo) -> None:
-        self.generator = _seeded_generator(self.teacher.device, task.seed, "zscl-reference", task.index)
+        self.generator = seeded_generator(self.teacher.device, task.seed, "zscl-reference", task.index)
         self._draw_reference(task)
         if self.reference_tokens is not None and self._teacher_reference is None:  # θ0 and the set never change
             with torch.no_grad():

@@ -41,6 +41,7 @@ from fif.methods.base import (
     clip_features,
     register_method,
 )
+from fif.methods.common import check_positive
 from fif.model.clip import Clip
 
 log = logging.getLogger(__name__)
@@ -262,13 +263,6 @@ class PassCost:
         return HookCost(flops=float(flops))
 
 
-def _check_positive(name: str, value: float, integer: bool = False) -> None:
-    if integer and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ValueError(f"method.{name} must be an integer, got {value!r}")
-    if not value > 0:
-        raise ValueError(f"method.{name} must be > 0, got {value!r}")
-
-
 def _check_gamma(gamma: float) -> None:
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"method.gamma must be in [0, 1] (1 = add up every task's importance), got {gamma!r}")
@@ -302,10 +296,10 @@ class EwcConfig:
     )
 
     def __post_init__(self):
-        _check_positive("strength", self.strength)
+        check_positive("strength", self.strength)
         _check_gamma(self.gamma)
-        _check_positive("fisher_samples", self.fisher_samples, integer=True)
-        _check_positive("fisher_batch_size", self.fisher_batch_size, integer=True)
+        check_positive("fisher_samples", self.fisher_samples, integer=True)
+        check_positive("fisher_batch_size", self.fisher_batch_size, integer=True)
 
 
 @register_method("ewc")
@@ -375,10 +369,10 @@ class MasConfig:
     )
 
     def __post_init__(self):
-        _check_positive("strength", self.strength)
+        check_positive("strength", self.strength)
         _check_gamma(self.gamma)
-        _check_positive("importance_samples", self.importance_samples, integer=True)
-        _check_positive("importance_batch_size", self.importance_batch_size, integer=True)
+        check_positive("importance_samples", self.importance_samples, integer=True)
+        check_positive("importance_batch_size", self.importance_batch_size, integer=True)
 
 
 @register_method("mas")
@@ -437,8 +431,8 @@ class SiConfig:
     xi: float = field(default=1e-3, metadata={"help": "damping ξ of Ω += ω/(Δ² + ξ)"})
 
     def __post_init__(self):
-        _check_positive("strength", self.strength)
-        _check_positive("xi", self.xi)
+        check_positive("strength", self.strength)
+        check_positive("xi", self.xi)
 
 
 @register_method("si")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fif.methods.base import Batch, clip_features
+from fif.methods.common import check_choice, check_non_negative, check_positive, seeded_generator, stand_in
 from fif.model.clip import Clip
 
 IMAGE_DTYPES = {"uint8": torch.uint8, "float16": torch.float16}
@@ -114,20 +115,6 @@ def reservoir_slots(
     return dest, take.long().sum()
 
 
-def stand_in(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t``, or an empty meta tensor of its shape when the step runs on the meta device."""
-    return torch.empty_like(t, device="meta") if device.type == "meta" and t.device.type != "meta" else t
-
-
-def seeded_generator(device: torch.device, seed: int, *purpose: int | str) -> torch.Generator | None:
-    """A generator on ``device`` seeded from (run seed, purpose...); None on the meta device."""
-    if device.type == "meta":
-        return None
-    from fif.data.stream import rng_for
-
-    return torch.Generator(device=device).manual_seed(int(rng_for(seed, *purpose).integers(2**62)))
-
-
 # ----------------------------------------------------------------------------------------------
 # Stored images
 
@@ -152,25 +139,6 @@ class ImageCodec:
         if self.dtype == torch.float16:
             return stored.float()
         return (stored.float() / 255.0 - self.mean.to(stored.device)) / self.std.to(stored.device)
-
-
-def check_positive(name: str, value: float, integer: bool = False) -> None:
-    if integer and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ValueError(f"method.{name} must be an integer, got {value!r}")
-    if not value > 0:
-        raise ValueError(f"method.{name} must be > 0, got {value!r}")
-
-
-def check_non_negative(name: str, value: float, integer: bool = False) -> None:
-    if integer and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ValueError(f"method.{name} must be an integer, got {value!r}")
-    if not value >= 0:
-        raise ValueError(f"method.{name} must be >= 0, got {value!r}")
-
-
-def check_choice(name: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"method.{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def load_rows(target: torch.Tensor, saved: torch.Tensor, what: str) -> None:

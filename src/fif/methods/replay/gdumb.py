@@ -20,16 +20,8 @@ from fif.methods.base import (
     clip_features,
     register_method,
 )
-from fif.methods.replay.buffers import (
-    IMAGE_DTYPES,
-    ImageCodec,
-    check_choice,
-    check_positive,
-    dtype_field,
-    load_rows,
-    seeded_generator,
-    stand_in,
-)
+from fif.methods.common import check_choice, check_positive, seeded_generator, stand_in
+from fif.methods.replay.buffers import IMAGE_DTYPES, ImageCodec, dtype_field, load_rows
 from fif.model.clip import Clip
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,10 @@ from fif.methods.base import (
     clip_features,
     register_method,
 )
+from fif.methods.common import check_choice, check_positive
 from fif.methods.replay.buffers import (
     ReplayCore,
     check_buffer_options,
-    check_choice,
-    check_positive,
     dtype_field,
     embedding_mse,
     masked_clip_loss,
