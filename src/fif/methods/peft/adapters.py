@@ -14,7 +14,7 @@ stream's).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -52,130 +52,66 @@ def vera_config(options: VeraOptions):
         )
 
 
-class AdapterSet:
-    """The adapters of one model: injected at construction, trained alone, merged to deploy.
+def _adapter_method(
+    name: str, class_name: str, options_type: type, peft_config: Callable[[Any], Any], doc: str
+) -> type[UpdateMethod]:
+    """Register as ``name`` an UpdateMethod that trains the adapters of ``peft_config(options)`` alone.
 
-    Shared by :class:`Lora`, :class:`Dora` and :class:`Vera` (composition, not a base class).
+    LoRA, DoRA and VeRA differ only in their peft config, so their one class is written here once (the
+    UpdateMethod contract keeps inheritance one level deep: no shared base class). The adapters are
+    injected at construction, trained alone, and merged into the base weights to deploy.
     """
 
-    def __init__(self, clip: Clip, peft_config: Any, options: LoraOptions | VeraOptions):
-        self.model = clip.model
-        self.layers = inject_adapters(clip.model, peft_config, options.targets, options.towers, clip.arch)
-        self.merge_every_task = options.merge_every_task
-        self.d_initial = getattr(options, "d_initial", 0.1)
-        # Seeds the re-drawn A of merge_every_task; drawn once from the run's seeded global RNG.
-        self.reinit_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    class AdapterMethod(UpdateMethod):
+        Config = options_type
 
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return adapter_parameters(self.model)
+        def __init__(self, clip: Clip, config: LoraOptions | VeraOptions, label_smoothing: float = 0.0):
+            super().__init__(clip, config, label_smoothing)
+            self.layers = inject_adapters(clip.model, peft_config(config), config.targets, config.towers, clip.arch)
+            self.d_initial = getattr(config, "d_initial", 0.1)
+            # Seeds the re-drawn A of merge_every_task; drawn once from the run's seeded global RNG.
+            self.reinit_seed = int(torch.randint(0, 2**31 - 1, ()).item())
 
-    def end_task(self, task: TaskInfo) -> None:
-        if self.merge_every_task:
-            merge_and_reset_(self.model, self.reinit_seed + task.index, self.d_initial)
+        def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+            return adapter_parameters(self.clip.model)
 
-    def deploy_weights(self) -> dict[str, torch.Tensor]:
-        return unload(self.model).state_dict()
+        def end_task(self, task: TaskInfo) -> None:
+            if self.config.merge_every_task:
+                merge_and_reset_(self.clip.model, self.reinit_seed + task.index, self.d_initial)
 
-    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-        plain = unload(self.model)
-        plain.load_state_dict(weights)
-        return plain
+        def deploy_weights(self) -> dict[str, torch.Tensor]:
+            return unload(self.clip.model).state_dict()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"reinit_seed": self.reinit_seed}
+        def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+            plain = unload(self.clip.model)
+            plain.load_state_dict(weights)
+            return plain
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if set(state) != {"reinit_seed"}:
-            raise ValueError(f"adapter method state must hold exactly 'reinit_seed', got keys {sorted(state)}")
-        self.reinit_seed = int(state["reinit_seed"])
+        def state_dict(self) -> dict[str, Any]:
+            return {"reinit_seed": self.reinit_seed}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            if set(state) != {"reinit_seed"}:
+                raise ValueError(f"adapter method state must hold exactly 'reinit_seed', got keys {sorted(state)}")
+            self.reinit_seed = int(state["reinit_seed"])
+
+    AdapterMethod.__name__ = AdapterMethod.__qualname__ = class_name
+    AdapterMethod.__doc__ = doc
+    return register_method(name)(AdapterMethod)
 
 
 # ----------------------------------------------------------------------------------------------
-# The methods: each builds its peft config and forwards the hooks to its AdapterSet.
+# The methods: each is its peft config.
 
-
-@register_method("lora")
-class Lora(UpdateMethod):
-    """LoRA (Hu et al. 2022): W + (alpha/r)·B·A on attention and MLP Linear layers of both towers; A, B train."""
-
-    Config = LoraOptions
-
-    def __init__(self, clip: Clip, config: LoraOptions, label_smoothing: float = 0.0):
-        super().__init__(clip, config, label_smoothing)
-        self.adapters = AdapterSet(clip, lora_config(config, dora=False), config)
-
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return self.adapters.trainable_parameters()
-
-    def end_task(self, task: TaskInfo) -> None:
-        self.adapters.end_task(task)
-
-    def deploy_weights(self) -> dict[str, torch.Tensor]:
-        return self.adapters.deploy_weights()
-
-    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-        return self.adapters.deploy_model(weights)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.adapters.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.adapters.load_state_dict(state)
-
-
-@register_method("dora")
-class Dora(UpdateMethod):
-    """DoRA (Liu et al. 2024): m·(W + s·B·A)/‖W + s·B·A‖ per output row; the magnitude m and A, B train."""
-
-    Config = LoraOptions
-
-    def __init__(self, clip: Clip, config: LoraOptions, label_smoothing: float = 0.0):
-        super().__init__(clip, config, label_smoothing)
-        self.adapters = AdapterSet(clip, lora_config(config, dora=True), config)
-
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return self.adapters.trainable_parameters()
-
-    def end_task(self, task: TaskInfo) -> None:
-        self.adapters.end_task(task)
-
-    def deploy_weights(self) -> dict[str, torch.Tensor]:
-        return self.adapters.deploy_weights()
-
-    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-        return self.adapters.deploy_model(weights)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.adapters.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.adapters.load_state_dict(state)
-
-
-@register_method("vera")
-class Vera(UpdateMethod):
-    """VeRA (Kopiczko et al. 2024): W + diag(b)·B·diag(d)·A, frozen random A, B shared by all layers; b, d train."""
-
-    Config = VeraOptions
-
-    def __init__(self, clip: Clip, config: VeraOptions, label_smoothing: float = 0.0):
-        super().__init__(clip, config, label_smoothing)
-        self.adapters = AdapterSet(clip, vera_config(config), config)
-
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return self.adapters.trainable_parameters()
-
-    def end_task(self, task: TaskInfo) -> None:
-        self.adapters.end_task(task)
-
-    def deploy_weights(self) -> dict[str, torch.Tensor]:
-        return self.adapters.deploy_weights()
-
-    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-        return self.adapters.deploy_model(weights)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.adapters.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.adapters.load_state_dict(state)
+Lora = _adapter_method(
+    "lora", "Lora", LoraOptions, peft_config=lambda options: lora_config(options, dora=False),
+    doc="LoRA (Hu et al. 2022): W + (alpha/r)·B·A on attention and MLP Linear layers of both towers; A, B train.",
+)
+Dora = _adapter_method(
+    "dora", "Dora", LoraOptions, peft_config=lambda options: lora_config(options, dora=True),
+    doc="DoRA (Liu et al. 2024): m·(W + s·B·A)/‖W + s·B·A‖ per output row; the magnitude m and A, B train.",
+)
+Vera = _adapter_method(
+    "vera", "Vera", VeraOptions, peft_config=vera_config,
+    doc="VeRA (Kopiczko et al. 2024): W + diag(b)·B·diag(d)·A, frozen random A, B shared by all layers; b, d train.",
+)
