@@ -6,6 +6,7 @@ else (``summary.json``, reports) can be rebuilt from it, also for an interrupted
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -38,6 +39,14 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_json(path: Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_figure(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure atomically, in the format the suffix names (png without one)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 class EventLog:

@@ -6,12 +6,12 @@ matplotlib. Uses a bare ``Figure`` (Agg canvas): no pyplot, no global backend st
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from fif.results import atomic_save_figure
 from fif.schedules import ScheduleSpec, stream_curve
 
 LAYOUTS = ("overlay", "grid")
@@ -98,18 +98,4 @@ def plot_schedules(
         for ax in axes[len(curves):]:
             ax.set_visible(False)
     fig.suptitle(title)
-    return _save_atomic(fig, Path(path))
-
-
-def _save_atomic(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so the rename is atomic
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save_figure(fig, Path(path))

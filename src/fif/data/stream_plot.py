@@ -6,13 +6,13 @@ Kept apart from :mod:`fif.data.stream` so building streams never imports matplot
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from fif.data.stream import TaskSummary
+from fif.results import atomic_save_figure
 
 CELL_LABEL_LIMIT = 40  # write the counts into the cells only while the grid is this small (per side)
 
@@ -68,18 +68,4 @@ def plot_stream(summaries: Sequence[TaskSummary], path: str | Path, title: str =
     fig.colorbar(image, ax=ax, label="concepts in task", shrink=0.8, ticks=MaxNLocator(integer=True))
     total = int(matrix.sum())
     ax.set_title(title or f"{total} concepts of {len(datasets)} datasets in {num_tasks} tasks", fontsize="medium")
-    return _save_atomic(fig, Path(path))
-
-
-def _save_atomic(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder, so the rename is atomic
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save_figure(fig, Path(path))
