@@ -41,3 +41,13 @@ def toy_benchmark(per_class: int = 6, size: int = 8, seed: int = 0) -> Benchmark
 @pytest.fixture
 def toy() -> Benchmark:
     return toy_benchmark()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    thread hand-offs cost more than the math on a busy 2-core machine, and one thread is deterministic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,12 +15,9 @@ from safetensors.torch import load_file
 
 import fif
 
-SMALL = [
-    "model.pretrained=null", "budget.ft_steps=8", "stream.tasks=2", "stream.datasets=[mini_digits,mini_letters]",
-    "train.batch_size=16", "train.log_every=2", "eval.min_samples=40", "eval.batch_size=128", "run.device=cpu",
-    "eval.datasets=[mini_digits,mini_letters,mini_colors,mini_captions]", "run.threads=1", "checkpoint.every_steps=2",
-    "data.options={pool_size: 400, train_per_class: 12, test_per_class: 6, eval_size: 60, retrieval_train: 40, retrieval_test: 40}",
-]
+from small_run import SMALL_RUN
+
+SMALL = [*SMALL_RUN, "run.device=cpu", "run.threads=1", "checkpoint.every_steps=2"]
 
 
 def fif_on_two_ranks(*args: str) -> subprocess.CompletedProcess:

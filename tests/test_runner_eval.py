@@ -10,19 +10,9 @@ import fif
 from fif.report import load_run, run_metrics, write_report
 from fif.results import read_events
 
-SMALL = [
-    "model.pretrained=null",
-    "budget.ft_steps=8",
-    "stream.tasks=2",
-    "stream.datasets=[mini_digits,mini_letters]",
-    "train.batch_size=16",
-    "train.log_every=2",
-    "eval.min_samples=40",
-    "eval.batch_size=128",
-    "eval.every_steps=2",
-    "eval.datasets=[mini_digits,mini_letters,mini_colors,mini_captions]",
-    "data.options={pool_size: 400, train_per_class: 12, test_per_class: 6, eval_size: 60, retrieval_train: 40, retrieval_test: 40}",
-]
+from small_run import SMALL_RUN
+
+SMALL = [*SMALL_RUN, "eval.every_steps=2"]
 
 
 @pytest.fixture(scope="module")

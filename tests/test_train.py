@@ -30,14 +30,7 @@ from fif.train import (
 
 CPU = torch.device("cpu")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread is faster than two on a shared machine, and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster, and deterministic
 
 
 @pytest.fixture(scope="module")
@@ -360,27 +353,15 @@ def test_grad_checkpointing_on_the_mini_resnet_gives_the_same_gradients(rn_clip)
 # ---------------------------------------------------------------------------------------------
 # Wiring through the runner (one small run of two tasks)
 
-SMALL_RUN = [
-    "model.pretrained=null",
-    "budget.ft_steps=8",
-    "stream.tasks=2",
-    "stream.datasets=[mini_digits,mini_letters]",
-    "train.batch_size=16",
-    "train.log_every=2",
-    "eval.min_samples=40",
-    "eval.batch_size=128",
-    "eval.datasets=[mini_digits,mini_letters]",
-    "data.options={pool_size: 400, train_per_class: 12, test_per_class: 6, eval_size: 60, retrieval_train: 40, "
-    "retrieval_test: 40}",
-]
-
 
 @pytest.mark.slow
 def test_recipe_knobs_reach_the_runner(tmp_path):
     from fif.config import load_config
     from fif.runner import run_task, setup
+    from small_run import SMALL_RUN
 
-    cfg = load_config("mini", SMALL_RUN + [
+    cfg = load_config("mini", [
+        *SMALL_RUN, "eval.datasets=[mini_digits,mini_letters]",
         "train.optimizer_reset=false", "train.grad_accum_steps=2", "train.label_smoothing=0.1",
         "train.temperature=fixed", "train.fixed_logit_scale=50", "train.grad_checkpointing=true",
     ])

@@ -14,14 +14,7 @@ from fif.data.stream import OrderingOptions, benchmark_concepts, order_concepts,
 MINI_SIZES = dict(pool_size=300, train_per_class=4, test_per_class=3, eval_size=30, retrieval_train=24, retrieval_test=16)
 DATASETS = ["mini_digits", "mini_letters", "mini_relations", "mini_counting", "mini_scenes"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: thread hand-offs cost more than the math (20x slower on a busy 2-core machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: thread hand-offs cost more than the math
 
 
 @pytest.fixture(scope="module")

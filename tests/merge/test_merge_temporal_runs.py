@@ -25,16 +25,12 @@ from fif.config import MERGE_PRESETS, ConfigError, MergeConfig, load_config
 from fif.merge import TemporalMerger, history_file, history_weights, merge
 from fif.merge.temporal import ZEROSHOT_FILE
 
-SMALL = [
+from small_run import SMALL_RUN
+
+SMALL = [  # the runner tests' small run, smaller still, on one thread
+    *SMALL_RUN,
     "merge.preset=none",  # the mini preset's recipe is ema_merge; these runs start from no merging
-    "model.pretrained=null",
-    "budget.ft_steps=8",
-    "stream.tasks=2",
-    "stream.datasets=[mini_digits,mini_letters]",
-    "train.batch_size=16",
-    "train.log_every=2",
     "eval.min_samples=20",
-    "eval.batch_size=128",
     "eval.datasets=[mini_digits,mini_colors]",
     "run.threads=1",
     "data.options={pool_size: 200, train_per_class: 8, test_per_class: 4, eval_size: 40, retrieval_train: 20, "

@@ -7,42 +7,17 @@ gives exactly zero); the budget checks count FLOPs on a meta copy of the mini mo
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fif.budget import measure_step_cost, meta_clip
 from fif.methods import Batch, TaskInfo, build_method, freeze_all_but
 from fif.methods.distillation import distillation_kl, pretraining_rows
 from fif.model.clip import Clip
 
-
-class TinyClip(nn.Module):
-    """A linear CLIP with open_clip's interface: images (B, 3, 2, 2) → W·x, text = sum of token embeddings."""
-
-    def __init__(self, dim: int = 4, vocab: int = 16):
-        super().__init__()
-        self.visual = nn.Linear(12, dim)
-        self.token_embedding = nn.Embedding(vocab, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-
-    def encode_image(self, images, normalize: bool = False):
-        f = self.visual(images.flatten(1))
-        return F.normalize(f, dim=-1) if normalize else f
-
-    def encode_text(self, tokens, normalize: bool = False):
-        f = self.token_embedding(tokens).sum(1)
-        return F.normalize(f, dim=-1) if normalize else f
-
-    def forward(self, images, tokens):
-        return {
-            "image_features": self.encode_image(images, normalize=True),
-            "text_features": self.encode_text(tokens, normalize=True),
-            "logit_scale": self.logit_scale.exp(),
-        }
+from clip_stand_in import TinyClip
 
 
 def _tokenize(texts):
@@ -52,7 +27,7 @@ def _tokenize(texts):
 
 def tiny_clip(seed: int = 0) -> Clip:
     torch.manual_seed(seed)
-    return Clip(TinyClip(), _tokenize, "tiny", 2, (0.5,) * 3, (0.25,) * 3)
+    return Clip(TinyClip(vocab=16), _tokenize, "tiny", 2, (0.5,) * 3, (0.25,) * 3)
 
 
 def batch_of(n: int = 8, seed: int = 0, source=None) -> Batch:

@@ -20,36 +20,14 @@ from fif.methods.regularizers import _QuadraticPenalty, importance_pass, output_
 from fif.model.clip import Clip, build_clip
 from fif.train import OptimConfig, build_optimizer
 
-
-class TinyClip(nn.Module):
-    """A linear CLIP: image = W·x, text = sum of token embeddings; open_clip's interface."""
-
-    def __init__(self, dim_in: int = 4, vocab: int = 10, dim: int = 3, logit_scale: float = math.log(10.0)):
-        super().__init__()
-        self.visual = nn.Linear(dim_in, dim, bias=False)
-        self.token_embedding = nn.Embedding(vocab, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(logit_scale))
-
-    def encode_image(self, images, normalize: bool = False):
-        f = self.visual(images.flatten(1))
-        return F.normalize(f, dim=-1) if normalize else f
-
-    def encode_text(self, tokens, normalize: bool = False):
-        f = self.token_embedding(tokens).sum(1)
-        return F.normalize(f, dim=-1) if normalize else f
-
-    def forward(self, images, tokens):
-        return {
-            "image_features": self.encode_image(images, normalize=True),
-            "text_features": self.encode_text(tokens, normalize=True),
-            "logit_scale": self.logit_scale.exp(),
-        }
+from clip_stand_in import TinyClip
 
 
-def tiny_clip(seed: int = 0, **kwargs) -> Clip:
+def tiny_clip(seed: int = 0, dim: int = 3, logit_scale: float = math.log(10.0)) -> Clip:
     torch.manual_seed(seed)
+    model = TinyClip(dim_in=4, vocab=10, dim=dim, bias=False, logit_scale=logit_scale)
     tokenizer = lambda texts: torch.zeros(len(texts), 3, dtype=torch.long)  # noqa: E731
-    return Clip(TinyClip(**kwargs), tokenizer, "tiny", 2, (0.0,) * 3, (1.0,) * 3)
+    return Clip(model, tokenizer, "tiny", 2, (0.0,) * 3, (1.0,) * 3)
 
 
 def tiny_batches(n: int = 8, seed: int = 0) -> list[Batch]:

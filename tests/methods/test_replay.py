@@ -14,43 +14,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fif.budget import measure_step_cost, meta_clip
 from fif.methods import Batch, TaskInfo, build_method, clip_contrastive_loss, freeze_all_but
 from fif.methods.replay import embedding_mse, masked_clip_loss, reservoir_slots, sample_slots
 from fif.model.clip import Clip
 
-
-class TinyClip(nn.Module):
-    """A linear CLIP with open_clip's interface: images (B, 3, 2, 2) → W·x, text = sum of token embeddings."""
-
-    def __init__(self, dim: int = 4, vocab: int = 64):
-        super().__init__()
-        self.visual = nn.Linear(12, dim)
-        self.token_embedding = nn.Embedding(vocab, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-
-    def encode_image(self, images, normalize: bool = False):
-        f = self.visual(images.flatten(1))
-        return F.normalize(f, dim=-1) if normalize else f
-
-    def encode_text(self, tokens, normalize: bool = False):
-        f = self.token_embedding(tokens % 64).sum(1)
-        return F.normalize(f, dim=-1) if normalize else f
-
-    def forward(self, images, tokens):
-        return {
-            "image_features": self.encode_image(images, normalize=True),
-            "text_features": self.encode_text(tokens, normalize=True),
-            "logit_scale": self.logit_scale.exp(),
-        }
+from clip_stand_in import TinyClip
 
 
 def tiny_clip(seed: int = 0) -> Clip:
     torch.manual_seed(seed)
     tokenize = lambda texts: torch.zeros(len(texts), 3, dtype=torch.long)  # noqa: E731
-    return Clip(TinyClip(), tokenize, "tiny", 2, (0.5,) * 3, (0.25,) * 3)
+    return Clip(TinyClip(vocab=64), tokenize, "tiny", 2, (0.5,) * 3, (0.25,) * 3)
 
 
 def pixels_batch(ids, source=None, seed: int = 0) -> Batch:
