@@ -38,8 +38,8 @@ class TablePrinter:
 
     HEADER = f"{'task':>5} {'concepts':>8} {'steps':>6} {'MAFs spent':>11} {'A_KA':>7} {'A_ZS':>7} {'GM':>7}"
 
-    def __init__(self, out=sys.stdout):
-        self.out = out
+    def __init__(self, out=None):
+        self.out = out if out is not None else sys.stdout  # looked up now, not at import (tests swap sys.stdout)
         self.task_end: dict | None = None
         self.spent = 0.0
 
