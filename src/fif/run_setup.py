@@ -84,7 +84,8 @@ class RunContext:
 def default_out_dir(cfg: Config, root: str | Path = "runs") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     bench = Path(cfg.data.benchmark).stem if cfg.data.benchmark.endswith((".yaml", ".yml")) else cfg.data.benchmark
-    return Path(root) / f"{stamp}-{bench}-{cfg.method.name}"
+    merge = cfg.merge.preset if cfg.merge.preset not in (None, "none") else None
+    return Path(root) / "-".join(filter(None, [stamp, bench, cfg.method.name, merge]))
 
 
 def resolve_device(name: str) -> torch.device:
