@@ -179,7 +179,7 @@ class Ranks:
         """
         if self.owns_group and dist.is_initialized():
             if sync:
-                dist.barrier()
+                self.barrier()
             dist.destroy_process_group()
 
 
