@@ -83,3 +83,19 @@ def test_key_changes_with_the_architecture_config(monkeypatch):
 
     monkeypatch.setattr(open_clip, "get_model_config", wider)
     assert TINY.key(OPTIONS) != key
+
+
+def test_cli_builds_what_fif_run_with_the_same_overrides_would_use(tmp_path, capsys):
+    from fif.cli import main
+    from fif.pretrain import base_model_path
+
+    options = "data.options={pool_size: 64}"
+    code = main(["pretrain", "--steps", "2", "--cache-dir", str(tmp_path), options])
+    out = capsys.readouterr().out
+    spec = dataclasses.replace(PretrainSpec(), steps=2)
+    expected = base_model_path(tmp_path, spec, {"pool_size": 64})
+    assert code == 0 and expected.is_file() and f"built: {expected}" in out
+    assert main(["pretrain", "--steps", "2", "--cache-dir", str(tmp_path), options]) == 0
+    assert "cached:" in capsys.readouterr().out
+    assert main(["pretrain", "data.optionz={}"]) == 2
+    assert "data.optionz: unknown key" in capsys.readouterr().err  # with the nearest valid key

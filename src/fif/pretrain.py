@@ -85,7 +85,7 @@ def pretrain(
     pool = Pool([(pool_data, torch.arange(len(pool_data)).numpy())])
     sampler = MixtureSampler(MixtureCounts(0, spec.batch_size, 0), update=pool, seed=spec.seed, task=0)
     batches = MixedBatches(sampler, clip.tokenize, clip.normalize, clip.image_size, spec.steps)
-    schedule = ScheduleSpec(name="cosine", lr=spec.lr, lr_min_ratio=0.01, warmup_frac=spec.warmup_steps / spec.steps)
+    schedule = ScheduleSpec(name="cosine", lr=spec.lr, lr_min_ratio=0.01, warmup_frac=min(spec.warmup_steps, spec.steps - 1) / spec.steps)
     lr_curve = task_curve(schedule, 0, spec.steps, 1)
     optimizer = build_optimizer(method.trainable_parameters(), spec.lr, OptimConfig(weight_decay=spec.weight_decay))
     train_task(
