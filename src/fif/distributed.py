@@ -170,16 +170,9 @@ class Ranks:
         require grad now)."""
         return DataParallelModel(model, self)
 
-    def close(self, sync: bool = True) -> None:
-        """Destroy the process group now if :func:`start` created it (else it is destroyed at exit).
-
-        ``sync`` first waits for every rank (a barrier), so no rank tears down its connections while a
-        peer still receives the last collective (gloo then aborts the process at exit). Pass
-        ``sync=False`` on an error path, where a peer may never reach the barrier.
-        """
+    def close(self) -> None:
+        """Destroy the process group now if :func:`start` created it (else it is destroyed at exit)."""
         if self.owns_group and dist.is_initialized():
-            if sync:
-                self.barrier()
             dist.destroy_process_group()
 
 

@@ -133,11 +133,7 @@ def _run(ranks: Ranks, cfg: Config, out_dir, overwrite: bool, on_event, progress
                 atomic_write_json(out / "run.json", {
                     **runner.provenance(cfg), **_provenance(ranks), "tasks": [list(t.concepts) for t in ctx.tasks],
                 })
-            result = runner.start_stream(ctx)
-            # Every rank is done (rank 0 has written the results) before any rank moves on or exits: a rank
-            # that exits while a peer still receives the last collective makes gloo abort at exit.
-            ranks.barrier()
-            return result
+            return runner.start_stream(ctx)
         finally:
             if lock is not None:
                 lock.release()
