@@ -16,12 +16,27 @@ from typing import Any, Iterator
 from fif.metrics import stream_point, trajectory_mean
 
 
+def _file_mode() -> int:
+    # What open() would give a new file: mkstemp makes its temp files 0600, which would leave every
+    # result unreadable to the user's group (a shared cluster folder). Read the umask once, at import.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write via a temp file in the same folder, fsync, then rename: readers never see a torn file."""
+    """Write via a temp file in the same folder, fsync, then rename: readers never see a torn file.
+
+    The file gets the permissions a plain ``open(path, "wb")`` would (0666 less the umask).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
