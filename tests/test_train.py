@@ -304,6 +304,13 @@ def test_optimizer_kernels_agree(rn_clip, name, impl):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_auto_picks_fused_adamw_on_cpu_and_torchs_default_sgd(rn_clip):
+    named = list(rn_clip.model.named_parameters())
+    assert build_optimizer(named, 1e-3, OptimConfig(impl="auto")).defaults["fused"] is True
+    assert not build_optimizer(named, 1e-3, OptimConfig(name="sgd", impl="auto")).defaults.get("fused")
+    assert not build_optimizer(named, 1e-3, OptimConfig(impl="for_loop")).defaults.get("fused")
+
+
 def test_unknown_optimizer_is_refused(rn_clip):
     with pytest.raises(ValueError, match="adamw, sgd"):
         build_optimizer(list(rn_clip.model.named_parameters()), 1e-3, OptimConfig(name="lion"))
