@@ -22,7 +22,7 @@ import torch
 
 def throughput(precision: str, batch_size: int, subset: bool, repeats: int) -> dict:
     from fif.data.registry import get_benchmark
-    from fif.evaluate import Evaluator, class_embeddings
+    from fif.eval.zeroshot import Evaluator, class_embeddings
     from fif.model.clip import build_clip
 
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def throughput(precision: str, batch_size: int, subset: bool, repeats: int) -> d
 
 
 def run_times(folder: Path) -> dict:
-    from fif.report import load_run
+    from fif.results.report import load_run
 
     run = load_run(folder)
     zero_shot = next((e.get("seconds") for e in run.events if e.get("event") == "eval" and e.get("task") == -1), None)

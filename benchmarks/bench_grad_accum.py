@@ -2,7 +2,7 @@
 
 For a random-init model and one batch, compares the whole-batch gradient of the CLIP loss with
 
-* fif's accumulation (``fif.train.accumulated_backward``: cached features, whole-batch loss, micro-batch
+* fif's accumulation (``fif.train.loop.accumulated_backward``: cached features, whole-batch loss, micro-batch
   re-forward) and
 * the naive one (mean of the per-micro-batch CLIP losses, each micro-batch its own contrastive problem),
 
@@ -24,9 +24,11 @@ import time
 
 import torch
 
-from fif.methods import Batch, build_method
+from fif.core.device import autocast_context
+from fif.data.batch import Batch
+from fif.methods import build_method
 from fif.model.clip import build_clip
-from fif.train import accumulated_backward, autocast_context
+from fif.train.loop import accumulated_backward
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Build the mini base model through fif's own path and score it zero-shot, per dataset.
 
-It times `fif.pretrain.ensure_base_model` (pool generation + pretraining; the cache is a fresh folder,
+It times `fif.train.pretrain.ensure_base_model` (pool generation + pretraining; the cache is a fresh folder,
 so the model is always built) and evaluates the result on every eval-only and adaptation set of the
 mini benchmark (full test sets). The issue's targets: colour >= 95 %, shape >= 80 %, size and position
 >= 95 % zero-shot, adaptation sets near chance, in <= 3 minutes on 2 CPU cores.
@@ -21,8 +21,8 @@ import yaml
 
 import fif
 from fif.data.registry import get_benchmark
-from fif.evaluate import evaluate_config
-from fif.pretrain import PretrainSpec, ensure_base_model
+from fif.runner.evaluate import evaluate_config
+from fif.train.pretrain import PretrainSpec, ensure_base_model
 
 TARGETS = {"mini_colors": 95.0, "mini_shapes": 80.0, "mini_sizes": 95.0, "mini_positions": 95.0}
 

@@ -14,8 +14,8 @@ import time
 
 import torch
 
+from fif.core.optim import OptimConfig, build_optimizer
 from fif.model.clip import build_clip
-from fif.train import OptimConfig, build_optimizer
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import fif
-from fif.runner import run
+from fif.runner.stream import run
 
 METRICS = ("a_ka", "a_zs", "gm")
 NO_REPLAY = "data.mixture.pretraining=0 data.mixture.update=1 data.mixture.buffer=0"

@@ -1,7 +1,7 @@
 """Tune the mini world: pretrain the tiny CLIP on the pool, check zero-shot, run a short stream.
 
 A standalone check of the benchmark's design, with its own plain AdamW loop (it does not use
-fif.train/fif.runner, so it can vary the recipe freely):
+fif.train.loop/fif.runner.stream, so it can vary the recipe freely):
 
 1. pretrain ``fif-mini-rn32`` on ``mini_pretrain`` and report zero-shot accuracy per eval-only set
    (targets: colour >= 95%, shape >= 80%, size and position >= 95%) and per adaptation set (near chance);
@@ -20,12 +20,12 @@ import math
 import time
 
 import numpy as np
-import yaml
 import torch
+import yaml
 
 from fif.data.registry import get_benchmark
-from fif.methods.base import clip_contrastive_loss
 from fif.model.clip import build_clip, clamp_logit_scale_
+from fif.model.loss import clip_contrastive_loss
 
 
 def parse_args() -> argparse.Namespace:

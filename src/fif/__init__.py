@@ -19,7 +19,7 @@ def load_config(preset="mini", overrides=None):
 
 
 def run(cfg, out_dir=None, overwrite=False, on_event=None, progress=False):
-    """See :func:`fif.runner.run`."""
-    from fif.runner import run as _run
+    """See :func:`fif.runner.stream.run`."""
+    from fif.runner.stream import run as _run
 
     return _run(cfg, out_dir=out_dir, overwrite=overwrite, on_event=on_event, progress=progress)

@@ -12,19 +12,18 @@ from torch import nn
 from fif.budget import (
     GIB,
     BudgetError,
-    count_flops,
     hook_cost_mafs,
     mafs_per_step,
     measure_step_cost,
     meta_clip,
-    meta_copy,
     run_budget_mafs,
     steps_for_task,
-    synthetic_batch,
     task_budgets,
     trace_step,
 )
 from fif.budget.measure import _training_only, run_real_steps
+from fif.core.flops import count_flops, meta_copy
+from fif.data.batch import synthetic_batch
 from fif.methods import HookCost, TaskInfo, UpdateMethod, build_method
 from fif.methods.base import NoOptions
 from fif.model.clip import Clip, build_clip

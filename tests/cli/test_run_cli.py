@@ -53,7 +53,7 @@ def test_every_command_has_help(command, capsys):
 
 def test_default_run_folder_names_benchmark_method_and_merge_recipe(tmp_path):
     import fif
-    from fif.run_setup import default_out_dir
+    from fif.runner.setup import default_out_dir
 
     recipe = default_out_dir(fif.load_config("mini"), tmp_path)
     assert recipe.parent == tmp_path and recipe.name.endswith("-mini-finetune-ema_merge")

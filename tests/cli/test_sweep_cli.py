@@ -1,5 +1,5 @@
 """`fif sweep` (expansion, listing, SLURM script, errors) and `fif report` of a sweep folder; no training here
-(tests/test_sweep.py runs a tiny sweep)."""
+(tests/runner/test_sweep.py runs a tiny sweep)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from fif.cli import CliError
 from fif.cli import report as report_cli
 from fif.cli import sweep as sweep_cli
-from fif.sweep import read_sweep
+from fif.runner.sweep import read_sweep
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "run_small"
 

@@ -214,7 +214,7 @@ def pool_shards(mini, tmp_path_factory):
 
 def test_fif_preset_resolves_against_a_fabricated_root(fif_root, pool_shards, tmp_path):
     import fif
-    from fif.runner import setup
+    from fif.runner.setup import setup
 
     cfg = fif.load_config("fif", preset_overrides(fif_root, tmp_path, pool_shards))
     assert cfg.data.benchmark == "fif" and cfg.data.root == str(fif_root)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from fif.data.batch import Batch
 from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
-from fif.methods.base import Batch
 
 
 @pytest.mark.parametrize("b", [1, 7, 128, 512, 1000])
@@ -144,8 +144,8 @@ def test_pool_batches_carry_the_labels(toy):
 
 
 def test_pool_captions_are_a_seeded_sample_of_distinct_samples(toy):
+    from fif.core.seeding import rng_for
     from fif.data.mixture import pool_captions
-    from fif.data.stream import rng_for
 
     p = toy.load("toy_pool", "train")
     pool = Pool([(p, np.arange(len(p)))])

@@ -10,6 +10,8 @@ import torch
 from fif.data import orderings
 from fif.data.registry import get_benchmark
 from fif.data.stream import OrderingOptions, benchmark_concepts, order_concepts, order_random
+from fif.eval import concepts as scoring
+from fif.eval.concepts import ModelScorer
 
 MINI_SIZES = dict(pool_size=300, train_per_class=4, test_per_class=3, eval_size=30, retrieval_train=24, retrieval_test=16)
 DATASETS = ["mini_digits", "mini_letters", "mini_relations", "mini_counting", "mini_scenes"]
@@ -113,24 +115,24 @@ def test_greedy_walks_on_a_line():
 
 
 def test_similarity_walk_is_shorter_than_random_orders(mini, concepts, clip):
-    emb = orderings.concept_embeddings(clip, concepts, mini, torch.device("cpu")).numpy()
+    emb = scoring.concept_embeddings(clip, concepts, mini, torch.device("cpu")).numpy()
     assert emb.shape[0] == len(concepts) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
-    stream = order_concepts(mini, "similarity", datasets=DATASETS, clip=clip)
+    stream = order_concepts(mini, "similarity", datasets=DATASETS, scorer=ModelScorer(clip))
     assert sorted(stream) == sorted(concepts) and "mini_scenes+++*" in stream
     walk = orderings.path_length(concepts, emb, stream)
     random_lengths = [orderings.path_length(concepts, emb, order_random(concepts, s)) for s in range(20)]
     assert walk < min(random_lengths)
     # Shortest over every start: no single start's walk is shorter.
     for start in stream[:5]:
-        one = order_concepts(mini, "similarity", datasets=DATASETS, clip=clip, options=OrderingOptions(start=start))
+        one = order_concepts(mini, "similarity", datasets=DATASETS, scorer=ModelScorer(clip, options=OrderingOptions(start=start)), options=OrderingOptions(start=start))
         assert one[0] == start
         assert orderings.path_length(concepts, emb, one) >= walk - 1e-9
-    assert order_concepts(mini, "similarity", datasets=DATASETS, clip=clip) == stream  # deterministic
+    assert order_concepts(mini, "similarity", datasets=DATASETS, scorer=ModelScorer(clip)) == stream  # deterministic
 
 
 def test_similarity_start_must_be_in_the_stream(mini, clip):
     with pytest.raises(ValueError, match="did you mean 'mini_digits\\+\\+\\+3'"):
-        order_concepts(mini, "similarity", datasets=DATASETS, clip=clip, options=OrderingOptions(start="mini_digits+++33"))
+        order_concepts(mini, "similarity", datasets=DATASETS, scorer=ModelScorer(clip, options=OrderingOptions(start="mini_digits+++33")), options=OrderingOptions(start="mini_digits+++33"))
 
 
 def test_model_orderings_need_the_model(mini):
@@ -144,21 +146,21 @@ def test_model_orderings_need_the_model(mini):
 
 def test_easy_to_hard_is_non_increasing_in_zero_shot_score(mini, concepts, clip):
     opts = OrderingOptions(difficulty_samples=3)
-    stream = order_concepts(mini, "easy_to_hard", seed=3, datasets=DATASETS, clip=clip, options=opts)
-    scores = orderings.zero_shot_scores(clip, concepts, mini, torch.device("cpu"), samples_per_class=3, seed=3)
+    stream = order_concepts(mini, "easy_to_hard", seed=3, datasets=DATASETS, scorer=ModelScorer(clip, options=opts), options=opts)
+    scores = scoring.zero_shot_scores(clip, concepts, mini, torch.device("cpu"), samples_per_class=3, seed=3)
     assert sorted(stream) == sorted(concepts)
     assert [scores[c] for c in stream] == sorted((scores[c] for c in stream), reverse=True)
     assert all(0.0 <= v <= 100.0 for v in scores.values())
-    assert order_concepts(mini, "easy_to_hard", seed=3, datasets=DATASETS, clip=clip, options=opts) == stream
-    rev = order_concepts(mini, "easy_to_hard", seed=3, reverse=True, datasets=DATASETS, clip=clip, options=opts)
+    assert order_concepts(mini, "easy_to_hard", seed=3, datasets=DATASETS, scorer=ModelScorer(clip, options=opts), options=opts) == stream
+    rev = order_concepts(mini, "easy_to_hard", seed=3, reverse=True, datasets=DATASETS, scorer=ModelScorer(clip, options=opts), options=opts)
     assert rev == stream[::-1]
 
 
 def test_class_scores_agree_with_the_evaluator(mini, clip):
-    from fif.evaluate import evaluate_dataset
+    from fif.eval.zeroshot import evaluate_dataset
 
     digits = benchmark_concepts(mini, ["mini_digits", "mini_scenes"])
-    scores = orderings.zero_shot_scores(clip, digits, mini, torch.device("cpu"), split="test", samples_per_class=1000)
+    scores = scoring.zero_shot_scores(clip, digits, mini, torch.device("cpu"), split="test", samples_per_class=1000)
     assert clip.model.training  # the ordering put the model back in the mode it found it in
     data = mini.load("mini_digits", "test")  # class-balanced: mean per-class accuracy = overall accuracy
     scenes = mini.load("mini_scenes", "test")
@@ -171,4 +173,4 @@ def test_class_scores_agree_with_the_evaluator(mini, clip):
     assert np.mean([scores[c] for c in digits[:-1]]) == pytest.approx(full.score, abs=1e-6)
     assert scores["mini_scenes+++*"] == pytest.approx(retrieval.score)  # 16 test pairs: the subset is all of them
     with pytest.raises(ValueError, match="difficulty_split"):
-        orderings.zero_shot_scores(clip, digits, mini, torch.device("cpu"), split="val")
+        scoring.zero_shot_scores(clip, digits, mini, torch.device("cpu"), split="val")

@@ -165,7 +165,7 @@ def test_describe_tasks_counts_concepts_and_samples(toy):
 
 def test_plot_stream_writes_a_png(toy, tmp_path):
     from fif.data.stream import describe_tasks
-    from fif.data.stream_plot import concept_matrix, plot_stream
+    from fif.results.report.stream import concept_matrix, plot_stream
 
     summaries = describe_tasks(build_tasks(toy, "random", 3, seed=1), toy)
     datasets, matrix = concept_matrix(summaries)
@@ -178,7 +178,8 @@ def test_plot_stream_writes_a_png(toy, tmp_path):
 
 
 def test_stream_config_is_validated():
-    from fif.config import ConfigError, load_config
+    from fif.config import load_config
+    from fif.core.typed import ConfigError
 
     with pytest.raises(ConfigError) as e:
         load_config("mini", ["stream.ordering=easy_to_hrd", "stream.reference=orcale", "stream.period_years=0",

@@ -12,9 +12,10 @@ import copy
 import pytest
 import torch
 
-from fif.methods import Batch, TaskInfo, build_method, freeze_all_but, registered_methods
+from fif.core.optim import OptimConfig, build_optimizer
+from fif.data.batch import Batch
+from fif.methods import TaskInfo, build_method, freeze_all_but, registered_methods
 from fif.model.clip import build_clip
-from fif.train import OptimConfig, build_optimizer
 
 METHODS = sorted(registered_methods())
 

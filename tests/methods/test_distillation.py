@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip_stand_in import TinyClip
 from fif.budget import measure_step_cost, meta_clip
-from fif.methods import Batch, TaskInfo, build_method, freeze_all_but
+from fif.data.batch import Batch
+from fif.methods import TaskInfo, build_method, freeze_all_but
 from fif.methods.distillation import distillation_kl, pretraining_rows
 from fif.model.clip import Clip
-
-from clip_stand_in import TinyClip
 
 
 def _tokenize(texts):
@@ -363,7 +363,7 @@ def test_zscl_charges_the_reference_features_once(meta_costs):
 
 @pytest.mark.parametrize("name", ["lwf", "zscl"])
 def test_gradient_accumulation_gives_the_whole_batch_gradient(name):
-    from fif.train import accumulated_backward
+    from fif.train.loop import accumulated_backward
 
     clip = tiny_clip()
     method = build(name, clip, **({"reference_size": 6} if name == "zscl" else {}))

@@ -16,12 +16,13 @@ from safetensors.torch import load, save
 from torch import nn
 
 from fif.budget import mafs_per_step, measure_step_cost, meta_clip
-from fif.methods import Batch, TaskInfo, build_method, freeze_all_but
+from fif.core.optim import OptimConfig, build_optimizer
+from fif.data.batch import Batch
+from fif.methods import TaskInfo, build_method, freeze_all_but
 from fif.methods.peft.attention import LinearMultiheadAttention, linearize_attention, restore_attention
 from fif.methods.peft.galore import GaLoreAdamW, top_singular_vectors
 from fif.methods.peft.inject import adapter_parameters, tuner_layers
 from fif.model.clip import Clip, build_clip
-from fif.train import OptimConfig, build_optimizer
 
 ADAPTERS = ["lora", "dora", "vera"]
 
@@ -366,7 +367,7 @@ def test_run_ships_plain_weights_and_resumes_mid_task_exactly(name, options, tmp
     import shutil
 
     import fif
-    from fif.checkpoint import CHECKPOINT_DIR, list_checkpoints, remove_after
+    from fif.runner.checkpoint import CHECKPOINT_DIR, list_checkpoints, remove_after
 
     events = []
     cfg = fif.load_config("mini", [*RUN, f"method.name={name}", *options])
@@ -380,7 +381,7 @@ def test_run_ships_plain_weights_and_resumes_mid_task_exactly(name, options, tmp
     (tmp_path / "b" / "summary.json").unlink()
     mid = [pos for pos, _ in list_checkpoints(tmp_path / "b" / CHECKPOINT_DIR) if pos.task == 1 and pos.started]
     remove_after(tmp_path / "b" / CHECKPOINT_DIR, mid[0])
-    from fif.runner import resume
+    from fif.runner.stream import resume
 
     resume(tmp_path / "b")
     for file in ("final.safetensors", "summary.json"):

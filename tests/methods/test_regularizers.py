@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clip_stand_in import TinyClip
 from fif.budget import hook_cost_mafs, mafs_per_step, max_steps, measure_step_cost
-from fif.methods import Batch, TaskInfo, build_method, clip_contrastive_loss, freeze_all_but
+from fif.core.optim import OptimConfig, build_optimizer
+from fif.data.batch import Batch
+from fif.methods import TaskInfo, build_method, freeze_all_but
 from fif.methods.regularizers import _QuadraticPenalty, importance_pass, output_norm_objective
 from fif.model.clip import Clip, build_clip
-from fif.train import OptimConfig, build_optimizer
-
-from clip_stand_in import TinyClip
+from fif.model.loss import clip_contrastive_loss
 
 
 def tiny_clip(seed: int = 0, dim: int = 3, logit_scale: float = math.log(10.0)) -> Clip:
@@ -279,7 +280,7 @@ def test_end_task_without_data_keeps_the_importance_and_warns(caplog):
     "options", [{"strength": 0.0}, {"gamma": 1.5}, {"fisher_samples": 0}, {"fisher_batch_size": -1}, {"gamma": -0.1}]
 )
 def test_bad_options_are_rejected(options):
-    from fif.config import ConfigError
+    from fif.core.typed import ConfigError
 
     with pytest.raises((ValueError, ConfigError)):
         build_method("ewc", options, tiny_clip())
@@ -524,7 +525,7 @@ def _task_steps(events: list[dict]) -> list[int]:
 
 def test_ewc_run_charges_its_fisher_pass_and_reads_the_task_data(tmp_path):
     import fif
-    from fif.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
+    from fif.runner.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
 
     events: list[dict] = []
     cfg = fif.load_config("mini", [*RUN, "method.name=ewc", "method.fisher_samples=16", "method.fisher_batch_size=8"])
@@ -541,8 +542,8 @@ def test_si_resumed_mid_task_ends_bit_identical(tmp_path):
     import shutil
 
     import fif
-    from fif.checkpoint import CHECKPOINT_DIR, list_checkpoints
-    from fif.runner import resume
+    from fif.runner.checkpoint import CHECKPOINT_DIR, list_checkpoints
+    from fif.runner.stream import resume
 
     cfg = fif.load_config("mini", [*RUN, "method.name=si", "checkpoint.every_steps=3", "checkpoint.keep_last=20"])
     full = tmp_path / "full"

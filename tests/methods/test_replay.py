@@ -15,12 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clip_stand_in import TinyClip
 from fif.budget import measure_step_cost, meta_clip
-from fif.methods import Batch, TaskInfo, build_method, clip_contrastive_loss, freeze_all_but
+from fif.data.batch import Batch
+from fif.methods import TaskInfo, build_method, freeze_all_but
 from fif.methods.replay import embedding_mse, masked_clip_loss, reservoir_slots, sample_slots
 from fif.model.clip import Clip
-
-from clip_stand_in import TinyClip
+from fif.model.loss import clip_contrastive_loss
 
 
 def tiny_clip(seed: int = 0) -> Clip:
@@ -416,7 +417,7 @@ def test_after_step_does_not_sync_on_cuda(name):
 
 
 def _grads(method, model, batch, parts):
-    from fif.train import accumulated_backward
+    from fif.train.loop import accumulated_backward
 
     model.zero_grad(set_to_none=True)
     if parts == 1:

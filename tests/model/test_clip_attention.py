@@ -54,7 +54,7 @@ def test_custom_blocks_compute_the_default_blocks_function(tmp_path):
 
 def test_config_option_is_validated():
     import fif
-    from fif.config import ConfigError
+    from fif.core.typed import ConfigError
 
     assert fif.load_config("mini", ["model.attention=custom"]).model.attention == "custom"
     with pytest.raises(ConfigError, match="model.attention"):

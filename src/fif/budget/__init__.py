@@ -38,19 +38,9 @@ from fif.budget.mafs import (
     steps_for_task,
     task_budgets,
 )
-from fif.budget.measure import (
-    StepTrace,
-    attention_backward_flops,
-    attention_forward_flops,
-    count_flops,
-    estimate_peak_memory,
-    flop_counting,
-    measure_step_cost,
-    meta_clip,
-    meta_copy,
-    synthetic_batch,
-    trace_step,
-)
+from fif.budget.measure import StepTrace, estimate_peak_memory, measure_step_cost, meta_clip, trace_step
+from fif.core.flops import attention_backward_flops, attention_forward_flops, count_flops, flop_counting, meta_copy
+from fif.data.batch import synthetic_batch
 
 __all__ = [
     "GIB",

@@ -13,7 +13,6 @@ from typing import Any, Mapping, Sequence
 from fif.budget.mafs import REL_TOL, BudgetError, BudgetExceededError, steps_for_task, task_budgets
 
 
-
 @dataclass
 class TaskLedger:
     """One task's line in the ledger: what was planned and what was spent."""

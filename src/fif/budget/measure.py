@@ -14,125 +14,24 @@ FLOP conventions (so that CPU, meta and GPU counts agree exactly):
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from fif.budget.mafs import BudgetError, StepCost
-from fif.methods.base import Batch, UpdateMethod
-from fif.model.clip import Clip
-from fif.train import OptimConfig
+from fif.core.flops import flop_counting, meta_copy
+from fif.core.optim import OptimConfig
+from fif.data.batch import Batch, synthetic_batch
+from fif.methods.base import UpdateMethod
+from fif.model.clip import Clip, build_clip
 
 log = logging.getLogger(__name__)
 
 _EXTRAPOLATION_BATCHES = (2, 3, 4)  # fit points of the small-batch fallback; B = 5 checks the fit
-
-
-
-def _bhsd(shape: Sequence[int]) -> tuple[int, int, int, int]:
-    """(batch, heads, seq, dim) of an attention input; 3-D inputs have one implicit batch."""
-    return tuple(shape) if len(shape) == 4 else (1, *shape)  # type: ignore[return-value]
-
-
-def attention_forward_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """Forward FLOPs of attention: QKᵀ (2·b·h·s_q·s_k·d_qk) + PV (2·b·h·s_q·s_k·d_v)."""
-    b, h, s_q, d_qk = _bhsd(query_shape)
-    s_k, d_v = _bhsd(key_shape)[2], _bhsd(value_shape)[3]
-    return 2 * b * h * s_q * s_k * (d_qk + d_v)
-
-
-def attention_backward_flops(
-    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
-) -> int:
-    """Backward FLOPs of attention: dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q = 2 × forward.
-
-    Fused kernels that recompute P in the backward are charged the same (the math, not the kernel).
-    """
-    return 2 * attention_forward_flops(query_shape, key_shape, value_shape)
-
-
-def _attention_flop_formulas() -> dict[Any, Callable[..., int]]:
-    """FlopCounterMode overrides: fused attention kernels (CPU and CUDA) → the math convention above."""
-    aten = torch.ops.aten
-    forward = ["_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-               "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"]  # fmt: skip
-    formulas: dict[Any, Callable[..., int]] = {}
-    for name in forward:
-        if hasattr(aten, name):
-            formulas[getattr(aten, name)] = attention_forward_flops
-        if hasattr(aten, name + "_backward"):
-            formulas[getattr(aten, name + "_backward")] = attention_backward_flops
-    return formulas
-
-
-@contextlib.contextmanager
-def _meta_attention_as_fused() -> Iterator[None]:
-    """On the meta device, run scaled_dot_product_attention as the CPU flash kernel.
-
-    On meta, SDPA falls back to its math decomposition (bmm + softmax), which saves the s×s attention
-    matrix for backward; CPU and GPU run a fused kernel that does not. Routing keeps the op (FLOPs) and
-    the saved tensors (memory estimate) the same as on CPU. Dropout and grouped-query attention keep
-    the math path, as on CPU. The module attribute is swapped (not a TorchFunctionMode) because
-    ``F.multi_head_attention_forward`` calls SDPA from inside another overridable function, where a mode
-    is not active; non-meta calls go to the original untouched.
-    """
-    original = F.scaled_dot_product_attention
-
-    def routed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        out = _fused_on_meta(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-        if out is None:
-            out = original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                           scale=scale, enable_gqa=enable_gqa)  # fmt: skip
-        return out
-
-    F.scaled_dot_product_attention = routed
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = original
-
-
-def _fused_on_meta(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    if query.device.type != "meta" or dropout_p > 0 or enable_gqa or query.dim() != 4:
-        return None
-    if attn_mask is not None and attn_mask.dtype == torch.bool:  # SDPA's own conversion: False → −inf
-        attn_mask = torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
-            ~attn_mask, float("-inf")
-        )
-    out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        query, key, value, 0.0, is_causal, attn_mask=attn_mask, scale=scale
-    )
-    return out
-
-
-@contextlib.contextmanager
-def flop_counting() -> Iterator[FlopCounterMode]:
-    """A FlopCounterMode with fif's conventions (see the module docstring); yields the counter."""
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        counter = FlopCounterMode(display=False, custom_mapping=_attention_flop_formulas())
-        with _meta_attention_as_fused(), counter:
-            yield counter
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of running ``fn()`` (forward and any backward it runs) with fif's conventions.
-
-    For task hooks: e.g. ``HookCost(flops=count_flops(lambda: fisher_pass(...)))``.
-    """
-    with flop_counting() as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,23 +45,6 @@ class StepTrace:
     flops: int
     forward_flops: int
     activation_bytes: int  # unique storages saved for backward, excluding parameters, buffers and the batch
-
-
-def synthetic_batch(clip: Clip, batch_size: int, device: torch.device | str) -> Batch:
-    """A batch with the shapes of real data: random images of ``clip.image_size`` and tokenized captions.
-
-    The tokens come from the model's own tokenizer, so their length is the model's context length.
-    """
-    device = torch.device(device)
-    size = clip.image_size
-    tokens = clip.tokenize(["a photo of a thing"]).to(device).expand(batch_size, -1).contiguous()
-    if device.type == "meta":
-        images = torch.empty(batch_size, 3, size, size, device=device)
-    else:
-        gen = torch.Generator(device=device).manual_seed(0)
-        images = torch.randn(batch_size, 3, size, size, device=device, generator=gen)
-    source = torch.full((batch_size,), Batch.UPDATE, dtype=torch.int8, device=device)
-    return Batch(images=images, tokens=tokens, source=source)
 
 
 def _storage_key(t: torch.Tensor) -> int:
@@ -220,21 +102,6 @@ def _training_only(model: nn.Module, trainable_ids: set[int]) -> Iterator[None]:
         with torch.no_grad():
             for b, value in buffers:
                 b.copy_(value)
-
-
-def meta_copy(model: nn.Module) -> tuple[nn.Module, dict[int, nn.Parameter]]:
-    """A copy of ``model`` with every parameter and buffer on the meta device (no weights are copied).
-
-    Returns:
-        The copy and a map id(original parameter) → copied parameter.
-    """
-    memo: dict[int, Any] = {}
-    for p in model.parameters():
-        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta")
-    params = {id(p): memo[id(p)] for p in model.parameters()}
-    return copy.deepcopy(model, memo), params
 
 
 def _quadratic_at(points: Mapping[int, int], x: int) -> int:
@@ -417,7 +284,6 @@ def meta_clip(arch: str) -> Clip:
     """A :class:`Clip` of architecture ``arch`` with its weights on the meta device: shapes only, built in
     well under a second even for large models; enough for :func:`measure_step_cost`.
     """
-    from fif.model.clip import build_clip
 
     class _NoWeightsWarning(logging.Filter):  # open_clip warns "No pretrained weights loaded" on the root logger
         def filter(self, record: logging.LogRecord) -> bool:

@@ -20,7 +20,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fif import __version__
+    from fif.core.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="fif",
@@ -39,9 +39,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     Evaluated only when an exception reaches :func:`main`, so commands import torch only if they need it.
     """
-    from fif.config import ConfigError
+    from fif.core.typed import ConfigError
     from fif.model.clip import ModelLoadError
-    from fif.resume import TrainingDivergedError
+    from fif.runner.folder import TrainingDivergedError
 
     return (CliError, ConfigError, OSError, KeyError, ValueError, ModelLoadError, TrainingDivergedError)
 

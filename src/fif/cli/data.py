@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import yaml
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -35,7 +37,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _options(pairs: list[str]) -> dict:
-    import yaml
 
     from fif.cli import CliError
 

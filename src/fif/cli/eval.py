@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from safetensors import safe_open
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -86,7 +88,6 @@ def weights_arch(path: Path) -> str | None:
     """The architecture a fif safetensors file records in its metadata (None if none)."""
     if path.suffix != ".safetensors":
         return None
-    from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
@@ -120,7 +121,7 @@ def print_table(result, note: str, out=None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from fif.evaluate import evaluate_config
+    from fif.runner.evaluate import evaluate_config
 
     cfg, note = resolve(args)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+
+import yaml
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +46,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def parse_pairs(items: list[str], what: str) -> dict:
     """``["k=0.2", "combine=ties"]`` → ``{"k": 0.2, "combine": "ties"}`` (values parsed as YAML scalars)."""
-    import yaml
 
     from fif.cli import CliError
 
@@ -62,8 +64,8 @@ def parse_pairs(items: list[str], what: str) -> dict:
 def checkpoint_paths(args: argparse.Namespace, files: list[str]) -> tuple[list[Path], Path | None]:
     """The checkpoints to merge, oldest first, and the base (``--base``, else a run's zeroshot file)."""
     from fif.cli import CliError
-    from fif.merge import HISTORY_DIR, get_operator, history_paths
-    from fif.merge.temporal import ZEROSHOT_FILE
+    from fif.merge import get_operator
+    from fif.runner.merger import HISTORY_DIR, ZEROSHOT_FILE, history_paths
 
     task_vectors = get_operator(args.operator).task_vectors
     paths, base = [], Path(args.base) if args.base else None
@@ -114,7 +116,6 @@ def merge_weights(spec: str | None, n: int, operator: str) -> list[float] | None
 
 
 def list_operators() -> None:
-    import dataclasses
 
     from fif.merge import OPERATORS
 
@@ -127,12 +128,11 @@ def list_operators() -> None:
 
 def write_merge(args: argparse.Namespace, paths: list[Path], base: Path | None, out: Path) -> dict:
     """Merge and write ``out`` atomically; returns what was done (for printing)."""
-    from fif import __version__
     from fif.cli import CliError
-    from fif.checkpoint import safetensors_bytes
     from fif.cli.eval import weights_arch
+    from fif.core.io import atomic_write_bytes, safetensors_bytes
+    from fif.core.version import __version__
     from fif.merge import merge
-    from fif.results import atomic_write_bytes
 
     options = parse_pairs(args.option, "--option")
     weights = merge_weights(args.weights, len(paths), args.operator)
@@ -163,7 +163,7 @@ def evaluate(args: argparse.Namespace, out: Path, overrides: list[str]):
     """Score the merged file like `fif eval` (config from --run's config.yaml, else --preset)."""
     from fif.cli.eval import weights_arch
     from fif.config import load_config, read_yaml
-    from fif.evaluate import evaluate_config
+    from fif.runner.evaluate import evaluate_config
 
     base = read_yaml(Path(args.run) / "config.yaml") if args.run and (Path(args.run) / "config.yaml").is_file() else None
     flags = [f"model.pretrained={out}"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,12 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import dataclasses
-    import time
 
     from fif.config import load_config
-    from fif.pretrain import PretrainSpec, ensure_base_model
-    from fif.runner import resolve_device
+    from fif.core.device import resolve_device
+    from fif.train.pretrain import PretrainSpec, ensure_base_model
 
     cfg = load_config(args.preset, args.overrides)
     spec = PretrainSpec(arch=args.arch or cfg.model.arch, benchmark=cfg.data.benchmark)

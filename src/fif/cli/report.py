@@ -42,8 +42,8 @@ def print_table(metrics: list[dict]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from fif.cli import CliError
-    from fif.report import write_report
-    from fif.sweep import sweep_run_folders
+    from fif.results.report import write_report
+    from fif.runner.sweep import sweep_run_folders
 
     given, args.runs = args.runs, []
     for run in given:  # a sweep folder stands for its runs that have started
@@ -61,8 +61,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         raise CliError("several runs: say where the report goes with --out DIR")
     if args.tensorboard:
-        from fif.results import read_events
-        from fif.sinks import TensorBoardSink, replay
+        from fif.results.events import read_events
+        from fif.results.sinks import TensorBoardSink, replay
 
         for run in args.runs:
             replay(read_events(Path(run) / "events.jsonl"), TensorBoardSink(Path(run) / "tensorboard"))

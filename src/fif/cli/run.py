@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +45,7 @@ class TablePrinter:
         self.spent = 0.0
 
     def __call__(self, event: dict) -> None:
-        from fif.metrics import stream_point
+        from fif.eval.metrics import stream_point
 
         kind = event["event"]
         if kind == "base_model" and event.get("status") == "checking":
@@ -79,7 +80,6 @@ class TablePrinter:
 
 def interrupted_message(e) -> str:
     """What to tell the user after SIGINT/SIGTERM: where the run stopped and how to continue it."""
-    from pathlib import Path
 
     name = str(e.args[0]) if e.args else "signal"
     if e.out_dir is None or not (Path(e.out_dir) / "config.yaml").is_file():
@@ -97,12 +97,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"{name:16s} {(cls.__doc__ or '').strip().splitlines()[0]}")
         return 0
     from fif.cli import CliError
-    from fif.resume import RunInterrupted
+    from fif.runner.folder import RunInterrupted
 
     if args.resume and (args.preset or args.out or args.overwrite):
         raise CliError("--resume continues RUN with its own config.yaml and folder; drop --preset/--out/--overwrite")
     if args.resume and args.print_config:
-        from fif.resume import resume_config
+        from fif.runner.folder import resume_config
 
         print(dump_yaml(resume_config(args.resume, args.overrides).cfg), end="")
         return 0
@@ -110,8 +110,8 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    from fif.distributed import is_main
-    from fif.runner import resume, run
+    from fif.runner.stream import resume, run
+    from fif.train.distributed import is_main
 
     try:
         if args.resume:

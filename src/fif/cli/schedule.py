@@ -49,7 +49,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from fif.schedules import schedule_summaries
+    from fif.train.schedules import schedule_summaries
 
     summaries = schedule_summaries()
     width = max(map(len, summaries))
@@ -59,7 +59,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def _parse_names(text: str) -> list[str]:
-    from fif.schedules import schedule_names, unknown_schedule_message
+    from fif.train.schedules import schedule_names, unknown_schedule_message
 
     names = schedule_names() if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -71,8 +71,8 @@ def _parse_names(text: str) -> list[str]:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from fif.schedule_plot import plot_schedules
-    from fif.schedules import ScheduleSpec, task_peaks
+    from fif.results.report.schedule import plot_schedules
+    from fif.train.schedules import ScheduleSpec, task_peaks
 
     if args.tasks < 1 or args.steps < 1:
         raise CliError(f"--tasks ({args.tasks}) and --steps ({args.steps}) must be >= 1")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
 from fif.cli import CliError
 
 
@@ -47,20 +49,21 @@ def add_parser(subparsers) -> None:
 
 
 def _model_for(cfg):
-    """(base model, device, precision) when the ordering needs the model, else (None, None, "fp32")."""
+    """(the base model as a concept scorer, precision) when the ordering needs the model, else (None, "fp32")."""
     from fif.data.stream import MODEL_ORDERINGS
 
     if cfg.stream.ordering not in MODEL_ORDERINGS or cfg.stream.reference == "zeroshot":
-        return None, None, "fp32"
-    from fif.runner import load_model, resolve_device
-    from fif.train import resolve_precision
+        return None, "fp32"
+    from fif.config.components import ordering_options
+    from fif.core.device import resolve_device, resolve_precision
+    from fif.eval.concepts import ModelScorer
+    from fif.runner.setup import load_model
 
-    import torch
 
     torch.manual_seed(cfg.run.seed)  # as `fif run` does: a random-init model (model.pretrained=null) is reproducible
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.train.precision, device)
-    return load_model(cfg, device), device, precision
+    return ModelScorer(load_model(cfg, device), device, ordering_options(cfg.stream, cfg.eval.batch_size, precision)), precision
 
 
 def _ordering_label(cfg) -> str:
@@ -71,16 +74,17 @@ def _ordering_label(cfg) -> str:
 
 def run_build(args: argparse.Namespace) -> int:
     from fif.config import load_config
+    from fif.config.components import ordering_options
     from fif.data.registry import benchmark_options, get_benchmark
-    from fif.data.stream import order_concepts, ordering_options, write_stream
     from fif.data.specs import split_concept
+    from fif.data.stream import order_concepts, write_stream
 
     cfg = load_config(args.preset, args.overrides)
     benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
-    clip, device, precision = _model_for(cfg)
+    scorer, precision = _model_for(cfg)
     s = cfg.stream
     concepts = order_concepts(
-        benchmark, s.ordering, cfg.run.seed, s.reverse, s.file, s.datasets, clip, device,
+        benchmark, s.ordering, cfg.run.seed, s.reverse, s.file, s.datasets, scorer,
         ordering_options(s, cfg.eval.batch_size, precision),
     )
     path = write_stream(concepts, args.out)
@@ -99,18 +103,19 @@ def _split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 def run_show(args: argparse.Namespace) -> int:
     from fif.config import load_config
+    from fif.config.components import ordering_options
     from fif.data.registry import benchmark_options, get_benchmark
-    from fif.data.stream import build_tasks, describe_tasks, ordering_options
+    from fif.data.stream import build_tasks, describe_tasks
 
     file, overrides = _split_items(args.items)
     if file is not None:
         overrides = [*overrides, "stream.ordering=file", f"stream.file={file}"]
     cfg = load_config(args.preset, overrides)
     benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
-    clip, device, precision = _model_for(cfg)
+    scorer, precision = _model_for(cfg)
     s = cfg.stream
     tasks = build_tasks(
-        benchmark, s.ordering, s.tasks, cfg.run.seed, s.reverse, s.file, s.datasets, s.reference, clip, device,
+        benchmark, s.ordering, s.tasks, cfg.run.seed, s.reverse, s.file, s.datasets, s.reference, scorer,
         ordering_options(s, cfg.eval.batch_size, precision),
     )
     summaries = describe_tasks(tasks, benchmark)
@@ -120,7 +125,7 @@ def run_show(args: argparse.Namespace) -> int:
     else:
         _print_table(cfg, summaries)
     if args.png:
-        from fif.data.stream_plot import plot_stream
+        from fif.results.report.stream import plot_stream
 
         if not summaries:
             raise CliError("--png: the zeroshot reference point has no tasks to draw")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def print_runs(sweep, out) -> None:
-    from fif.sweep import run_state
+    from fif.runner.sweep import run_state
 
     width = max(4, *(len(r.name) for r in sweep.runs))
     print(f"{'run':{width}s} {'state':8s} overrides")
@@ -54,11 +55,18 @@ def print_runs(sweep, out) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from fif.cli import CliError
-    from fif.distributed import is_main
-    from fif.sweep import SlurmOptions, expand, load_sweep_file, multi_gpu_overrides, parse_grid, read_sweep, write_sweep
+    from fif.runner.sweep import (
+        SlurmOptions,
+        expand,
+        load_sweep_file,
+        multi_gpu_overrides,
+        parse_grid,
+        read_sweep,
+        write_sweep,
+    )
+    from fif.train.distributed import is_main
 
     out = Path(args.out)
     if args.resume and not args.run:
@@ -77,8 +85,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         sweep = read_sweep(out)
     if args.slurm:
-        from fif.results import atomic_write_text
-        from fif.sweep import slurm_script
+        from fif.core.io import atomic_write_text
+        from fif.runner.sweep import slurm_script
 
         if not set(multi_gpu_overrides(opts)) <= set(sweep.overrides):
             raise CliError(f"{out} was expanded for one GPU per run; expand it again with --gpus-per-task into a new --out")
@@ -97,9 +105,9 @@ def main(args: argparse.Namespace) -> int:
 
 def run_here(args: argparse.Namespace, out) -> int:
     from fif.cli.run import TablePrinter, fmt
-    from fif.distributed import is_main
-    from fif.resume import RunInterrupted
-    from fif.sweep import run_sweep
+    from fif.runner.folder import RunInterrupted
+    from fif.runner.sweep import run_sweep
+    from fif.train.distributed import is_main
 
     main_rank = is_main()
 

@@ -13,21 +13,18 @@ own config dataclass (see ``fif.methods``).
 - :mod:`fif.config.validate`: the cross-field checks.
 """
 
-from fif.config.load import (  # noqa: F401
+from fif.config.load import (
     PRESET_DIR,
     apply_overrides,
     dump_yaml,
     field_help,
-    from_dict,
     load_config,
     parse_override,
     preset_dict,
     preset_names,
     read_yaml,
 )
-from fif.config.schema import (  # noqa: F401
-    MERGE_DEPLOYS,
-    MERGE_INITS,
+from fif.config.schema import (
     MERGE_PRESETS,
     OPTIMIZER_IMPLS,
     OPTIMIZERS,
@@ -35,7 +32,6 @@ from fif.config.schema import (  # noqa: F401
     BudgetConfig,
     CheckpointConfig,
     Config,
-    ConfigError,
     DataConfig,
     EvalConfig,
     GuardConfig,
@@ -50,3 +46,5 @@ from fif.config.schema import (  # noqa: F401
     to_dict,
 )
 from fif.config.validate import validate  # noqa: F401
+from fif.core.typed import ConfigError, from_dict
+from fif.merge.temporal import MERGE_DEPLOYS, MERGE_INITS

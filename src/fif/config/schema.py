@@ -14,18 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 
-class ConfigError(ValueError):
-    """One or more problems in a configuration; ``problems`` lists each as ``key: what is wrong``."""
-
-    def __init__(self, problems: list[str], source: str = ""):
-        self.problems, self.source = list(problems), source
-        head = f"invalid configuration{f' ({source})' if source else ''}:"
-        super().__init__("\n  - ".join([head, *self.problems]))
-
-    def __reduce__(self):  # pickles whole (e.g. raised on every rank of a data-parallel run)
-        return type(self), (self.problems, self.source)
-
-
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"help": text})
@@ -113,7 +101,7 @@ class TrainConfig:
     lr: float = _help("Peak learning rate.", 1e-5)
     lr_min_ratio: float = _help("Cosine floor as a fraction of lr (FiF: 0.001).", 0.001)
     warmup_frac: float = _help("Linear warmup as a fraction of each task's steps.", 0.1)
-    schedule: str = _help("Learning-rate schedule (see fif.schedules).", "cosine")
+    schedule: str = _help("Learning-rate schedule (see fif.train.schedules).", "cosine")
     weight_decay: float = _help("AdamW weight decay (gains, biases, logit_scale excluded).", 0.2)
     beta1: float = _help("AdamW beta1.", 0.9)
     beta2: float = _help("AdamW beta2.", 0.999)
@@ -193,9 +181,6 @@ class MethodConfig:
     options: dict = _help("Method options, checked against the method's own config.", factory=dict)
 
 
-# Temporal merging (docs/merging.md "Merging inside runs"). A preset fills the axes the user left unset.
-MERGE_INITS = ("zeroshot", "last", "ema", "all", "online_ema")
-MERGE_DEPLOYS = ("last", "ema", "all", "last_zeroshot", "online_ema")
 MERGE_PRESETS: dict[str, dict[str, Any]] = {
     "none": {"init": "last", "deploy": "last"},
     "zs_merge": {"init": "zeroshot", "deploy": "all"},  # FiF ZS-merge

@@ -20,7 +20,11 @@ from fif.config.schema import (
     StreamConfig,
     TrainConfig,
 )
-from fif.schedules import ANNEAL_SHAPES, schedule_names, unknown_schedule_message
+from fif.data.stream import DIFFICULTY_SPLITS, ORDERINGS, REFERENCES
+from fif.merge.temporal import merge_config_problems
+from fif.methods import method_config_problems
+from fif.train.distributed import FSDP_MESSAGE, MODES
+from fif.train.schedules import ANNEAL_SHAPES, schedule_names, unknown_schedule_message
 
 
 def validate(cfg: Config) -> list[str]:
@@ -126,8 +130,7 @@ def _validate_recipe(t: TrainConfig) -> list[str]:
 
 
 def _validate_distributed(t: TrainConfig) -> list[str]:
-    """Problems with train.distributed (the device and world size are checked at launch, fif.distributed)."""
-    from fif.distributed import FSDP_MESSAGE, MODES
+    """Problems with train.distributed (the device and world size are checked at launch, fif.train.distributed)."""
 
     if t.distributed == "fsdp":
         return [FSDP_MESSAGE]
@@ -143,7 +146,6 @@ def _validate_distributed(t: TrainConfig) -> list[str]:
 
 
 def _validate_stream(s: StreamConfig) -> list[str]:
-    from fif.data.stream import DIFFICULTY_SPLITS, ORDERINGS, REFERENCES
 
     p: list[str] = []
     if s.tasks < 1:
@@ -179,13 +181,11 @@ def _validate_reliability(c: CheckpointConfig, g: GuardConfig) -> list[str]:
 
 
 def _validate_method(cfg: Config) -> list[str]:
-    from fif.methods import method_config_problems
 
     return method_config_problems(cfg.method.name, cfg.method.options)
 
 
 def _validate_merge(m: MergeConfig) -> list[str]:
-    from fif.merge.temporal import merge_config_problems
 
     return merge_config_problems(m)
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from fif.data.registry import Benchmark, MissingSplitError, register_benchmark, unknown_name_message
+from fif.core.names import unknown_name_message
+from fif.data.registry import Benchmark, MissingSplitError, register_benchmark
 from fif.data.sources.fif_layout import classnames_path, read_classnames, read_split, split_path
 from fif.data.specs import DatasetSpec, Kind, Role
 

@@ -19,9 +19,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from fif.data.specs import SplitData
-from fif.data.stream import rng_for
-from fif.methods.base import Batch
+from fif.core.seeding import rng_for
+from fif.data.batch import Batch
+from fif.data.specs import SplitData, concept_id
+from fif.data.stream import ALL_PAIRS
 
 SOURCES = ("pretraining", "update", "buffer")
 SOURCE_CODE = {"pretraining": Batch.PRETRAINING, "update": Batch.UPDATE, "buffer": Batch.BUFFER}
@@ -227,8 +228,6 @@ def concept_labels(pool: Pool, concepts: Sequence[str]) -> np.ndarray:
     A classification sample's concept is ``dataset+++classname`` of its target; every pair of a retrieval
     dataset (target −1) belongs to the dataset's single concept ``dataset+++*``.
     """
-    from fif.data.specs import concept_id
-    from fif.data.stream import ALL_PAIRS
 
     index = {c: i for i, c in enumerate(concepts)}
     out = np.full(len(pool), -1, dtype=np.int64)

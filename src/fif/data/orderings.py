@@ -23,20 +23,68 @@ from __future__ import annotations
 
 import gzip
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
-import torch
 
-from fif.data.registry import Benchmark, unknown_name_message
-from fif.data.specs import DatasetSpec, SplitData, split_concept
-from fif.data.stream import ALL_PAIRS, DIFFICULTY_SPLITS, OrderingOptions, rng_for, seeded_sort
-from fif.model.clip import Clip
+from fif.core.names import unknown_name_message
+from fif.core.seeding import rng_for
+from fif.data.registry import Benchmark
+from fif.data.specs import ALL_PAIRS, SplitData, split_concept
 
 RETRIEVAL_CAPTION_SAMPLES = 1000  # training pairs whose captions stand for a retrieval concept
 _WORD = re.compile(r"[^\W_]+")
 _WALK_CELLS = 1 << 22  # (starts × concepts) entries walked at once: bounds memory for large streams
+
+
+DIFFICULTY_SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class OrderingOptions:
+    """Knobs of the individual orderings (``stream.*`` in the config).
+
+    Attributes:
+        interleave: time: interleave the datasets of one period instead of whole datasets in sequence.
+        period_years: time + interleave: calendar periods of this many years (``year // period_years``).
+        corpus: frequency: a text file (one caption per line, ``.gz`` allowed) or a dataset of the
+            benchmark whose training captions are the corpus; None = the pretraining pool's captions.
+        start: similarity: the concept the walk starts from; None = try every start, keep the shortest.
+        difficulty_split: easy_to_hard: the split the base model's zero-shot accuracy is measured on.
+        difficulty_samples: easy_to_hard: at most this many samples per class (seeded choice).
+        batch_size: encoding batch size for the model-based orderings.
+        precision: autocast precision for the model-based orderings (``fp32``, ``bf16``, ``fp16``).
+    """
+
+    interleave: bool = False
+    period_years: int = 1
+    corpus: str | None = None
+    start: str | None = None
+    difficulty_split: str = "train"
+    difficulty_samples: int = 100
+    batch_size: int = 256
+    precision: str = "fp32"
+
+
+def seeded_sort(concepts: Sequence[str], key: Callable[[str], Any], seed: int, purpose: str) -> list[str]:
+    """Sort ``concepts`` by ``key``; concepts with equal keys come in a seeded random order."""
+    perm = rng_for(seed, "stream-ties", purpose).permutation(len(concepts))
+    return sorted((concepts[i] for i in perm), key=key)
+
+
+
+class ConceptScorer(Protocol):
+    """What the model-based orderings ask of the base model (:class:`fif.eval.concepts.ModelScorer`)."""
+
+    def embeddings(self, concepts: Sequence[str], benchmark: Benchmark, seed: int) -> np.ndarray:
+        """L2-normalised text embedding (N, D) of every concept (``similarity``)."""
+        ...
+
+    def scores(self, concepts: Sequence[str], benchmark: Benchmark, seed: int) -> dict[str, float]:
+        """The zero-shot score (percent) of every concept (``easy_to_hard``)."""
+        ...
 
 
 def order(
@@ -44,25 +92,19 @@ def order(
     concepts: Sequence[str],
     benchmark: Benchmark,
     seed: int,
-    clip: Clip | None,
-    device: torch.device | str | None,
+    scorer: ConceptScorer | None,
     options: OrderingOptions,
 ) -> list[str]:
     """Dispatch: ``frequency``, ``similarity`` or ``easy_to_hard`` (see the module docstring)."""
     if ordering == "frequency":
         counts = concept_frequencies(concepts, benchmark, corpus_documents(benchmark, options.corpus), seed)
         return seeded_sort(concepts, counts.__getitem__, seed, "frequency")
-    if clip is None:
+    if scorer is None:
         raise ValueError(f"stream.ordering={ordering} needs the base model")
-    device = torch.device(device) if device is not None else clip.device
     if ordering == "similarity":
-        emb = concept_embeddings(clip, concepts, benchmark, device, seed, options.batch_size, options.precision)
-        return order_by_similarity(concepts, emb.cpu().numpy(), seed, options.start)
+        return order_by_similarity(concepts, scorer.embeddings(concepts, benchmark, seed), seed, options.start)
     if ordering == "easy_to_hard":
-        scores = zero_shot_scores(
-            clip, concepts, benchmark, device, options.difficulty_split, options.difficulty_samples, seed,
-            options.batch_size, options.precision,
-        )
+        scores = scorer.scores(concepts, benchmark, seed)
         return seeded_sort(concepts, lambda c: -scores[c], seed, "easy_to_hard")
     raise ValueError(unknown_name_message("model-based ordering", ordering, ("frequency", "similarity", "easy_to_hard")))
 
@@ -148,7 +190,7 @@ def concept_frequencies(
         dataset, classname = split_concept(c)
         if classname == ALL_PAIRS:
             data = benchmark.load(dataset, "train")
-            retrieval_words[c] = [(w,) for cap in _sampled_captions(data, seed) for w in words(cap)]
+            retrieval_words[c] = [(w,) for cap in sampled_captions(data, seed) for w in words(cap)]
         else:
             phrases[c] = words(classname)
     wanted = set(phrases.values()) | {w for ws in retrieval_words.values() for w in ws}
@@ -159,7 +201,7 @@ def concept_frequencies(
     return out
 
 
-def _sampled_captions(data: SplitData, seed: int, every_caption: bool = True) -> list[str]:
+def sampled_captions(data: SplitData, seed: int, every_caption: bool = True) -> list[str]:
     """Captions of at most RETRIEVAL_CAPTION_SAMPLES training pairs (a seeded choice, in index order)."""
     n = len(data)
     idx = np.arange(n)
@@ -173,35 +215,6 @@ def _sampled_captions(data: SplitData, seed: int, every_caption: bool = True) ->
 
 # ----------------------------------------------------------------------------------------------
 # Similarity
-
-
-@torch.no_grad()
-def concept_embeddings(
-    clip: Clip,
-    concepts: Sequence[str],
-    benchmark: Benchmark,
-    device: torch.device,
-    seed: int = 0,
-    batch_size: int = 256,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """L2-normalised text embedding (N, D) of every concept: its class prompt (the dataset's primer),
-    or for a retrieval concept the renormalised mean of its sampled training captions."""
-    from fif.evaluate import class_embeddings, encode_texts
-
-    rows: dict[str, torch.Tensor] = {}
-    with _eval_mode(clip):
-        for dataset, members in _by_dataset(concepts).items():
-            spec = benchmark.spec(dataset)
-            if spec.kind == "retrieval":
-                caps = _sampled_captions(benchmark.load(dataset, "train"), seed, every_caption=False)
-                emb = encode_texts(clip, caps, batch_size, device, precision).mean(dim=0, keepdim=True)
-                rows[members[0]] = torch.nn.functional.normalize(emb, dim=-1)[0]
-                continue
-            names = [split_concept(c)[1] for c in members]
-            emb = class_embeddings(clip, names, (spec.primer,), batch_size, device, precision)
-            rows.update(zip(members, emb))
-    return torch.stack([rows[c] for c in concepts]).float()
 
 
 def greedy_walks(distances: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -278,98 +291,14 @@ def path_length(concepts: Sequence[str], embeddings: np.ndarray, ordered: Sequen
 # Easy-to-hard
 
 
-@torch.no_grad()
-def zero_shot_scores(
-    clip: Clip,
-    concepts: Sequence[str],
-    benchmark: Benchmark,
-    device: torch.device,
-    split: str = "train",
-    samples_per_class: int = 100,
-    seed: int = 0,
-    batch_size: int = 256,
-    precision: str = "fp32",
-) -> dict[str, float]:
-    """The base model's zero-shot score (percent) of every concept on ``split``.
-
-    A class: top-1 accuracy over at most ``samples_per_class`` of its samples (seeded choice), the
-    classifier being all classes of its dataset (primer prompt). A retrieval concept: mean of
-    image→text and text→image Recall@5 on FiF's evaluation subset of the split.
-
-    Raises:
-        ValueError: unknown split, ``samples_per_class < 1``, or a class without samples in the split.
-    """
-    if split not in DIFFICULTY_SPLITS:
-        raise ValueError(f"stream.difficulty_split={split!r} is not one of {', '.join(DIFFICULTY_SPLITS)}")
-    if samples_per_class < 1:
-        raise ValueError(f"stream.difficulty_samples must be >= 1, got {samples_per_class}")
-    scores: dict[str, float] = {}
-    with _eval_mode(clip):
-        for dataset, members in _by_dataset(concepts).items():
-            spec, data = benchmark.spec(dataset), benchmark.load(dataset, split)
-            if spec.kind == "retrieval":
-                scores[members[0]] = _retrieval_score(clip, spec, data, device, seed, batch_size, precision)
-            else:
-                names = [split_concept(c)[1] for c in members]
-                accs = _class_accuracies(clip, spec, data, names, device, samples_per_class, seed, batch_size, precision)
-                scores.update(zip(members, accs))
-    return scores
-
-
-def _class_accuracies(
-    clip: Clip, spec: DatasetSpec, data: SplitData, names: list[str], device: torch.device,
-    samples_per_class: int, seed: int, batch_size: int, precision: str,
-) -> list[float]:
-    from fif.evaluate import class_embeddings, encode_images
-
-    class_ids = [spec.classnames.index(n) for n in names]
-    rng = rng_for(seed, "difficulty", spec.name, data.split)
-    chosen = []
-    for name, c in zip(names, class_ids):
-        idx = np.flatnonzero(data.targets == c)
-        if not len(idx):
-            raise ValueError(f"stream.ordering=easy_to_hard: class {name!r} of {spec.name!r} has no {data.split!r} samples")
-        if len(idx) > samples_per_class:
-            idx = np.sort(rng.choice(idx, size=samples_per_class, replace=False))
-        chosen.append(idx)
-    indices = np.concatenate(chosen)
-    class_emb = class_embeddings(clip, spec.classnames, (spec.primer,), batch_size, device, precision)
-    image_emb = encode_images(clip, data, indices, batch_size, device, precision)
-    predicted = (image_emb @ class_emb.t()).argmax(dim=-1).cpu().numpy()
-    correct = predicted == data.targets[indices]
-    bounds = np.cumsum([0] + [len(i) for i in chosen])
-    return [100.0 * float(correct[lo:hi].mean()) for lo, hi in zip(bounds[:-1], bounds[1:])]
-
-
-def _retrieval_score(
-    clip: Clip, spec: DatasetSpec, data: SplitData, device: torch.device, seed: int, batch_size: int, precision: str
-) -> float:
-    from fif.evaluate import evaluate_dataset, stratified_subset, subset_size
-
-    indices = stratified_subset(data.targets, subset_size(len(data), 1), seed)
-    return evaluate_dataset(clip, spec, data, indices, batch_size, device, precision).score
-
-
 # ----------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _by_dataset(concepts: Sequence[str]) -> dict[str, list[str]]:
+def by_dataset(concepts: Sequence[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for c in concepts:
         groups.setdefault(split_concept(c)[0], []).append(c)
     return groups
 
 
-class _eval_mode:
-    """Put the model in eval mode for the block; restore its previous mode afterwards."""
-
-    def __init__(self, clip: Clip):
-        self.model = clip.model
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fif.data.registry import Benchmark, unknown_name_message
+from fif.core.names import unknown_name_message
+from fif.data.registry import Benchmark
 from fif.data.sources import manifest as manifest_source
 from fif.data.sources import wds as wds_source
 from fif.data.specs import DatasetSpec, SplitData

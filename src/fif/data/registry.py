@@ -6,10 +6,10 @@ valid names when one is unknown.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
+from fif.core.names import unknown_name_message
 from fif.data.specs import DatasetSpec, SplitData
 
 
@@ -65,6 +65,13 @@ class Benchmark:
 
 BenchmarkBuilder = Callable[..., Benchmark]
 _BENCHMARKS: dict[str, BenchmarkBuilder] = {}
+# Benchmarks named by a path (a user's YAML file): (is such a path, build from it); set by fif.data.user_benchmark.
+_PATH_LOADERS: list[tuple[Callable[[str], bool], BenchmarkBuilder]] = []
+
+
+def register_path_loader(matches: Callable[[str], bool], load: BenchmarkBuilder) -> None:
+    """Let :func:`get_benchmark` build a benchmark from a name that ``matches`` (e.g. a YAML file's path)."""
+    _PATH_LOADERS.append((matches, load))
 
 
 def register_benchmark(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
@@ -80,7 +87,6 @@ def register_benchmark(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuild
 
 
 def benchmark_names() -> list[str]:
-    _import_builtin()
     return sorted(_BENCHMARKS)
 
 
@@ -93,12 +99,10 @@ def get_benchmark(name: str, **options) -> Benchmark:
     Raises:
         KeyError: for an unknown name, listing the registered ones.
     """
-    _import_builtin()
     if name not in _BENCHMARKS:
-        from fif.data.user_benchmark import is_benchmark_path, load_benchmark_yaml
-
-        if is_benchmark_path(name):
-            return load_benchmark_yaml(name, **options)
+        for matches, load in _PATH_LOADERS:
+            if matches(name):
+                return load(name, **options)
         raise KeyError(unknown_name_message("benchmark", name, _BENCHMARKS) + " (or the path of a benchmark YAML file)")
     return _BENCHMARKS[name](**options)
 
@@ -110,20 +114,3 @@ def benchmark_options(options: dict, root: str | None = None) -> dict:
     if root is not None and "root" not in out:
         out["root"] = root
     return out
-
-
-def unknown_name_message(what: str, name: str, valid: Iterable[str], where: str = "") -> str:
-    """``unknown dataset 'x' in benchmark 'mini'; did you mean 'y'? Valid: a, b, c``."""
-    valid = list(valid)
-    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.5)
-    msg = f"unknown {what} {name!r}" + (f" in {where}" if where else "")
-    if close:
-        msg += f"; did you mean {' or '.join(repr(c) for c in close)}?"
-    shown = ", ".join(valid[:40]) + (", ..." if len(valid) > 40 else "")
-    return msg + f" Valid: {shown}"
-
-
-def _import_builtin() -> None:
-    # Importing the modules runs their @register_benchmark lines.
-    import fif.data.fif_benchmark  # noqa: F401
-    import fif.data.mini  # noqa: F401

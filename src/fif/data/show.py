@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from fif.data.registry import Benchmark, MissingSplitError
+from fif.data.sources.fif_layout import write_split
 from fif.data.specs import DatasetSpec
 
 _ROLE_ORDER = {"pretraining": 0, "eval_only": 1, "adaptation": 2}
@@ -107,10 +108,10 @@ def sample_grid(
     Returns:
         The written path.
     """
-    import matplotlib
+    import matplotlib  # heavy: only the commands that draw pay for it
 
     matplotlib.use("Agg")  # no display needed; the CLI only writes files
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only the commands that draw pay for it
 
     specs = _select(benchmark, datasets)
     rng = np.random.default_rng(seed)
@@ -158,7 +159,6 @@ def materialize(
     Returns:
         The split JSON files written.
     """
-    from fif.data.sources.fif_layout import write_split
 
     out = Path(out_dir)
     written = []

@@ -157,3 +157,6 @@ def split_concept(concept: str) -> tuple[str, str]:
     if not sep or not dataset or not classname:
         raise ValueError(f"concept {concept!r} is not of the form 'DATASET{CONCEPT_SEP}classname'")
     return dataset, classname
+
+
+ALL_PAIRS = "*"  # classname of a retrieval dataset's single concept

@@ -15,55 +15,25 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from fif.data.registry import Benchmark, unknown_name_message
-from fif.data.specs import concept_id, split_concept
-
-if TYPE_CHECKING:  # imported lazily at run time: the model-based orderings pull in torch and open_clip
-    import torch
-
-    from fif.config import StreamConfig
-    from fif.model.clip import Clip
+from fif.core.io import atomic_write_text
+from fif.core.names import unknown_name_message
+from fif.core.seeding import rng_for
+from fif.data import orderings
+from fif.data.orderings import DIFFICULTY_SPLITS, ConceptScorer, OrderingOptions, seeded_sort  # noqa: F401 (re-exported)
+from fif.data.registry import Benchmark
+from fif.data.specs import ALL_PAIRS, concept_id, split_concept  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-ALL_PAIRS = "*"  # classname of a retrieval dataset's single concept
 
 ORDERINGS = ("dataset", "random", "time", "frequency", "similarity", "easy_to_hard", "file")
 MODEL_ORDERINGS = ("similarity", "easy_to_hard")  # orderings that need the base model
 REFERENCES = ("none", "zeroshot", "oracle")
-DIFFICULTY_SPLITS = ("train", "test")
-
-
-@dataclass(frozen=True)
-class OrderingOptions:
-    """Knobs of the individual orderings (``stream.*`` in the config).
-
-    Attributes:
-        interleave: time: interleave the datasets of one period instead of whole datasets in sequence.
-        period_years: time + interleave: calendar periods of this many years (``year // period_years``).
-        corpus: frequency: a text file (one caption per line, ``.gz`` allowed) or a dataset of the
-            benchmark whose training captions are the corpus; None = the pretraining pool's captions.
-        start: similarity: the concept the walk starts from; None = try every start, keep the shortest.
-        difficulty_split: easy_to_hard: the split the base model's zero-shot accuracy is measured on.
-        difficulty_samples: easy_to_hard: at most this many samples per class (seeded choice).
-        batch_size: encoding batch size for the model-based orderings.
-        precision: autocast precision for the model-based orderings (``fp32``, ``bf16``, ``fp16``).
-    """
-
-    interleave: bool = False
-    period_years: int = 1
-    corpus: str | None = None
-    start: str | None = None
-    difficulty_split: str = "train"
-    difficulty_samples: int = 100
-    batch_size: int = 256
-    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -72,15 +42,6 @@ class Task:
 
     index: int
     concepts: tuple[str, ...]
-
-
-def rng_for(seed: int, *purpose: int | str) -> np.random.Generator:
-    """A generator seeded from (run seed, purpose...): strings are hashed stably (crc32), so the same
-    seed and purpose give the same stream in every process and on every machine."""
-    words = [int(seed) & 0xFFFFFFFF]
-    for p in purpose:
-        words.append(zlib.crc32(p.encode()) if isinstance(p, str) else int(p) & 0xFFFFFFFF)
-    return np.random.default_rng(np.random.SeedSequence(words))
 
 
 def benchmark_concepts(benchmark: Benchmark, datasets: Sequence[str] = ()) -> list[str]:
@@ -160,7 +121,6 @@ def read_stream(path: str | Path) -> list[str]:
 
 def write_stream(concepts: Sequence[str], path: str | Path) -> Path:
     """Write a stream as FiF's JSON list (atomically)."""
-    from fif.results import atomic_write_text
 
     return atomic_write_text(Path(path), json.dumps(list(concepts), indent=1))
 
@@ -197,12 +157,6 @@ def order_random(concepts: Sequence[str], seed: int) -> list[str]:
     """A seeded shuffle."""
     perm = rng_for(seed, "stream-order").permutation(len(concepts))
     return [concepts[i] for i in perm]
-
-
-def seeded_sort(concepts: Sequence[str], key: Callable[[str], Any], seed: int, purpose: str) -> list[str]:
-    """Sort ``concepts`` by ``key``; concepts with equal keys come in a seeded random order."""
-    perm = rng_for(seed, "stream-ties", purpose).permutation(len(concepts))
-    return sorted((concepts[i] for i in perm), key=key)
 
 
 def order_by_release(
@@ -254,8 +208,7 @@ def order_concepts(
     reverse: bool = False,
     file: str | None = None,
     datasets: Sequence[str] = (),
-    clip: "Clip | None" = None,
-    device: "torch.device | str | None" = None,
+    scorer: ConceptScorer | None = None,
     options: OrderingOptions = OrderingOptions(),
 ) -> list[str]:
     """The ordered concepts of a stream (before chunking).
@@ -267,7 +220,8 @@ def order_concepts(
         reverse: flip the finished order.
         file: the stream JSON for ``ordering="file"``.
         datasets: restrict to these adaptation datasets (empty = all).
-        clip, device: the base model, for ``similarity`` and ``easy_to_hard``.
+        scorer: the base model's view of the concepts (:class:`fif.eval.concepts.ModelScorer`), for
+            ``similarity`` and ``easy_to_hard``.
         options: the individual orderings' knobs.
 
     Raises:
@@ -275,8 +229,8 @@ def order_concepts(
     """
     if ordering not in ORDERINGS:
         raise ValueError(unknown_name_message("stream.ordering", ordering, ORDERINGS))
-    if ordering in MODEL_ORDERINGS and clip is None:
-        raise ValueError(f"stream.ordering={ordering} needs the base model (pass clip=...)")
+    if ordering in MODEL_ORDERINGS and scorer is None:
+        raise ValueError(f"stream.ordering={ordering} needs the base model (pass scorer=...)")
     if ordering == "file":
         if not file:
             raise ValueError("stream.ordering=file needs stream.file=/path/to/stream.json")
@@ -289,9 +243,7 @@ def order_concepts(
     elif ordering == "time":
         concepts = order_by_release(concepts, benchmark, seed, options.interleave, options.period_years)
     elif ordering in ("frequency", "similarity", "easy_to_hard"):
-        from fif.data import orderings
-
-        concepts = orderings.order(ordering, concepts, benchmark, seed, clip, device, options)
+        concepts = orderings.order(ordering, concepts, benchmark, seed, scorer, options)
     return concepts[::-1] if reverse else list(concepts)
 
 
@@ -304,8 +256,7 @@ def build_tasks(
     file: str | None = None,
     datasets: Sequence[str] = (),
     reference: str = "none",
-    clip: "Clip | None" = None,
-    device: "torch.device | str | None" = None,
+    scorer: ConceptScorer | None = None,
     options: OrderingOptions = OrderingOptions(),
 ) -> list[Task]:
     """The tasks of a run: order the benchmark's concepts (:func:`order_concepts`), then chunk them.
@@ -321,21 +272,12 @@ def build_tasks(
         raise ValueError(unknown_name_message("stream.reference", reference, REFERENCES))
     if reference == "zeroshot":
         return []
-    concepts = order_concepts(benchmark, ordering, seed, reverse, file, datasets, clip, device, options)
+    concepts = order_concepts(benchmark, ordering, seed, reverse, file, datasets, scorer, options)
     if reference == "oracle":
         return [Task(0, tuple(concepts))]
     if ordering == "dataset":
         return chunk_by_dataset(concepts)
     return chunk(concepts, num_tasks)
-
-
-def ordering_options(stream: "StreamConfig", batch_size: int = 256, precision: str = "fp32") -> OrderingOptions:
-    """The :class:`OrderingOptions` of a config's ``stream`` section."""
-    return OrderingOptions(
-        interleave=stream.interleave, period_years=stream.period_years, corpus=stream.corpus, start=stream.start,
-        difficulty_split=stream.difficulty_split, difficulty_samples=stream.difficulty_samples,
-        batch_size=batch_size, precision=precision,
-    )
 
 
 @dataclass(frozen=True)

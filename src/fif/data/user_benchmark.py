@@ -32,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fif.data.registry import Benchmark, unknown_name_message
+import yaml
+
+from fif.core.names import unknown_name_message
+from fif.data.registry import Benchmark, register_path_loader
 from fif.data.sources import folder as folder_source
 from fif.data.sources import manifest as manifest_source
 from fif.data.sources import wds as wds_source
@@ -115,7 +118,6 @@ def load_benchmark_yaml(path: str | Path, root: str | Path | None = None, datase
         SourceError: every problem of the file at once (unknown keys with the closest valid ones, bad
             values, missing class-name files), naming the dataset and key.
     """
-    import yaml
 
     if unknown:
         raise ValueError(unknown_name_message("option of a YAML benchmark (data.options)", sorted(unknown)[0],
@@ -324,3 +326,6 @@ def load_entry(entry: Entry, spec: DatasetSpec, split: str, index_dir: str | Pat
 def is_benchmark_path(name: str) -> bool:
     """Whether ``data.benchmark`` names a YAML file rather than a registered benchmark."""
     return name.lower().endswith((".yaml", ".yml")) or Path(name).expanduser().is_file()
+
+
+register_path_loader(is_benchmark_path, load_benchmark_yaml)

@@ -10,7 +10,7 @@ Pure functions (no I/O beyond reading the inputs you name, no globals, seeded ra
 * LiNeS (``fif.merge.depth``): :func:`block_depths`, :func:`lines_scales`, :func:`apply_lines`, and the
   ``lines=`` option of every task-vector operator;
 * over time (``fif.merge.temporal``): :func:`history_weights`, :func:`ema_update_`, :func:`running_merge`,
-  and :class:`TemporalMerger`, the runner's component for the ``merge`` config section (init/deploy axes);
+  the merge config's axes and their checks (the runner's :class:`fif.runner.merger.TemporalMerger` runs them);
 * inputs (``fif.merge.sources``): :class:`StateSource`, :class:`DictSource`, :class:`SafetensorsSource`.
 
 See docs/merging.md for the operator reference and memory figures.
@@ -41,12 +41,10 @@ from fif.merge.sources import (
     check_compatible,
 )
 from fif.merge.temporal import (
-    HISTORY_DIR,
     HISTORY_SCHEMES,
-    TemporalMerger,
+    MERGE_DEPLOYS,
+    MERGE_INITS,
     ema_update_,
-    history_file,
-    history_paths,
     history_weights,
     merge_config_problems,
     running_merge,
@@ -54,7 +52,6 @@ from fif.merge.temporal import (
 
 __all__ = [
     "OPERATORS",
-    "HISTORY_DIR",
     "HISTORY_SCHEMES",
     "BreadcrumbsOptions",
     "DareOptions",
@@ -69,7 +66,6 @@ __all__ = [
     "SlerpOptions",
     "StateSource",
     "TaskArithmeticOptions",
-    "TemporalMerger",
     "TensorSpec",
     "TiesOptions",
     "apply_lines",
@@ -79,8 +75,6 @@ __all__ = [
     "check_compatible",
     "ema_update_",
     "get_operator",
-    "history_file",
-    "history_paths",
     "history_weights",
     "iter_merge",
     "lines_scale",

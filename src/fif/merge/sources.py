@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol, Union, runtime_checkable
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 
@@ -103,7 +104,6 @@ class SafetensorsSource:
     """
 
     def __init__(self, path: str | os.PathLike, name: str | None = None):
-        from safetensors import safe_open
 
         self.path = Path(path)
         self.name = name or str(self.path)
@@ -130,7 +130,6 @@ class SafetensorsSource:
         return self._specs[key]
 
     def get(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
 
         with safe_open(str(self.path), framework="pt") as f:
             return f.get_tensor(key)

@@ -18,48 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fif.distributed import global_batch_features
+from fif.core.typed import ConfigError, from_dict
+from fif.data.batch import Batch
 from fif.model.clip import Clip
-
-
-@dataclass
-class Batch:
-    """One mixed training batch, already on the device.
-
-    Attributes:
-        images: normalised images (B, 3, S, S).
-        tokens: token ids (B, context_length).
-        source: (B,) int8 — 0 pretraining pool, 1 current task, 2 buffer of past tasks.
-        labels: (B,) int64 class of each sample as an index into ``TaskInfo.concepts`` (−1: none), set
-            only in passes over a task's own data (``TaskInfo.batches``, e.g. GDumb's class-balanced
-            memory); None in training batches.
-    """
-
-    images: torch.Tensor
-    tokens: torch.Tensor
-    source: torch.Tensor
-    labels: torch.Tensor | None = None
-
-    PRETRAINING: ClassVar[int] = 0
-    UPDATE: ClassVar[int] = 1
-    BUFFER: ClassVar[int] = 2
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def split(self, parts: int) -> list["Batch"]:
-        """Micro-batches for gradient accumulation."""
-        size = -(-len(self) // parts)
-        return [
-            Batch(
-                self.images[i : i + size], self.tokens[i : i + size], self.source[i : i + size],
-                None if self.labels is None else self.labels[i : i + size],
-            )
-            for i in range(0, len(self), size)
-        ]
+from fif.model.loss import clip_contrastive_loss, clip_features
 
 
 @dataclass
@@ -100,35 +64,6 @@ class HookCost:
 
     flops: float = 0.0
     peak_memory_bytes: float = 0.0
-
-
-def clip_features(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(image features, text features, logit scale) from an open_clip model with output_dict=True."""
-    out = model(batch.images, batch.tokens)
-    return out["image_features"], out["text_features"], out["logit_scale"]
-
-
-def clip_contrastive_loss(
-    image_features: torch.Tensor,
-    text_features: torch.Tensor,
-    logit_scale: torch.Tensor,
-    label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """Symmetric InfoNCE of CLIP (Radford et al. 2021, eq. in Fig. 3).
-
-    logits = exp(s)·I·Tᵀ with s the learned log-temperature (open_clip returns exp(s) already);
-    loss = ½ [CE(logits, i) + CE(logitsᵀ, i)] with the matching pair on the diagonal.
-
-    In a data-parallel training step the features of this rank's rows are gathered from every rank first
-    (:func:`fif.distributed.global_batch_features`): the loss is that of the whole global batch.
-    """
-    image_features, text_features = global_batch_features(image_features, text_features)  # as is in one process
-    logits = logit_scale * image_features @ text_features.t()
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (
-        F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        + F.cross_entropy(logits.t(), labels, label_smoothing=label_smoothing)
-    )
 
 
 @dataclass
@@ -206,8 +141,8 @@ class UpdateMethod:
     ) -> torch.optim.Optimizer | None:
         """The method's own optimizer for ``named_params`` (e.g. GaLore's projected AdamW).
 
-        ``optim_cfg`` is a :class:`fif.train.OptimConfig`. Default None: the runner's
-        :func:`fif.train.build_optimizer` (AdamW).
+        ``optim_cfg`` is a :class:`fif.train.loop.OptimConfig`. Default None: the runner's
+        :func:`fif.train.loop.build_optimizer` (AdamW).
         """
         return None
 
@@ -264,7 +199,6 @@ def method_class(name: str) -> type[UpdateMethod]:
 
 def method_config_problems(name: str, options: dict) -> list[str]:
     """Problems with ``method.name`` and its options (empty if valid)."""
-    from fif.config import from_dict
 
     if name not in _METHODS:
         try:
@@ -281,7 +215,6 @@ def method_config_problems(name: str, options: dict) -> list[str]:
 
 def build_method(name: str, options: dict, clip: Clip, label_smoothing: float = 0.0) -> UpdateMethod:
     """Construct method ``name`` with validated ``options`` for ``clip``."""
-    from fif.config import ConfigError, from_dict
 
     cls = method_class(name)
     problems: list[str] = []

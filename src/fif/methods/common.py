@@ -7,7 +7,6 @@ from typing import Collection
 
 import torch
 
-
 # ----------------------------------------------------------------------------------------------
 # Option checks (a method's Config.__post_init__); the messages name the key as ``method.<name>``
 
@@ -36,15 +35,6 @@ def check_choice(name: str, value: str, choices: Collection[str]) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Devices
-
-
-def seeded_generator(device: torch.device, seed: int, *purpose: int | str) -> torch.Generator | None:
-    """A generator on ``device`` seeded from (run seed, purpose...); None on the meta device."""
-    if device.type == "meta":
-        return None
-    from fif.data.stream import rng_for
-
-    return torch.Generator(device=device).manual_seed(int(rng_for(seed, *purpose).integers(2**62)))
 
 
 def stand_in(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -33,18 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fif.methods.base import (
-    Batch,
-    HookCost,
-    LossOutput,
-    TaskInfo,
-    UpdateMethod,
-    clip_contrastive_loss,
-    clip_features,
-    register_method,
-)
-from fif.methods.common import check_choice, check_positive, seeded_generator, stand_in
+from fif.core.flops import count_flops, meta_copy
+from fif.core.seeding import seeded_generator
+from fif.data.batch import Batch
+from fif.methods.base import HookCost, LossOutput, TaskInfo, UpdateMethod, register_method
+from fif.methods.common import check_choice, check_positive, stand_in
 from fif.model.clip import Clip
+from fif.model.loss import clip_contrastive_loss, clip_features
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +109,6 @@ class FrozenTeacher:
     def on(self, device: torch.device) -> nn.Module:
         if device.type == "meta" and self.device.type != "meta":
             if self._meta is None:
-                from fif.budget.measure import meta_copy  # budget imports methods: import here
 
                 self._meta = meta_copy(self.module)[0].eval()
             return self._meta
@@ -386,7 +380,6 @@ class Zscl(UpdateMethod):
         if self.config.reference != "pool" or task.index > 0:
             return HookCost()
         if self._reference_cost is None:
-            from fif.budget.measure import count_flops
 
             teacher = self.teacher.on(torch.device("meta"))
             tokens = torch.zeros(self.config.reference_size, self._context_length, dtype=torch.long, device="meta")

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from fif.core.names import unknown_name_message
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -35,7 +37,7 @@ def register_fif_models() -> None:
     """
     global _registered
     if not _registered:
-        import open_clip
+        import open_clip  # heavy: every fif command would pay for it at start
 
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
@@ -99,10 +101,9 @@ def build_clip(
         ModelLoadError: unknown architecture, missing file, or weights that cannot be downloaded.
     """
     register_fif_models()
-    import open_clip
+    import open_clip  # heavy: every fif command would pay for it at start
 
     if not arch.startswith(("hf-hub:", "local-dir:")) and arch not in open_clip.list_models():
-        from fif.data.registry import unknown_name_message
 
         raise ModelLoadError(unknown_name_message("model architecture (model.arch)", arch, open_clip.list_models()))
     if pretrained:
@@ -172,7 +173,7 @@ def attention_overrides(arch: str, attention: str) -> dict[str, dict]:
         raise ModelLoadError(f"model.attention={attention!r}: choose one of {', '.join(ATTENTION_CHOICES)}")
     if attention == "default":
         return {}
-    import open_clip
+    import open_clip  # heavy: every fif command would pay for it at start
 
     cfg = None if arch.startswith(("hf-hub:", "local-dir:")) else open_clip.get_model_config(arch)
     if cfg is None:

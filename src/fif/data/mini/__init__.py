@@ -10,12 +10,14 @@ disjoint handwritten glyphs). Generation runs at several thousand images per sec
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
+from fif.core.names import unknown_name_message
 from fif.data.mini import render
 from fif.data.mini.world import DEFAULT_LETTERS, POOL_NAME, CaptionMix, Draw, MiniDataset, Studio, catalogue
 from fif.data.registry import Benchmark, MissingSplitError, register_benchmark
@@ -150,7 +152,6 @@ def build_mini(
     valid = [f.name for f in fields(MiniSizes)]
     unknown = sorted(set(sizes) - set(valid))
     if unknown:
-        from fif.data.registry import unknown_name_message
 
         raise ValueError(unknown_name_message("mini benchmark option (data.options)", unknown[0],
                                               ["image_size", "seed", "letters", "full_captions", "pair_captions", "shape_captions", "single_captions", "studio_shape", "studio_position", "studio_size", *valid]))
@@ -192,7 +193,6 @@ def world_fingerprint(**options) -> str:
     It draws a small pool sample (256 images, same seed, size and caption options) and hashes its pixels
     and captions, so any change to rendering or captions changes it. Cached base models are keyed by it.
     """
-    import hashlib
 
     options = {k: v for k, v in options.items() if k not in {f.name for f in fields(MiniSizes)}}
     bench = build_mini(**options, pool_size=256)

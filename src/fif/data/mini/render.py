@@ -18,6 +18,7 @@ import math
 from typing import Callable
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 F32 = np.float32
 SDF = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -309,7 +310,7 @@ def draw_shapes(
 @functools.lru_cache(maxsize=1)
 def digit_glyphs() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 handwritten 8x8 digits as float32 (G, 8, 8) in [0, 1], and labels (G,)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # heavy: only building the mini digits pays for it
 
     d = load_digits()
     return (d.images / 16.0).astype(F32), d.target.astype(np.int64)
@@ -327,7 +328,6 @@ def letter_glyphs(letters: str, size: int = 28) -> np.ndarray:
         float32 (2 * len(letters), size, size) in [0, 1]: ``[2 * i]`` regular, ``[2 * i + 1]`` bold,
         each centred on its bounding box.
     """
-    from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=int(size * 0.85))
     out = np.zeros((2 * len(letters), size, size), dtype=F32)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from fif.data.sources.fif_layout import random_resized_crop, resize_center_crop
 from fif.data.specs import DatasetSpec
@@ -109,7 +110,6 @@ def decode_image(data: str | Path | bytes, where: str) -> torch.Tensor:
     Raises:
         SourceError: the file is missing or is not a decodable image.
     """
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:

@@ -23,6 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from fif.data.specs import DatasetSpec, SplitData
 
@@ -81,7 +84,6 @@ def write_split(split: SplitData, root: str | Path, image_size: int | None = Non
     Returns:
         The path of the split's JSON file.
     """
-    from PIL import Image
 
     root = Path(root)
     spec = split.spec
@@ -229,7 +231,6 @@ class FifLayoutSplit:
         return out.clamp_(0.0, 1.0)
 
     def _decode(self, index: int) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
 
         path = self.root / self.paths[index]
         try:
@@ -305,8 +306,6 @@ def random_resized_crop(img: torch.Tensor, size: int, generator: torch.Generator
     Returns:
         float (3, size, size).
     """
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
 
     _, h, w = img.shape
     area = h * w
@@ -328,8 +327,6 @@ def random_resized_crop(img: torch.Tensor, size: int, generator: torch.Generator
 
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` (bicubic), then crop the centre square."""
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
 
     img = TF.resize(img, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
     return TF.center_crop(img, [size, size])

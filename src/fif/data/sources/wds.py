@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from fif.data.sources.common import SourceError, decode_image, transform
 from fif.data.specs import DatasetSpec, SplitData
@@ -389,7 +390,6 @@ def write_shards(split: SplitData, folder: str | Path, samples_per_shard: int = 
     Returns:
         The shard paths, in order.
     """
-    from PIL import Image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from fif.model.clip import Clip
 
 def lora_config(options: LoraOptions, dora: bool):
     """peft's LoraConfig for ``options`` (target modules are filled in at injection)."""
-    import peft
+    import peft  # optional extra: pip install 'fif[peft]'
 
     return peft.LoraConfig(
         r=options.rank, lora_alpha=options.scale * options.rank, lora_dropout=options.dropout,
@@ -42,7 +42,7 @@ def vera_config(options: VeraOptions):
     generator seeded with ``projection_seed``, so they are the same on every device and are rebuilt on
     resume; the checkpoint holds the trained scaling vectors b and d.
     """
-    import peft
+    import peft  # optional extra: pip install 'fif[peft]'
 
     with warnings.catch_warnings():  # peft warns about save_projection=False; it is deliberate (see above)
         warnings.simplefilter("ignore", UserWarning)

@@ -228,8 +228,8 @@ LINEAR_ATTENTION_TYPES = (LinearMultiheadAttention, LinearCustomAttention, Linea
 
 def _converter(module: nn.Module):
     """The fif class that replaces ``module``, or None if it is not an attention fif converts."""
-    from open_clip.modified_resnet import AttentionPool2d
-    from open_clip.transformer import Attention
+    from open_clip.modified_resnet import AttentionPool2d  # heavy: every fif command would pay for it at start
+    from open_clip.transformer import Attention  # heavy: every fif command would pay for it at start
 
     if isinstance(module, nn.MultiheadAttention):
         return LinearMultiheadAttention if LinearMultiheadAttention.supports(module) else None

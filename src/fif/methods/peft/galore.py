@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from fif.core.optim import no_weight_decay
 from fif.methods.base import UpdateMethod, register_method
 from fif.methods.peft.config import GaloreOptions
 from fif.methods.peft.inject import layer_kind, layer_tower
@@ -145,12 +146,11 @@ class Galore(UpdateMethod):
     def build_optimizer(self, named_params: list[tuple[str, nn.Parameter]], lr: float, optim_cfg: Any) -> GaLoreAdamW:
         """GaLoreAdamW: projected AdamW for the target weights, torch's AdamW arithmetic for the rest.
 
-        Weight decay follows fif's rule (:func:`fif.train.no_weight_decay`: matrices only).
+        Weight decay follows fif's rule (:func:`fif.train.loop.no_weight_decay`: matrices only).
 
         Raises:
             ValueError: ``train.optimizer`` is not adamw.
         """
-        from fif.train import no_weight_decay
 
         if optim_cfg.name != "adamw":
             raise ValueError(

@@ -62,7 +62,7 @@ def target_layers(model: nn.Module, targets: list[str], towers: list[str]) -> li
 
 def tuner_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, peft tuner layer) pairs in ``model``."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer  # optional extra: pip install 'fif[peft]'
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 
@@ -105,10 +105,10 @@ def inject_adapters(model: nn.Module, peft_config, targets: list[str], towers: l
 
 
 def _inject(model: nn.Module, peft_config) -> None:
-    import peft
+    import peft  # optional extra: pip install 'fif[peft]'
 
     if isinstance(peft_config, peft.VeraConfig):
-        from peft.tuners.vera import VeraModel
+        from peft.tuners.vera import VeraModel  # optional extra: pip install 'fif[peft]'
 
         VeraModel(model, peft_config, ADAPTER)  # injects into ``model``; the wrapper is not kept
     else:
@@ -116,9 +116,9 @@ def _inject(model: nn.Module, peft_config) -> None:
 
 
 def _check_existing(existing: list[tuple[str, nn.Module]], peft_config) -> None:
-    import peft
-    from peft.tuners.lora import LoraLayer
-    from peft.tuners.vera import VeraLayer
+    import peft  # optional extra: pip install 'fif[peft]'
+    from peft.tuners.lora import LoraLayer  # optional extra: pip install 'fif[peft]'
+    from peft.tuners.vera import VeraLayer  # optional extra: pip install 'fif[peft]'
 
     name, layer = existing[0]
     want_vera = isinstance(peft_config, peft.VeraConfig)
@@ -165,8 +165,8 @@ def merge_and_reset_(model: nn.Module, seed: int, d_initial: float = 0.1) -> Non
     generator seeded with ``seed`` (the same on every device), B = 0, and DoRA's magnitude becomes the
     merged weight's row norms; VeRA: b = 0, d = ``d_initial``.
     """
-    from peft.tuners.lora import LoraLayer
-    from peft.tuners.vera import VeraLayer
+    from peft.tuners.lora import LoraLayer  # optional extra: pip install 'fif[peft]'
+    from peft.tuners.vera import VeraLayer  # optional extra: pip install 'fif[peft]'
 
     generator = torch.Generator().manual_seed(seed)
     for _, layer in tuner_layers(model):

@@ -11,15 +11,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from fif.methods.base import (
-    Batch,
-    HookCost,
-    LossOutput,
-    TaskInfo,
-    clip_contrastive_loss,
-    clip_features,
-)
+from fif.core.flops import count_flops, meta_copy
+from fif.data.batch import Batch, synthetic_batch
+from fif.methods.base import HookCost, LossOutput, TaskInfo
 from fif.model.clip import Clip
+from fif.model.loss import clip_contrastive_loss, clip_features
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +217,6 @@ class PassCost:
     def batch_flops(self, batch_size: int) -> int:
         """Forward + backward FLOPs of one pass batch of ``batch_size`` samples."""
         if batch_size not in self._flops:
-            from fif.budget import count_flops, meta_copy, synthetic_batch
 
             model, copies = meta_copy(self._clip.model)
             model.eval()

@@ -9,25 +9,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fif.methods.base import (
-    Batch,
-    HookCost,
-    LossOutput,
-    TaskInfo,
-    UpdateMethod,
-    register_method,
-)
+from fif.data.batch import Batch
+from fif.methods.base import HookCost, LossOutput, TaskInfo, UpdateMethod, register_method
 from fif.methods.common import check_positive
 from fif.methods.regularizers.importance import (
     Anchor,
+    PassCost,
     _check_gamma,
+    _loss_with_penalty,
+    _tensors_like,
     clip_objective,
     importance_pass,
-    _loss_with_penalty,
     output_norm_objective,
     pass_samples,
-    PassCost,
-    _tensors_like,
 )
 from fif.model.clip import Clip
 

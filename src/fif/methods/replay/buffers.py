@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fif.methods.base import Batch, clip_features
-from fif.methods.common import check_choice, check_non_negative, check_positive, seeded_generator, stand_in
+from fif.core.seeding import seeded_generator
+from fif.data.batch import Batch
+from fif.methods.common import check_choice, check_non_negative, check_positive, stand_in
 from fif.model.clip import Clip
+from fif.model.loss import clip_features
 
 IMAGE_DTYPES = {"uint8": torch.uint8, "float16": torch.float16}
 _MASKED = -1e9  # logit of a left-out column: exp underflows to exactly 0

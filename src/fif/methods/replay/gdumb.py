@@ -11,18 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fif.methods.base import (
-    Batch,
-    LossOutput,
-    TaskInfo,
-    UpdateMethod,
-    clip_contrastive_loss,
-    clip_features,
-    register_method,
-)
-from fif.methods.common import check_choice, check_positive, seeded_generator, stand_in
+from fif.core.seeding import rng_for, seeded_generator
+from fif.data.batch import Batch
+from fif.methods.base import LossOutput, TaskInfo, UpdateMethod, register_method
+from fif.methods.common import check_choice, check_positive, stand_in
 from fif.methods.replay.buffers import IMAGE_DTYPES, ImageCodec, dtype_field, load_rows
 from fif.model.clip import Clip
+from fif.model.loss import clip_contrastive_loss, clip_features
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +143,6 @@ class Gdumb(UpdateMethod):
 
     def begin_task(self, task: TaskInfo) -> None:
         """Greedily add the task's samples to the memory; restart from θ0 (see :meth:`training_weights`)."""
-        from fif.data.stream import rng_for
 
         self.generator = seeded_generator(self.memory.device, task.seed, "gdumb", task.index)
         self._restart = True

@@ -9,15 +9,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fif.methods.base import (
-    Batch,
-    LossOutput,
-    TaskInfo,
-    UpdateMethod,
-    clip_contrastive_loss,
-    clip_features,
-    register_method,
-)
+from fif.data.batch import Batch
+from fif.methods.base import LossOutput, TaskInfo, UpdateMethod, register_method
 from fif.methods.common import check_choice, check_positive
 from fif.methods.replay.buffers import (
     ReplayCore,
@@ -29,7 +22,7 @@ from fif.methods.replay.buffers import (
     size_field,
 )
 from fif.model.clip import Clip
-
+from fif.model.loss import clip_contrastive_loss, clip_features
 
 # ----------------------------------------------------------------------------------------------
 # ER

@@ -1,0 +1,212 @@
+"""Run setup: everything a run builds once, before its first task.
+
+:func:`setup` reads a validated :class:`Config` and returns a :class:`RunContext` (benchmark, base model,
+method, tasks, budget ledger, evaluator, temporal merger, event log); :func:`prepare_out_dir` creates and
+locks the run folder. The stream loop that uses them: :mod:`fif.runner.stream`; each task's work:
+:mod:`fif.runner.task`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fif.budget import Ledger, StepCost, mafs_per_step, measure_step_cost, run_budget_mafs
+from fif.budget.mafs import steps_for_task
+from fif.config import Config
+from fif.config.components import ordering_options
+from fif.core.device import resolve_device, resolve_precision
+from fif.core.version import __version__
+from fif.data.mixture import Pool
+from fif.data.pool import load_pool
+from fif.data.registry import Benchmark, benchmark_options, get_benchmark
+from fif.data.stream import Task, build_tasks
+from fif.eval.concepts import ModelScorer
+from fif.eval.zeroshot import Evaluator
+from fif.methods import UpdateMethod, build_method, freeze_all_but
+from fif.methods.finetune import Finetune
+from fif.model.clip import Clip, build_clip
+from fif.results.events import EventLog
+from fif.runner.folder import RunLock, StopSignals
+from fif.runner.merger import HISTORY_DIR, TemporalMerger
+from fif.runner.state import GuardState
+from fif.train.loop import batchnorm_accumulation_warning, enable_grad_checkpointing
+from fif.train.pretrain import PretrainSpec, ensure_base_model
+
+log = logging.getLogger(__name__)
+
+MINI_BASE = "mini-base"  # model.pretrained value: build (or reuse) the cached mini base model
+
+
+class RunFolderError(FileExistsError):
+    """The run folder exists and neither overwrite nor resume was asked for."""
+
+
+@dataclass
+class RunContext:
+    """Everything built once per run, before the first task."""
+
+    cfg: Config
+    out_dir: Path
+    device: torch.device
+    precision: str
+    benchmark: Benchmark
+    clip: Clip
+    method: UpdateMethod
+    tasks: list[Task]
+    evaluator: Evaluator
+    events: EventLog
+    ledger: Ledger
+    step_cost: StepCost
+    reference_cost: StepCost
+    pretraining_pool: Pool | None
+    buffer_segments: list = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None  # the last task's (train.optimizer_reset=false carries it)
+    guard: GuardState = field(default_factory=GuardState)
+    stop: StopSignals | None = None
+    on_event: Callable[[dict], None] | None = None
+    progress: bool = False
+    merger: TemporalMerger | None = None  # the merge section's init/deploy axes (set by setup)
+    dist: Any = None  # fif.train.distributed.Ranks on each rank of a data-parallel run (fif.runner.distributed); None: one process
+
+    def emit(self, event: dict) -> None:
+        event = {"event": event.pop("event"), "time": round(time.time(), 3), **event}
+        self.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def default_out_dir(cfg: Config, root: str | Path = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    bench = Path(cfg.data.benchmark).stem if cfg.data.benchmark.endswith((".yaml", ".yml")) else cfg.data.benchmark
+    merge = cfg.merge.preset if cfg.merge.preset not in (None, "none") else None
+    return Path(root) / "-".join(filter(None, [stamp, bench, cfg.method.name, merge]))
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> RunLock:
+    """Create and lock the run folder; refuse an existing non-empty one unless ``overwrite``.
+
+    Returns:
+        The held lock (release it when the run ends).
+
+    Raises:
+        RunFolderInUseError: another fif process works in the folder.
+        RunFolderError: the folder holds something and ``overwrite`` is False, or is not a fif run folder.
+    """
+    existed, had_lock = out_dir.exists(), (out_dir / RunLock.NAME).exists()
+    lock = RunLock(out_dir).acquire()
+    try:
+        entries = [p for p in out_dir.iterdir() if p.name != RunLock.NAME]
+        if entries:
+            if not overwrite:
+                raise RunFolderError(
+                    f"run folder {str(out_dir)!r} already exists; pass --overwrite to replace it, "
+                    f"--resume {out_dir} to continue it, or choose another --out"
+                )
+            if not (out_dir / "events.jsonl").exists() and not (out_dir / "config.yaml").exists():
+                raise RunFolderError(f"refusing to overwrite {str(out_dir)!r}: it does not look like a fif run folder")
+            for entry in entries:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    except BaseException:
+        lock.release()
+        if not existed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        elif not had_lock:
+            lock.path.unlink(missing_ok=True)
+        raise
+    return lock
+
+
+def load_model(
+    cfg: Config, device: torch.device, on_event: Callable[[dict], None] | None = None, progress: bool = False
+) -> Clip:
+    """Build the base model; ``model.pretrained=mini-base`` builds/caches the mini base model first."""
+    pretrained = cfg.model.pretrained
+    if pretrained == MINI_BASE:
+
+        spec = PretrainSpec(arch=cfg.model.arch, benchmark=cfg.data.benchmark)
+        if on_event:
+            on_event({"event": "base_model", "status": "checking", "arch": cfg.model.arch})
+        bar = None
+        if progress:
+
+            bar = tqdm(total=spec.steps, desc="base model", leave=False, unit="step")
+
+        def on_log(step: int, loss: float) -> None:
+            if bar is not None:
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+        try:
+            path, built = ensure_base_model(cfg.run.cache_dir, spec, cfg.data.options, device, on_log=on_log)
+        finally:
+            if bar is not None:
+                bar.close()
+        if on_event:
+            on_event({"event": "base_model", "status": "built" if built else "cached", "path": str(path)})
+        pretrained = str(path)
+    return build_clip(cfg.model.arch, pretrained=pretrained, device=device, attention=cfg.model.attention)
+
+
+def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> RunContext:
+    """Build benchmark, model, method, tasks, budget and evaluator for a run (no training yet)."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)  # all global RNGs: a run does not depend on what its process did before
+    np.random.seed(cfg.run.seed)
+    random.seed(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
+    pool_name = cfg.data.mixture.pool or benchmark.pretraining_pool
+    pretraining_pool = None
+    if cfg.data.mixture.pretraining > 0:
+        if not pool_name:
+            raise ValueError(
+                f"data.mixture.pretraining={cfg.data.mixture.pretraining} but benchmark {benchmark.name!r} has no "
+                "pretraining pool; set data.mixture.pool or data.mixture.pretraining=0"
+            )
+        pool_data = load_pool(benchmark, pool_name, index_dir=Path(cfg.run.cache_dir).expanduser() / "wds_index")
+        pretraining_pool = Pool([(pool_data, np.arange(len(pool_data)))])
+    clip = load_model(cfg, device, on_event, progress)
+    # After the model: the similarity and easy-to-hard orderings embed and score with the base model.
+    orderings = ordering_options(cfg.stream, cfg.eval.batch_size, precision)
+    tasks = build_tasks(
+        benchmark, cfg.stream.ordering, cfg.stream.tasks, seed=cfg.run.seed, reverse=cfg.stream.reverse,
+        file=cfg.stream.file, datasets=cfg.stream.datasets, reference=cfg.stream.reference,
+        scorer=ModelScorer(clip, device, orderings), options=orderings,
+    )
+    reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device)
+    method = build_method(cfg.method.name, cfg.method.options, clip, label_smoothing=cfg.train.label_smoothing)
+    freeze_all_but(clip.model, method.trainable_parameters())
+    step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device)
+    if cfg.train.grad_checkpointing:  # after measuring: the budget charges the method, not the memory trick
+        enable_grad_checkpointing(clip.model)
+    if (warning := batchnorm_accumulation_warning(clip.model, cfg.train.grad_accum_steps)) is not None:
+        log.warning(warning)
+    total = run_budget_mafs(cfg.budget.ft_steps, cfg.budget.mafs, reference_cost)
+    ledger = Ledger.for_run(total, max(len(tasks), 1))  # zeroshot reference: no task, the budget stays unspent
+    if tasks:  # fail before any result is written, not at the first task
+        steps_for_task(min(t.budget_mafs for t in ledger.tasks), mafs_per_step(step_cost, reference_cost))
+    evaluator = Evaluator(
+        benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
+        cfg.eval.ensemble, seed=cfg.run.seed,
+    )
+    merger = TemporalMerger(
+        cfg.merge, out_dir / HISTORY_DIR, clip.model, method.deploy_weights,
+        {"fif_version": __version__, "arch": cfg.model.arch, "seed": str(cfg.run.seed)},
+    )
+    return RunContext(
+        cfg, out_dir, device, precision, benchmark, clip, method, tasks, evaluator, EventLog(out_dir / "events.jsonl"),
+        ledger, step_cost, reference_cost, pretraining_pool, on_event=on_event, progress=progress, merger=merger,
+    )

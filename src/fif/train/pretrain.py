@@ -1,0 +1,135 @@
+"""Build a base CLIP from scratch on a benchmark's pretraining pool (the "major update").
+
+The mini benchmark has no downloadable CLIP, so ``fif pretrain`` (and ``fif run`` on first use) trains
+the tiny architecture on the mini pretraining pool with the CLIP loss and caches the result, keyed by
+everything that determines it (architecture, recipe, benchmark options, world version, fif version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save
+
+from fif.core.io import atomic_write_bytes
+from fif.core.optim import OptimConfig, build_optimizer
+from fif.core.version import __version__
+from fif.data import mini
+from fif.data.mixture import MixedBatches, MixtureCounts, MixtureSampler, Pool
+from fif.data.registry import Benchmark, get_benchmark
+from fif.methods.finetune import Finetune
+from fif.model.clip import build_clip, register_fif_models
+from fif.train.loop import train_task
+from fif.train.schedules import ScheduleSpec, task_curve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Recipe for building a base model from scratch (defaults: the mini benchmark's)."""
+
+    arch: str = "fif-mini-rn32"
+    benchmark: str = "mini"
+    steps: int = 900
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    seed: int = 0
+
+    def key(self, benchmark_options: dict) -> str:
+        """Cache key: a hash of the recipe, the benchmark options and the data/code versions."""
+
+        world: dict = {}
+        if self.benchmark == "mini":
+            world = {"version": mini.WORLD_VERSION, "fingerprint": mini.world_fingerprint(**benchmark_options)}
+        payload = json.dumps({"spec": asdict(self), "arch": architecture_config(self.arch), "options": benchmark_options,
+                              "world": world, "fif": __version__}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def architecture_config(arch: str) -> dict | None:
+    """open_clip's config of ``arch`` (widths, layers, context length), so a changed architecture gets a new cache key."""
+    import open_clip  # heavy: every fif command would pay for it at start
+
+
+    register_fif_models()
+    return open_clip.get_model_config(arch)
+
+
+def pretrain(
+    spec: PretrainSpec,
+    benchmark: Benchmark,
+    device: torch.device,
+    on_log: Callable[[int, float], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Train ``spec.arch`` from random init on the benchmark's pretraining pool.
+
+    Returns:
+        The trained state dict (CPU tensors).
+
+    Raises:
+        ValueError: the benchmark has no pretraining pool.
+    """
+    if not benchmark.pretraining_pool:
+        raise ValueError(f"benchmark {benchmark.name!r} has no pretraining pool to build a base model from")
+    torch.manual_seed(spec.seed)
+    clip = build_clip(spec.arch, pretrained=None, device=device)
+    method = Finetune(clip, None)
+    pool_data = benchmark.load(benchmark.pretraining_pool, "train")
+    pool = Pool([(pool_data, torch.arange(len(pool_data)).numpy())])
+    sampler = MixtureSampler(MixtureCounts(0, spec.batch_size, 0), update=pool, seed=spec.seed, task=0)
+    batches = MixedBatches(sampler, clip.tokenize, clip.normalize, clip.image_size, spec.steps)
+    schedule = ScheduleSpec(name="cosine", lr=spec.lr, lr_min_ratio=0.01, warmup_frac=min(spec.warmup_steps, spec.steps - 1) / spec.steps)
+    lr_curve = task_curve(schedule, 0, spec.steps, 1)
+    optimizer = build_optimizer(method.trainable_parameters(), spec.lr, OptimConfig(weight_decay=spec.weight_decay))
+    train_task(
+        clip.model,
+        method,
+        optimizer,
+        (batches[i] for i in range(spec.steps)),
+        lambda s: float(lr_curve[s]),
+        spec.steps,
+        device,
+        log_every=50,
+        on_log=on_log,
+    )
+    return {k: v.detach().cpu().contiguous() for k, v in clip.model.state_dict().items()}
+
+
+def base_model_path(cache_dir: str | Path, spec: PretrainSpec, benchmark_options: dict) -> Path:
+    return Path(cache_dir).expanduser() / "base" / f"{spec.arch}-{spec.key(benchmark_options)}.safetensors"
+
+
+def ensure_base_model(
+    cache_dir: str | Path,
+    spec: PretrainSpec = PretrainSpec(),
+    benchmark_options: dict | None = None,
+    device: torch.device | str = "cpu",
+    force: bool = False,
+    on_log: Callable[[int, float], None] | None = None,
+) -> tuple[Path, bool]:
+    """The cached base model for ``spec``, building it first if missing.
+
+    Returns:
+        (path to the safetensors file, whether it was built now).
+    """
+
+
+    options = dict(benchmark_options or {})
+    path = base_model_path(cache_dir, spec, options)
+    if path.is_file() and not force:
+        return path, False
+    log.info("building base model %s (%d steps) -> %s", spec.arch, spec.steps, path)
+    benchmark = get_benchmark(spec.benchmark, **options)
+    state = pretrain(spec, benchmark, torch.device(device), on_log=on_log)
+    meta = {"fif_pretrain_spec": json.dumps(asdict(spec)), "benchmark_options": json.dumps(options, sort_keys=True)}
+    atomic_write_bytes(path, save(state, metadata=meta))
+    return path, True

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fif.eval.zeroshot import (
+    Evaluator,
+    class_embeddings,
+    retrieval_recall,
+    stratified_subset,
+    subset_size,
+    topk_accuracy,
+)
+from fif.model.clip import build_clip
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    c = build_clip("fif-mini-rn32")
+    c.model.eval()
+    return c
+
+
+def test_topk_on_hand_built_embeddings():
+    cls = torch.eye(3)
+    img = F.normalize(torch.tensor([[1.0, 0.1, 0.0], [0.0, 0.2, 1.0], [0.9, 1.0, 0.0], [0.0, 0.5, 1.0]]), dim=-1)
+    targets = torch.tensor([0, 2, 0, 1])
+    acc = topk_accuracy(img, cls, targets, ks=(1, 2))
+    assert acc["top1"] == pytest.approx(50.0)  # rows 0 and 1 correct
+    assert acc["top2"] == pytest.approx(100.0)  # rows 2 and 3 have their class second
+
+def test_retrieval_recall_multi_caption():
+    img = torch.eye(3)
+    # captions 0,1 belong to image 0, caption 2 to image 1, caption 3 to image 2. Caption 3 is closest to
+    # image 0 (a text->image miss at k=1), yet it is still image 2's closest caption (an image->text hit).
+    txt = torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [0, 1.0, 0], [1.0, 0, 0.1]])
+    txt = F.normalize(txt, dim=-1)
+    owner = torch.tensor([0, 0, 1, 2])
+    r = retrieval_recall(img, txt, owner, ks=(1, 3))
+    assert r["t2i_r1"] == pytest.approx(75.0)
+    assert r["i2t_r1"] == pytest.approx(100.0)
+    r_miss = retrieval_recall(img, txt, torch.tensor([0, 0, 2, 1]), ks=(1,))  # swap owners of captions 2 and 3
+    assert r_miss["i2t_r1"] == pytest.approx(100 / 3)  # only image 0 finds one of its own captions first
+    assert r["t2i_r3"] == 100.0 and r["i2t_r3"] == 100.0
+
+
+def test_subset_rule():
+    assert subset_size(10_000, 10) == 1000
+    assert subset_size(1000, 10) == 300
+    assert subset_size(1000, 400) == 800
+    assert subset_size(200, 10) == 200
+
+
+def test_stratified_subset_proportions_and_stability():
+    targets = np.repeat(np.arange(4), [100, 100, 50, 250])
+    idx = stratified_subset(targets, 100, seed=3)
+    assert len(idx) == 100 and len(set(idx.tolist())) == 100
+    counts = np.bincount(targets[idx], minlength=4)
+    np.testing.assert_allclose(counts, [20, 20, 10, 50], atol=1)
+    np.testing.assert_array_equal(idx, stratified_subset(targets, 100, seed=3))
+
+
+def test_class_embeddings_equal_open_clip(clip):
+    from open_clip import build_zero_shot_classifier
+
+    names, templates = ["red circle", "blue square", "star"], ["a photo of a {}.", "a {} shape"]
+    ours = class_embeddings(clip, names, templates, batch_size=4, device=torch.device("cpu"))
+    with torch.no_grad():
+        theirs = build_zero_shot_classifier(clip.model, clip.tokenizer, names, templates, num_classes_per_batch=2).T
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluator_on_toy(toy, clip):
+    ev = Evaluator(toy, batch_size=16, min_samples=4, subset_frac=0.5)
+    clip_small = clip
+    scores = ev.run(clip_small, torch.device("cpu"), subset=True)
+    names = [s.dataset for s in scores]
+    assert names == ["toy_a", "toy_b", "toy_r", "toy_e"]  # pools are not evaluated
+    for s in scores:
+        assert 0.0 <= s.score <= 100.0
+        if s.kind == "retrieval":
+            assert {"i2t_r5", "t2i_r5"} <= set(s.metrics)
+    again = ev.run(clip_small, torch.device("cpu"), subset=True)
+    assert [s.score for s in again] == [s.score for s in scores]
+    with pytest.raises(ValueError, match="pretraining pool"):
+        Evaluator(toy, datasets=["toy_pool"])
+
+
+def test_zero_shot_logits_bit_identical_to_open_clip(clip):
+    """Same model, prompts, images and class batching as open_clip's builder: identical logits, not just close."""
+    from open_clip import build_zero_shot_classifier
+
+    from fif.eval.zeroshot import zero_shot_logits
+
+    names = [f"shape {i}" for i in range(7)]
+    templates = ["a photo of a {}.", "a {} shape", "art of the {}"]
+    ours = class_embeddings(clip, names, templates, batch_size=64, device=torch.device("cpu"), classes_per_batch=3)
+    images = torch.rand(5, 3, clip.image_size, clip.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = build_zero_shot_classifier(clip.model, clip.tokenizer, names, templates, num_classes_per_batch=3)
+        their_img = clip.model.encode_image(clip.normalize(images), normalize=True)
+        their_logits = their_img @ theirs  # open_clip's zero-shot eval (before its ×100 scale)
+        our_img = F.normalize(clip.model.encode_image(clip.normalize(images)).float(), dim=-1)
+    assert torch.equal(ours, theirs.T)
+    assert torch.equal(zero_shot_logits(our_img, ours), their_logits)
+
+
+def test_class_embeddings_shared_across_datasets(clip, monkeypatch):
+    """Two datasets with the same class names and prompt: one text pass per evaluation, same scores."""
+    import fif.eval.zeroshot as ev_mod
+    from fif.data.registry import Benchmark
+    from fif.data.specs import DatasetSpec, InMemorySplit
+
+    specs = {
+        n: DatasetSpec(n, "classification", role, ("ant", "bee"), "a {}")
+        for n, role in (("dom_a", "adaptation"), ("dom_b", "adaptation"), ("dom_e", "eval_only"))
+    }
+    specs["other"] = DatasetSpec("other", "classification", "eval_only", ("ant", "bee"), "a photo of {}")
+
+    def loader(spec, split):
+        pixels = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+        return InMemorySplit(spec, split, pixels, [["x"]] * 6, np.arange(6) % 2)
+
+    calls = []
+    real = ev_mod.class_embeddings
+    monkeypatch.setattr(ev_mod, "class_embeddings", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    ev = Evaluator(Benchmark("shared", specs, loader), batch_size=8, min_samples=2)
+    scores = ev.run(clip, torch.device("cpu"), subset=False)
+    assert len(calls) == 2 and ev.last_cache.misses == 2 and ev.last_cache.hits == 2
+    assert scores[0].score == scores[1].score == scores[2].score  # identical images, identical classifier
+    ev.run(clip, torch.device("cpu"), subset=False)
+    assert len(calls) == 4  # a new evaluation (new weights) recomputes them
+
+
+def test_bf16_evaluation_scores_every_dataset(toy, clip):
+    """bf16 autocast on CPU: same samples and metrics as fp32 (scores of a random model may differ by ties)."""
+    ev = Evaluator(toy, batch_size=16, min_samples=4, datasets=["toy_a", "toy_r"])
+    fp32 = ev.run(clip, torch.device("cpu"), subset=False, precision="fp32")
+    bf16 = ev.run(clip, torch.device("cpu"), subset=False, precision="bf16")
+    assert [s.samples for s in bf16] == [s.samples for s in fp32]
+    for a, b in zip(fp32, bf16):
+        assert 0.0 <= b.score <= 100.0 and b.seconds > 0
+        assert {"top1", "top5"} <= set(a.metrics) if a.kind == "classification" else {"i2t_r10", "t2i_r10"} <= set(a.metrics)
