@@ -218,12 +218,12 @@ def test_fif_preset_resolves_against_a_fabricated_root(fif_root, pool_shards, tm
 
     cfg = fif.load_config("fif", preset_overrides(fif_root, tmp_path, pool_shards))
     assert cfg.data.benchmark == "fif" and cfg.data.root == str(fif_root)
-    ctx = setup(cfg, tmp_path / "run")
-    assert list(ctx.benchmark.datasets) == ["CUB200", "DTD", "MNIST", "MSCOCO"]
-    assert len(ctx.pretraining_pool) == SMALL["pool_size"]
-    assert len(ctx.tasks) == 2
-    concepts = sorted(c for t in ctx.tasks for c in t.concepts)
-    assert concepts == sorted(benchmark_concepts(ctx.benchmark))
+    spec, _ = setup(cfg, tmp_path / "run")
+    assert list(spec.benchmark.datasets) == ["CUB200", "DTD", "MNIST", "MSCOCO"]
+    assert len(spec.pretraining_pool) == SMALL["pool_size"]
+    assert len(spec.tasks) == 2
+    concepts = sorted(c for t in spec.tasks for c in t.concepts)
+    assert concepts == sorted(benchmark_concepts(spec.benchmark))
 
 
 @pytest.mark.slow

@@ -371,14 +371,14 @@ def test_recipe_knobs_reach_the_runner(tmp_path):
         "train.optimizer_reset=false", "train.grad_accum_steps=2", "train.label_smoothing=0.1",
         "train.temperature=fixed", "train.fixed_logit_scale=50", "train.grad_checkpointing=true",
     ])
-    ctx = setup(cfg, tmp_path)
+    ctx, state = setup(cfg, tmp_path)  # the run's spec and its state
     assert ctx.method.label_smoothing == 0.1
     assert type(ctx.clip.model.transformer.resblocks[0]).__name__ == "CheckpointedCustomBlock"
     steps = []
     for task in ctx.tasks:
-        run_task(ctx, task)
-        steps.append(ctx.ledger.tasks[task.index].steps_done)
+        run_task(ctx, state, task)
+        steps.append(state.ledger.tasks[task.index].steps_done)
         assert float(ctx.clip.model.logit_scale.detach().exp()) == pytest.approx(50.0)
         p = ctx.clip.model.text_projection
-        assert float(ctx.optimizer.state[p]["step"]) == sum(steps)  # moments carried across tasks
+        assert float(state.optimizer.state[p]["step"]) == sum(steps)  # moments carried across tasks
     assert all(s > 0 for s in steps)

@@ -14,52 +14,19 @@ what only rank 0 does.
   one checkpoint written by rank 0. Resume: every rank loads the checkpoint rank 0 picked.
 
 There is one run path: :func:`fif.runner.stream.run` and :func:`fif.runner.stream.resume` take this process's
-place from :func:`join` (:class:`fif.train.distributed.Solo` for one process, a world of size 1) and ask it
-for every collective; :func:`attach` makes a set-up run a rank of a larger world.
+place from :func:`join` (:class:`fif.train.distributed.Solo` for one process, a world of size 1), hand it to
+:func:`fif.runner.setup.setup` (which builds the silent event channel and the :class:`~fif.runner.merger.FollowerMerger`
+of the other ranks) and ask it for every collective; :func:`share_plan` makes every rank plan with rank 0's costs.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import replace
+from typing import Any
 
-from fif.train.distributed import Ranks, Solo, check_batch_size, global_batchnorm_, launched, start
-
-if TYPE_CHECKING:  # annotations only: the run context imports nothing of this module
-    from fif.runner.setup import RunContext
-
-
-class NullEventLog:
-    """The event log on ranks other than 0: same ``path`` (for reading), nothing written."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def append(self, event: dict[str, Any]) -> None:
-        pass
-
-
-class FollowerMerger:
-    """The temporal merger on ranks other than 0: merges nothing, holds nothing, writes nothing (rank 0's
-    merged start weights arrive with DDP's broadcast; deployed weights are evaluated on rank 0)."""
-
-    def training_weights(self) -> None:
-        return None
-
-    def step_hook(self, model: Any) -> None:
-        return None
-
-    def end_task(self, task: int, latest: Callable[[], Any]) -> None:
-        pass
-
-    def deploy_weights(self, latest: Callable[[], Any]) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Any) -> None:
-        pass
+from fif.runner.spec import RunSpec
+from fif.runner.state import RunState
+from fif.train.distributed import Ranks, Solo, check_batch_size, launched, start
 
 
 def join(mode: str, device: str, timeout_minutes: float, batch_size: int, resuming: bool = False) -> Ranks | Solo:
@@ -80,19 +47,18 @@ def join(mode: str, device: str, timeout_minutes: float, batch_size: int, resumi
     return ranks
 
 
-def attach(ctx: RunContext, ranks: Ranks | Solo) -> None:
-    """Make a set-up run a rank of a data-parallel job (after :func:`fif.runner.setup.setup` on every rank);
-    nothing to do in one process."""
-    if ranks.world_size == 1:
-        return
-    ctx.dist = ranks
+def share_plan(spec: RunSpec, state: RunState) -> RunState:
+    """Make a set-up run (:func:`fif.runner.setup.setup`, called on every rank) one rank of its world: every
+    rank takes rank 0's measured step costs and ledger, and the model's BatchNorm layers normalise over the
+    global batch. Call it on every rank (it is a collective); in one process it changes nothing.
+
+    Returns:
+        The state every rank plans with.
+    """
     # Every rank must take the same number of steps: rank 0's measured costs (CUDA peaks can differ) win.
-    ctx.step_cost, ctx.reference_cost, ctx.ledger = ranks.broadcast((ctx.step_cost, ctx.reference_cost, ctx.ledger))
-    global_batchnorm_(ctx.clip.model)  # after the budget's measurement: plain BatchNorm outside training steps
-    if not ranks.is_main:
-        ctx.events = NullEventLog(ctx.events.path)
-        ctx.merger = FollowerMerger()
-        ctx.on_event, ctx.progress = None, False
+    step_cost, reference_cost, ledger = spec.ranks.broadcast((state.step_cost, state.reference_cost, state.ledger))
+    spec.ranks.prepare_model_(spec.clip.model)  # after the budget's measurement: plain BatchNorm outside training steps
+    return replace(state, step_cost=step_cost, reference_cost=reference_cost, ledger=ledger)
 
 
 def dist_provenance(ranks: Ranks | Solo) -> dict[str, Any]:

@@ -241,3 +241,27 @@ class TemporalMerger:
 
     def _write(self, path: Path, weights: Mapping[str, Tensor], task: str) -> None:
         atomic_write_bytes(path, safetensors_bytes(dict(weights), {**self.metadata, "task": task}))
+
+
+class FollowerMerger:
+    """The temporal merger on ranks other than 0 of a data-parallel run: merges nothing, holds nothing,
+    writes nothing (rank 0's merged start weights arrive with DDP's broadcast at the start of every task;
+    deployed weights are evaluated on rank 0)."""
+
+    def training_weights(self) -> None:
+        return None
+
+    def step_hook(self, model: torch.nn.Module) -> None:
+        return None
+
+    def end_task(self, task: int, latest: Callable[[], Mapping[str, Tensor]]) -> None:
+        pass
+
+    def deploy_weights(self, latest: Callable[[], Mapping[str, Tensor]]) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass

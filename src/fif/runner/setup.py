@@ -1,8 +1,9 @@
 """Run setup: everything a run builds once, before its first task.
 
-:func:`setup` reads a validated :class:`Config` and returns a :class:`RunContext` (benchmark, base model,
-method, tasks, budget ledger, evaluator, temporal merger, event log); :func:`prepare_out_dir` creates and
-locks the run folder. The stream loop that uses them: :mod:`fif.runner.stream`; each task's work:
+:func:`setup` reads a validated :class:`Config` and returns the run's :class:`~fif.runner.spec.RunSpec`
+(benchmark, base model, method, tasks, evaluator, temporal merger, event channel) and its
+:class:`~fif.runner.state.RunState` before the first task (budget ledger, measured step costs);
+:func:`prepare_out_dir` creates and locks the run folder. The stream loop that uses them: :mod:`fif.runner.stream`; each task's work:
 :mod:`fif.runner.task`.
 """
 
@@ -11,17 +12,15 @@ from __future__ import annotations
 import logging
 import random
 import shutil
-import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fif.budget import Ledger, StepCost, mafs_per_step, measure_step_cost, run_budget_mafs
+from fif.budget import Ledger, mafs_per_step, measure_step_cost, run_budget_mafs
 from fif.budget.mafs import steps_for_task
 from fif.config import Config
 from fif.config.components import ordering_options
@@ -30,16 +29,18 @@ from fif.core.version import __version__
 from fif.data.mixture import Pool
 from fif.data.pool import load_pool
 from fif.data.registry import Benchmark, benchmark_options, get_benchmark
-from fif.data.stream import Task, build_tasks
+from fif.data.stream import build_tasks
 from fif.eval.concepts import ModelScorer
 from fif.eval.zeroshot import Evaluator
-from fif.methods import UpdateMethod, build_method, freeze_all_but
+from fif.methods import build_method, freeze_all_but
 from fif.methods.finetune import Finetune
 from fif.model.clip import Clip, build_clip
 from fif.results.events import EventLog
 from fif.runner.folder import RunLock, StopSignals
-from fif.runner.merger import HISTORY_DIR, TemporalMerger
-from fif.runner.state import GuardState
+from fif.runner.merger import HISTORY_DIR, FollowerMerger, TemporalMerger
+from fif.runner.spec import EVENTS_FILE, RunEvents, RunSpec
+from fif.runner.state import RunState
+from fif.train.distributed import Ranks, Solo
 from fif.train.loop import batchnorm_accumulation_warning, enable_grad_checkpointing
 from fif.train.pretrain import PretrainSpec, ensure_base_model
 
@@ -50,40 +51,6 @@ MINI_BASE = "mini-base"  # model.pretrained value: build (or reuse) the cached m
 
 class RunFolderError(FileExistsError):
     """The run folder exists and neither overwrite nor resume was asked for."""
-
-
-@dataclass
-class RunContext:
-    """Everything built once per run, before the first task."""
-
-    cfg: Config
-    out_dir: Path
-    device: torch.device
-    precision: str
-    benchmark: Benchmark
-    clip: Clip
-    method: UpdateMethod
-    tasks: list[Task]
-    evaluator: Evaluator
-    events: EventLog
-    ledger: Ledger
-    step_cost: StepCost
-    reference_cost: StepCost
-    pretraining_pool: Pool | None
-    buffer_segments: list = field(default_factory=list)
-    optimizer: torch.optim.Optimizer | None = None  # the last task's (train.optimizer_reset=false carries it)
-    guard: GuardState = field(default_factory=GuardState)
-    stop: StopSignals | None = None
-    on_event: Callable[[dict], None] | None = None
-    progress: bool = False
-    merger: TemporalMerger | None = None  # the merge section's init/deploy axes (set by setup)
-    dist: Any = None  # fif.train.distributed.Ranks on each rank of a data-parallel run (fif.runner.distributed); None: one process
-
-    def emit(self, event: dict) -> None:
-        event = {"event": event.pop("event"), "time": round(time.time(), 3), **event}
-        self.events.append(event)
-        if self.on_event is not None:
-            self.on_event(event)
 
 
 def default_out_dir(cfg: Config, root: str | Path = "runs") -> Path:
@@ -158,27 +125,45 @@ def load_model(
     return build_clip(cfg.model.arch, pretrained=pretrained, device=device, attention=cfg.model.attention)
 
 
-def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> RunContext:
-    """Build benchmark, model, method, tasks, budget and evaluator for a run (no training yet)."""
+def setup(
+    cfg: Config,
+    out_dir: Path,
+    on_event: Callable[[dict], None] | None = None,
+    progress: bool = False,
+    ranks: Ranks | Solo | None = None,
+    stop: StopSignals | None = None,
+) -> tuple[RunSpec, RunState]:
+    """Build benchmark, model, method, tasks, budget and evaluator for a run (no training yet).
+
+    Builds only what this process needs: on ranks other than 0 the event channel is silent and the
+    temporal merger a :class:`FollowerMerger` (rank 0 writes the run folder). Every collective of a
+    data-parallel run comes after (:func:`fif.runner.distributed.share_plan`).
+
+    Args:
+        cfg: a validated config.
+        out_dir: the run folder (events.jsonl and the merge history go there).
+        on_event / progress: as for :func:`fif.runner.stream.run` (rank 0 only).
+        ranks: this process's place in the world (None: one process, :class:`Solo`).
+        stop: the run's SIGINT/SIGTERM handler, if any.
+
+    Returns:
+        The run's spec and its state before the first task.
+
+    Raises:
+        ValueError, KeyError, ConfigError, BudgetError: bad data, names or budget, before any result is written.
+    """
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)  # all global RNGs: a run does not depend on what its process did before
     np.random.seed(cfg.run.seed)
     random.seed(cfg.run.seed)
+    ranks = Solo() if ranks is None else ranks
+    main = ranks.is_main  # rank 0 alone writes, prints and merges
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.train.precision, device)
     benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
-    pool_name = cfg.data.mixture.pool or benchmark.pretraining_pool
-    pretraining_pool = None
-    if cfg.data.mixture.pretraining > 0:
-        if not pool_name:
-            raise ValueError(
-                f"data.mixture.pretraining={cfg.data.mixture.pretraining} but benchmark {benchmark.name!r} has no "
-                "pretraining pool; set data.mixture.pool or data.mixture.pretraining=0"
-            )
-        pool_data = load_pool(benchmark, pool_name, index_dir=Path(cfg.run.cache_dir).expanduser() / "wds_index")
-        pretraining_pool = Pool([(pool_data, np.arange(len(pool_data)))])
-    clip = load_model(cfg, device, on_event, progress)
+    pretraining_pool = load_pretraining_pool(cfg, benchmark)
+    clip = load_model(cfg, device, on_event if main else None, progress and main)
     # After the model: the similarity and easy-to-hard orderings embed and score with the base model.
     orderings = ordering_options(cfg.stream, cfg.eval.batch_size, precision)
     tasks = build_tasks(
@@ -205,8 +190,29 @@ def setup(cfg: Config, out_dir: Path, on_event=None, progress: bool = False) -> 
     merger = TemporalMerger(
         cfg.merge, out_dir / HISTORY_DIR, clip.model, method.deploy_weights,
         {"fif_version": __version__, "arch": cfg.model.arch, "seed": str(cfg.run.seed)},
+    ) if main else FollowerMerger()
+    path = out_dir / EVENTS_FILE
+    events = RunEvents(path, EventLog(path), on_event) if main else RunEvents(path, None)
+    spec = RunSpec(
+        cfg, out_dir, device, precision, benchmark, clip, method, tuple(tasks), evaluator, pretraining_pool, merger,
+        events, ranks, stop, progress and main,
     )
-    return RunContext(
-        cfg, out_dir, device, precision, benchmark, clip, method, tasks, evaluator, EventLog(out_dir / "events.jsonl"),
-        ledger, step_cost, reference_cost, pretraining_pool, on_event=on_event, progress=progress, merger=merger,
-    )
+    return spec, RunState(ledger, step_cost, reference_cost)
+
+
+def load_pretraining_pool(cfg: Config, benchmark: Benchmark) -> Pool | None:
+    """The pretraining pool the mixture draws from, or None when ``data.mixture.pretraining`` is 0.
+
+    Raises:
+        ValueError: pretraining samples are asked for but the benchmark has no pool and none is named.
+    """
+    if cfg.data.mixture.pretraining <= 0:
+        return None
+    pool_name = cfg.data.mixture.pool or benchmark.pretraining_pool
+    if not pool_name:
+        raise ValueError(
+            f"data.mixture.pretraining={cfg.data.mixture.pretraining} but benchmark {benchmark.name!r} has no "
+            "pretraining pool; set data.mixture.pool or data.mixture.pretraining=0"
+        )
+    pool_data = load_pool(benchmark, pool_name, index_dir=Path(cfg.run.cache_dir).expanduser() / "wds_index")
+    return Pool([(pool_data, np.arange(len(pool_data)))])

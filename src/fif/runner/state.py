@@ -1,11 +1,13 @@
-"""The run state behind exact resume and rollback: what a checkpoint of a run holds and how a freshly
-set-up run is put back into it.
+"""The run state behind exact resume and rollback: what a run changes as it goes, what a checkpoint of a
+run holds, and how a freshly set-up run is put back into it.
 
-A checkpoint (see :mod:`fif.runner.checkpoint` for the format) holds the model weights, the method's state, the
-optimizer and loop log of the task in progress, the budget ledger and measured step costs, the guard
-state, every global RNG stream, and how far the event log had got (bytes + sha256). The mixture
-sampler needs no state (batches are a pure function of seed, task and step) and the buffer is rebuilt
-from the finished tasks.
+A checkpoint (see :mod:`fif.runner.checkpoint` for the format) holds the :class:`RunState` (budget
+ledger, measured step costs, guard state, optimizer), the loop log of the task in progress
+(:class:`TaskRun`), the components' own state (the model's weights, the method's and the temporal
+merger's ``state_dict``), every global RNG stream, and how far the event log had got (bytes + sha256).
+Everything else is the run's :class:`~fif.runner.spec.RunSpec`, built again from the config on resume:
+the mixture sampler needs no state (batches are a pure function of seed, task and step) and the buffer
+is the finished tasks' data.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from fif.budget import Ledger, StepCost
 from fif.core.io import CheckpointError, atomic_write_json
 from fif.core.seeding import capture_rng
 from fif.methods import TaskInfo
@@ -32,10 +35,8 @@ from fif.runner.checkpoint import (
     prune,
     save_checkpoint,
 )
+from fif.runner.spec import RunSpec
 from fif.train.loop import TaskLog
-
-if TYPE_CHECKING:
-    from fif.runner.setup import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,30 @@ class GuardState:
 
 
 @dataclass
+class RunState:
+    """What a run changes as it goes, beside its components' own state; a checkpoint holds exactly this.
+
+    Attributes:
+        ledger: each task's budget, planned steps and spending.
+        step_cost / reference_cost: the measured cost of the method's step and of plain fine-tuning's (the
+            MAFs per step); a resumed run plans with the checkpoint's, not with costs measured again.
+        guard: the learning-rate scale and rollbacks of the non-finite guard.
+        optimizer: the current task's optimizer, or the last task's between tasks
+            (``train.optimizer_reset=false`` carries its moments into the next).
+    """
+
+    ledger: Ledger
+    step_cost: StepCost
+    reference_cost: StepCost
+    guard: GuardState = field(default_factory=GuardState)
+    optimizer: torch.optim.Optimizer | None = None
+
+
+@dataclass
 class TaskRun:
-    """A task in progress: its info, optimizer and loop log (rebuilt from a checkpoint on resume)."""
+    """A task in progress: what the method sees of it and the loop's log (rebuilt from a checkpoint on resume)."""
 
     info: TaskInfo
-    optimizer: torch.optim.Optimizer
     log: TaskLog
 
 
@@ -78,34 +98,38 @@ def record_resume(run_dir: Path, ckpt: Checkpoint | None, changed: dict[str, tup
 
 
 def save_run_checkpoint(
-    ctx: RunContext, position: Position, log_: TaskLog | None = None, optimizer: torch.optim.Optimizer | None = None
+    spec: RunSpec, state: RunState, position: Position, task_log: TaskLog | None = None
 ) -> Path | None:
     """Checkpoint everything the run needs to continue exactly from ``position``, then prune old ones.
 
-    Mid-task (``position.started``) that is the task's optimizer and loop log; at a task boundary the
-    optimizer only when ``train.optimizer_reset=false`` carries it into the next task. In a data-parallel
-    run only rank 0 writes (the others return None).
+    Mid-task (``position.started``, with the task's ``task_log``) that includes the task's optimizer; at a
+    task boundary the optimizer only when ``train.optimizer_reset=false`` carries it into the next task.
+    Only rank 0 writes the run folder (the other ranks return None).
+
+    Returns:
+        The checkpoint's folder (None on ranks other than 0).
     """
-    if ctx.dist is not None and not ctx.dist.is_main:
+    if not spec.ranks.is_main:
         return None
-    if optimizer is None and not position.started and not ctx.cfg.train.optimizer_reset:
-        optimizer = ctx.optimizer
-    events = ctx.events.path.read_bytes() if ctx.events.path.is_file() else b""
-    state = {
-        "ledger": ctx.ledger.to_dict(),
-        "costs": {"step": ctx.step_cost.to_dict(), "reference": ctx.reference_cost.to_dict()},
-        "method": ctx.method.state_dict(),
-        "merge": ctx.merger.state_dict(),
+    keeps_optimizer = position.started or not spec.cfg.train.optimizer_reset
+    optimizer = state.optimizer if keeps_optimizer else None
+    events = spec.events.path.read_bytes() if spec.events.path.is_file() else b""
+    saved = {
+        "ledger": state.ledger.to_dict(),
+        "costs": {"step": state.step_cost.to_dict(), "reference": state.reference_cost.to_dict()},
+        "method": spec.method.state_dict(),
+        "merge": spec.merger.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "task_log": log_.state_dict() if log_ is not None else None,
-        "guard": {"lr_scale": ctx.guard.lr_scale, "rollbacks": ctx.guard.rollbacks},
+        "task_log": task_log.state_dict() if task_log is not None else None,
+        "guard": {"lr_scale": state.guard.lr_scale, "rollbacks": state.guard.rollbacks},
         "events": {"bytes": len(events), "sha256": hashlib.sha256(events).hexdigest()},
         "rng": capture_rng(),
     }
-    meta = {"seed": ctx.cfg.run.seed, "method": ctx.cfg.method.name, "arch": ctx.cfg.model.arch, "tasks": len(ctx.tasks)}
-    root = ctx.out_dir / CHECKPOINT_DIR
-    path = save_checkpoint(root, position, ctx.clip.model.state_dict(), state, meta)
-    prune(root, ctx.cfg.checkpoint.keep_last)
+    cfg = spec.cfg
+    meta = {"seed": cfg.run.seed, "method": cfg.method.name, "arch": cfg.model.arch, "tasks": len(spec.tasks)}
+    root = spec.out_dir / CHECKPOINT_DIR
+    path = save_checkpoint(root, position, spec.clip.model.state_dict(), saved, meta)
+    prune(root, cfg.checkpoint.keep_last)
     log.debug(f"checkpoint {path}")
     return path
 

@@ -4,8 +4,13 @@
 writes a run folder (config.yaml, run.json, events.jsonl, summary.json, final.safetensors) and returns
 a :class:`RunResult`. It never prints: progress goes through ``on_event`` and tqdm bars.
 
-Run setup (:func:`setup`, :class:`RunContext`, the run folder) lives in :mod:`fif.runner.setup` and each
-task's work (:func:`run_task` and its builders) in :mod:`fif.runner.task`; both are re-exported here.
+A run is its :class:`~fif.runner.spec.RunSpec` (what it is, built once by :func:`setup` in
+:mod:`fif.runner.setup`) and its :class:`~fif.runner.state.RunState` (what it changes as it goes; exactly
+what a checkpoint holds beside the components' own state). Each task's work (:func:`run_task` and its
+builders) lives in :mod:`fif.runner.task`; both are re-exported here.
+
+One process is a world of size 1 (:class:`~fif.train.distributed.Solo`), so :func:`run` and :func:`resume`
+are written once; what only rank 0 does (write the run folder, feed the sinks) is marked ``if main``.
 """
 
 from __future__ import annotations
@@ -28,16 +33,18 @@ from fif.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from fif.core.version import __version__
 from fif.model.clip import Clip
 from fif.results.events import read_events, summarize
-from fif.results.sinks import FanOut, build_sinks
-from fif.runner.checkpoint import CHECKPOINT_DIR, Position, latest_valid, load_checkpoint, quarantine
-from fif.runner.distributed import attach, dist_provenance, join
+from fif.results.sinks import build_sinks
+from fif.runner.checkpoint import CHECKPOINT_DIR, Checkpoint, Position, latest_valid, load_checkpoint, quarantine
+from fif.runner.distributed import dist_provenance, join, share_plan
 from fif.runner.folder import RunLock, StopSignals, resume_config
-from fif.runner.setup import RunContext, RunFolderError, default_out_dir, prepare_out_dir, setup
-from fif.runner.state import TaskRun, is_finished, record_resume, save_run_checkpoint, truncate_events
+from fif.runner.setup import RunFolderError, default_out_dir, prepare_out_dir, setup
+from fif.runner.spec import RunSpec
+from fif.runner.state import RunState, TaskRun, is_finished, record_resume, save_run_checkpoint, truncate_events
 from fif.runner.task import (  # noqa: F401  (re-exported, as above)
     StepEvals,
     _Rollback,
     batch_iterator,
+    buffer_pool,
     deployed_weights,
     eval_precision,
     evaluate_deployed,
@@ -52,6 +59,7 @@ from fif.runner.task import (  # noqa: F401  (re-exported, as above)
     task_info,
     task_optimizer,
     task_pool,
+    train_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -117,21 +125,20 @@ def run(
         try:
             try:
                 with ranks.main_first():  # the other ranks find what rank 0 cached (base model, data)
-                    ctx = setup(cfg, out, on_event if main else None, progress and main)
-                attach(ctx, ranks)
+                    spec, state = setup(cfg, out, on_event, progress, ranks, stop)
+                state = share_plan(spec, state)
                 if main:
-                    open_sinks(ctx)
+                    open_sinks(spec)
             except BaseException:
                 if main:  # nothing was learned yet: leave no half-made run folder behind
                     shutil.rmtree(out, ignore_errors=True)
                 raise
-            ctx.stop = stop
             if main:
                 atomic_write_text(out / "config.yaml", dump_yaml(cfg))
                 atomic_write_json(out / "run.json", {
-                    **provenance(cfg), **dist_provenance(ranks), "tasks": [list(t.concepts) for t in ctx.tasks],
+                    **provenance(cfg), **dist_provenance(ranks), "tasks": [list(t.concepts) for t in spec.tasks],
                 })
-            return start_stream(ctx)
+            return start_stream(spec, state)
         finally:
             if lock is not None:
                 lock.release()
@@ -168,122 +175,126 @@ def resume(
         rc.cfg.train.distributed, rc.cfg.run.device, rc.cfg.train.dist_timeout_minutes, rc.cfg.train.batch_size, resuming=True
     )
     main = ranks.is_main
-
-    def pick_checkpoint():
-        ckpt, skipped = latest_valid(run_dir / CHECKPOINT_DIR)
-        for path, _ in skipped:
-            quarantine(path)
-        return ckpt
-
     with StopSignals(run_dir) as stop:
         lock = ranks.on_main(lambda: RunLock(run_dir).acquire())
         try:
             if is_finished(run_dir):
                 raise RunFolderError(f"run {str(run_dir)!r} already finished (see its summary.json); nothing to resume")
-            ckpt = ranks.on_main(pick_checkpoint)
-            path = ranks.broadcast(None if ckpt is None else str(ckpt.path))
+            ckpt = ranks.on_main(lambda: pick_checkpoint(run_dir))
+            path = ranks.broadcast(None if ckpt is None else str(ckpt.path))  # every rank loads rank 0's pick
             if not main and path is not None:
                 ckpt = load_checkpoint(Path(path))
             with ranks.main_first():
-                ctx = setup(rc.cfg, run_dir, on_event if main else None, progress and main)
-            attach(ctx, ranks)
-            ctx.stop = stop
+                spec, state = setup(rc.cfg, run_dir, on_event, progress, ranks, stop)
+            state = share_plan(spec, state)
             if main:
-                if rc.changed:
-                    atomic_write_text(run_dir / "config.yaml", dump_yaml(rc.cfg))
-                record_resume(run_dir, ckpt, rc.changed)
-                for stale in ("summary.json", "final.safetensors"):
-                    (run_dir / stale).unlink(missing_ok=True)
+                mark_resumed(run_dir, ckpt, rc.cfg if rc.changed else None, rc.changed)
             if ckpt is None:  # stopped before the first checkpoint: start over in the same folder
                 if main:
                     log.warning(f"{run_dir}: no valid checkpoint; starting the run over")
-                    truncate_events(run_dir / "events.jsonl", 0, hashlib.sha256(b"").hexdigest())
-                    open_sinks(ctx)
-                return start_stream(ctx)
-            current = restore_run_state(ctx, ckpt, rollback=False)
+                    truncate_events(spec.events.path, 0, hashlib.sha256(b"").hexdigest())
+                    open_sinks(spec)
+                return start_stream(spec, state)
+            state, current = restore_run_state(spec, ckpt)
             if main:
+                events = ckpt.state["events"]
+                dropped = truncate_events(spec.events.path, events["bytes"], events["sha256"])
+                log.info(f"resuming from {ckpt.path.name}; dropped {dropped} events logged after it")
                 if on_event is not None:
-                    for event in read_events(run_dir / "events.jsonl"):
+                    for event in read_events(spec.events.path):
                         on_event(event)
-                open_sinks(ctx)
-            return run_stream(ctx, ckpt.position, current)
+                open_sinks(spec)
+            return run_stream(spec, state, ckpt.position, current)
         finally:
             if lock is not None:
                 lock.release()
 
 
-def start_stream(ctx: RunContext) -> RunResult:
+def pick_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The run's newest checkpoint that verifies; the newer ones that do not are quarantined."""
+    ckpt, skipped = latest_valid(run_dir / CHECKPOINT_DIR)
+    for path, _ in skipped:
+        quarantine(path)
+    return ckpt
+
+
+def mark_resumed(run_dir: Path, ckpt: Checkpoint | None, new_cfg: Config | None, changed: dict) -> None:
+    """Record the resume in run.json, write the changed config (``new_cfg``, None if unchanged) and remove
+    the results of an earlier finish, which the resumed run writes again."""
+    if new_cfg is not None:
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(new_cfg))
+    record_resume(run_dir, ckpt, changed)
+    for stale in ("summary.json", "final.safetensors"):
+        (run_dir / stale).unlink(missing_ok=True)
+
+
+def start_stream(spec: RunSpec, state: RunState) -> RunResult:
     """Log the run start, evaluate the zero-shot model, checkpoint, and run every task."""
-    cfg = ctx.cfg
-    ctx.emit({
-        "event": "run_start", "tasks": len(ctx.tasks), "method": cfg.method.name,
+    cfg = spec.cfg
+    spec.emit({
+        "event": "run_start", "tasks": len(spec.tasks), "method": cfg.method.name,
         "merge": {"preset": cfg.merge.preset, "init": cfg.merge.init, "deploy": cfg.merge.deploy},
-        "step_gflops": ctx.step_cost.flops / 1e9, "mafs_per_step": mafs_per_step(ctx.step_cost, ctx.reference_cost),
-        "budget_total_mafs": ctx.ledger.total_budget_mafs, "device": str(ctx.device), "precision": ctx.precision,
+        "step_gflops": state.step_cost.flops / 1e9, "mafs_per_step": mafs_per_step(state.step_cost, state.reference_cost),
+        "budget_total_mafs": state.ledger.total_budget_mafs, "device": str(spec.device), "precision": spec.precision,
     })
-    evaluate_deployed(ctx, -1, full=cfg.eval.full_at_ends)
+    evaluate_deployed(spec, -1, full=cfg.eval.full_at_ends)
     position = Position(0)
-    save_run_checkpoint(ctx, position)
-    return run_stream(ctx, position, None)
+    save_run_checkpoint(spec, state, position)
+    return run_stream(spec, state, position, None)
 
 
-def run_stream(ctx: RunContext, position: Position, current: TaskRun | None) -> RunResult:
+def run_stream(spec: RunSpec, state: RunState, position: Position, current: TaskRun | None) -> RunResult:
     """Every task from ``position`` on (rolling back on persistent non-finite steps), then the summary."""
     try:
         while True:
             try:
-                for task in ctx.tasks[position.task:]:
-                    run_task(ctx, task, current)
+                for task in spec.tasks[position.task:]:
+                    run_task(spec, state, task, current)
                     current = None
                 break
             except _Rollback as r:
-                position, current = roll_back(ctx, r.task, r.step)
-        return finish(ctx)
+                position, state, current = roll_back(spec, state, r.task, r.step)
+        return finish(spec, state)
     except BaseException:
-        close_sinks(ctx)
+        close_sinks(spec)
         raise
 
 
-def open_sinks(ctx: RunContext) -> None:
+def open_sinks(spec: RunSpec) -> None:
     """Mirror every event into the sinks of the ``log`` section (TensorBoard, W&B) after ``on_event``."""
-
-    log_cfg = ctx.cfg.log
+    log_cfg = spec.cfg.log
     if not (log_cfg.tensorboard or log_cfg.wandb):
         return
-    log_path = ctx.out_dir / "events.jsonl"  # a resumed run's log so far: the sinks continue its step axis
+    log_path = spec.events.path  # a resumed run's log so far: the sinks continue its step axis
     sinks = build_sinks(
-        ctx.out_dir, log_cfg.tensorboard, log_cfg.wandb, log_cfg.wandb_project, log_cfg.wandb_mode,
-        config=ctx.cfg.to_dict(), config_text=dump_yaml(ctx.cfg),
+        spec.out_dir, log_cfg.tensorboard, log_cfg.wandb, log_cfg.wandb_project, log_cfg.wandb_mode,
+        config=spec.cfg.to_dict(), config_text=dump_yaml(spec.cfg),
         history=list(read_events(log_path)) if log_path.is_file() else [],
     )
-    if sinks:
-        ctx.on_event = FanOut(ctx.on_event, sinks)
+    spec.events.add_sinks(sinks)
 
 
-def close_sinks(ctx: RunContext) -> None:
-
-    if isinstance(ctx.on_event, FanOut):
-        ctx.on_event.close()
+def close_sinks(spec: RunSpec) -> None:
+    spec.events.close()
 
 
-def finish(ctx: RunContext) -> RunResult:
-    """Write the deployed weights and the summary."""
-    if ctx.dist is not None and not ctx.dist.is_main:  # wait for rank 0's summary and return it
-        ctx.dist.barrier()  # rank 0 has written summary.json and final.safetensors
-        return RunResult(ctx.out_dir, json.loads((ctx.out_dir / "summary.json").read_text()), ctx.clip)
-    chosen = deployed_weights(ctx)
-    weights = chosen if chosen is not None else ctx.clip.model.state_dict()
+def finish(spec: RunSpec, state: RunState) -> RunResult:
+    """Write the deployed weights and the summary (rank 0; the other ranks return rank 0's summary)."""
+    if not spec.ranks.is_main:  # rank 0 writes the results; the others wait for them
+        spec.ranks.barrier()  # rank 0 has written summary.json and final.safetensors
+        return RunResult(spec.out_dir, json.loads((spec.out_dir / "summary.json").read_text()), spec.clip)
+    chosen = deployed_weights(spec)
+    weights = chosen if chosen is not None else spec.clip.model.state_dict()
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    meta = {"fif_version": __version__, "arch": ctx.cfg.model.arch, "seed": str(ctx.cfg.run.seed)}
-    atomic_write_bytes(ctx.out_dir / "final.safetensors", safetensors_bytes(weights, meta))  # same weights, same bytes
-    summary = summarize(list(read_events(ctx.out_dir / "events.jsonl")))
-    summary["ledger"] = {**ctx.ledger.summary(), **ctx.ledger.to_dict()}
-    atomic_write_json(ctx.out_dir / "summary.json", summary)
-    if ctx.dist is not None:  # the other ranks read the summary now (follower_finish)
-        ctx.dist.barrier()
-    ctx.emit({"event": "run_end", **{k: summary["final"].get(k) for k in ("a_ka", "a_zs", "gm")}})
-    close_sinks(ctx)
-    deployed = ctx.clip
+    meta = {"fif_version": __version__, "arch": spec.cfg.model.arch, "seed": str(spec.cfg.run.seed)}
+    atomic_write_bytes(spec.out_dir / "final.safetensors", safetensors_bytes(weights, meta))  # same weights, same bytes
+    summary = summarize(list(read_events(spec.events.path)))
+    summary["ledger"] = {**state.ledger.summary(), **state.ledger.to_dict()}
+    atomic_write_json(spec.out_dir / "summary.json", summary)
+    spec.ranks.barrier()  # the other ranks read the summary now
+    spec.emit({"event": "run_end", **{k: summary["final"].get(k) for k in ("a_ka", "a_zs", "gm")}})
+    close_sinks(spec)
+    deployed = spec.clip
     if chosen is not None:  # merged weights, or adapter methods' plain base architecture
-        deployed = replace(ctx.clip, model=ctx.method.deploy_model(weights))
-    return RunResult(ctx.out_dir, summary, deployed)
+        deployed = replace(spec.clip, model=spec.method.deploy_model(weights))
+    return RunResult(spec.out_dir, summary, deployed)

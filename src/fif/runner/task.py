@@ -1,9 +1,13 @@
 """One task of a run: plan its steps, begin_task → train → end_task, evaluate, checkpoint.
 
-:func:`run_task` runs a task of a set-up :class:`~fif.runner.setup.RunContext`; the builders it uses
-(:func:`task_info`, :func:`task_pool`, :func:`task_optimizer`, ...) are shared with the resume path
-(:mod:`fif.runner.state`), so a resumed task is built exactly like a fresh one. The stream loop around it:
-:mod:`fif.runner.stream`.
+:func:`run_task` runs a task of a set-up run (its :class:`~fif.runner.spec.RunSpec` and
+:class:`~fif.runner.state.RunState`); the builders it uses (:func:`task_info`, :func:`task_pool`,
+:func:`task_optimizer`, ...) are shared with the resume path (:func:`restore_run_state`), so a resumed task
+is built exactly like a fresh one. The stream loop around it: :mod:`fif.runner.stream`.
+
+Work that only rank 0 of a data-parallel run does is marked where it happens (``ranks.is_main``):
+evaluating, and removing checkpoints; everything else runs on every rank, through the collectives of
+``spec.ranks`` (no-ops for :class:`~fif.train.distributed.Solo`).
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from fif.methods import TaskInfo, freeze_all_but
 from fif.model.clip import Clip
 from fif.runner.checkpoint import CHECKPOINT_DIR, Checkpoint, Position, latest_valid, remove_after
 from fif.runner.folder import RunInterrupted, TrainingDivergedError
-from fif.runner.setup import RunContext
-from fif.runner.state import GuardState, TaskRun, save_run_checkpoint, truncate_events
+from fif.runner.spec import RunSpec
+from fif.runner.state import GuardState, RunState, TaskRun, save_run_checkpoint
 from fif.train.loop import STAT_RUN, TaskLog, fix_temperature_, to_device, train_task
 from fif.train.schedules import task_curve
 
@@ -51,31 +55,31 @@ class _Rollback(Exception):
         self.task, self.step = task, step
 
 
-def latest_weights(ctx: RunContext) -> dict[str, torch.Tensor]:
+def latest_weights(spec: RunSpec) -> dict[str, torch.Tensor]:
     """The method's deployed weights now, else the model's (what the temporal merger merges)."""
-    own = ctx.method.deploy_weights()
-    return own if own is not None else ctx.clip.model.state_dict()
+    own = spec.method.deploy_weights()
+    return own if own is not None else spec.clip.model.state_dict()
 
 
-def deployed_weights(ctx: RunContext) -> dict[str, torch.Tensor] | None:
+def deployed_weights(spec: RunSpec) -> dict[str, torch.Tensor] | None:
     """What to evaluate and ship: the temporal merger's merge if it deploys one, else the method's own."""
-    own = ctx.method.deploy_weights()
-    merged = ctx.merger.deploy_weights(lambda: own if own is not None else ctx.clip.model.state_dict())
+    own = spec.method.deploy_weights()
+    merged = spec.merger.deploy_weights(lambda: own if own is not None else spec.clip.model.state_dict())
     return merged if merged is not None else own
 
 
-def evaluate_deployed(ctx: RunContext, task: int, full: bool) -> dict[str, float]:
+def evaluate_deployed(spec: RunSpec, task: int, full: bool) -> dict[str, float]:
     """Evaluate the method's deployed weights and log an ``eval`` event; returns per-dataset scores."""
-    if ctx.dist is not None and not ctx.dist.is_main:  # rank 0 evaluates; the others wait at their next collective
+    if not spec.ranks.is_main:  # rank 0 evaluates; the others wait at their next collective
         return {}
-    clip = ctx.clip
-    weights = deployed_weights(ctx)
+    clip = spec.clip
+    weights = deployed_weights(spec)
     if weights is not None:
-        model = ctx.method.deploy_model(weights)  # a copy; the base architecture for adapter methods
-        clip = Clip(model, ctx.clip.tokenizer, ctx.clip.arch, ctx.clip.image_size, ctx.clip.mean, ctx.clip.std)
+        model = spec.method.deploy_model(weights)  # a copy; the base architecture for adapter methods
+        clip = Clip(model, spec.clip.tokenizer, spec.clip.arch, spec.clip.image_size, spec.clip.mean, spec.clip.std)
     t0 = time.perf_counter()
-    scores = ctx.evaluator.run(clip, ctx.device, subset=not full, precision=eval_precision(ctx))
-    ctx.emit({
+    scores = spec.evaluator.run(clip, spec.device, subset=not full, precision=eval_precision(spec))
+    spec.emit({
         "event": "eval",
         "task": task,
         "full": full,
@@ -88,21 +92,21 @@ def evaluate_deployed(ctx: RunContext, task: int, full: bool) -> dict[str, float
     return {s.dataset: s.score for s in scores}
 
 
-def eval_precision(ctx: RunContext) -> str:
+def eval_precision(spec: RunSpec) -> str:
     """``eval.precision``, where ``auto`` means the training precision."""
-    return ctx.precision if ctx.cfg.eval.precision == "auto" else ctx.cfg.eval.precision
+    return spec.precision if spec.cfg.eval.precision == "auto" else spec.cfg.eval.precision
 
 
-def evaluate_in_task(ctx: RunContext, task: int, step: int) -> float:
+def evaluate_in_task(spec: RunSpec, task: int, step: int) -> float:
     """Evaluate the weights being trained, mid-task, on the stream subsets (``eval.every_steps``).
 
     Logs an ``eval_step`` event (it never counts as the task's point in the summary) and returns the
     seconds it took, which the caller keeps out of the task's training time.
     """
     t0 = time.perf_counter()
-    scores = ctx.evaluator.run(ctx.clip, ctx.device, subset=True, precision=eval_precision(ctx))
+    scores = spec.evaluator.run(spec.clip, spec.device, subset=True, precision=eval_precision(spec))
     seconds = time.perf_counter() - t0
-    ctx.emit({
+    spec.emit({
         "event": "eval_step", "task": task, "step": step, "full": False, "seconds": round(seconds, 3),
         "scores": {s.dataset: round(s.score, 4) for s in scores}, "roles": {s.dataset: s.role for s in scores},
     })
@@ -110,66 +114,76 @@ def evaluate_in_task(ctx: RunContext, task: int, step: int) -> float:
 
 
 class StepEvals:
-    """``eval.every_steps``: the ``on_step`` hook that evaluates inside a task (``hook`` is None when off).
+    """``eval.every_steps``: the ``on_step`` hook that evaluates inside a task (``hook`` is None when off,
+    and on ranks other than 0, which never evaluate).
 
     Evaluates every N steps except the task's last, which the end-of-task evaluation covers, and adds up
     the seconds so the task's training time excludes them.
     """
 
-    def __init__(self, ctx: RunContext, task: int, steps: int):
-        self.ctx, self.task, self.steps = ctx, task, steps
-        self.every = ctx.cfg.eval.every_steps
+    def __init__(self, spec: RunSpec, task: int, steps: int):
+        self.spec, self.task, self.steps = spec, task, steps
+        self.every = spec.cfg.eval.every_steps
         self.seconds = 0.0
-        self.hook = self._on_step if self.every > 0 and (ctx.dist is None or ctx.dist.is_main) else None
+        self.hook = self._on_step if self.every > 0 and spec.ranks.is_main else None
 
     def _on_step(self, tlog: Any) -> None:
         if tlog.steps % self.every == 0 and tlog.steps < self.steps:
-            self.seconds += evaluate_in_task(self.ctx, self.task, tlog.steps)
+            self.seconds += evaluate_in_task(self.spec, self.task, tlog.steps)
 
 
-def task_pool(ctx: RunContext, task: Task) -> Pool:
+def task_pool(spec: RunSpec, task: Task) -> Pool:
     """The training samples of a task's concepts (after the task, they join the buffer)."""
-    return Pool([(ctx.benchmark.load(d, "train"), idx) for d, idx in task_indices(task, ctx.benchmark).items()])
+    return Pool([(spec.benchmark.load(d, "train"), idx) for d, idx in task_indices(task, spec.benchmark).items()])
 
 
-def task_info(ctx: RunContext, task: Task, steps: int) -> TaskInfo:
+def buffer_pool(spec: RunSpec, task: Task) -> Pool | None:
+    """The buffer of ``task``: the training samples of every earlier task (None before the second task).
+
+    A pure function of the stream, so a run holds no buffer state and a resumed run has the same one.
+    """
+    segments = [seg for earlier in spec.tasks[: task.index] for seg in task_pool(spec, earlier).segments]
+    return Pool(segments) if segments else None
+
+
+def task_info(spec: RunSpec, task: Task, steps: int) -> TaskInfo:
     """What the method sees of a task, with ``batches(batch_size)``: one pass over the task's own training
     data on the device, seeded apart from the training batches (purpose ``"task-hook"``), for task hooks
     such as EWC's Fisher pass, each sample labelled with its concept; the run seed; and
     ``reference_texts(n)``, n pretraining-pool captions drawn with the run seed (ZSCL's reference set)."""
 
-    pool, clip, seed = task_pool(ctx, task), ctx.clip, ctx.cfg.run.seed
+    pool, clip, seed = task_pool(spec, task), spec.clip, spec.cfg.run.seed
 
     def batches(batch_size: int):
         labels = concept_labels(pool, task.concepts)
         for batch in pool_batches(
             pool, batch_size, clip.tokenize, clip.normalize, clip.image_size, seed, ("task-hook", task.index), labels
         ):
-            yield to_device(batch, ctx.device)
+            yield to_device(batch, spec.device)
 
     reference_texts = None
-    if ctx.pretraining_pool is not None:
+    if spec.pretraining_pool is not None:
         def reference_texts(n: int) -> list[str]:
-            return pool_captions(ctx.pretraining_pool, n, rng_for(seed, "reference-texts"))
+            return pool_captions(spec.pretraining_pool, n, rng_for(seed, "reference-texts"))
 
     return TaskInfo(
-        task.index, len(ctx.tasks), list(task.concepts), steps, num_samples=len(pool), batches=batches, seed=seed,
+        task.index, len(spec.tasks), list(task.concepts), steps, num_samples=len(pool), batches=batches, seed=seed,
         reference_texts=reference_texts,
     )
 
 
-def task_batches(ctx: RunContext, task: Task, steps: int) -> MixedBatches:
+def task_batches(spec: RunSpec, task: Task, steps: int) -> MixedBatches:
     """The task's mixed batches (update = its concepts, buffer = all earlier tasks, pool = pretraining)."""
-    cfg = ctx.cfg
-    update = task_pool(ctx, task)
-    buffer = Pool(ctx.buffer_segments) if ctx.buffer_segments else None
+    cfg = spec.cfg
+    update = task_pool(spec, task)
+    buffer = buffer_pool(spec, task)
     if buffer is not None and cfg.data.mixture.buffer_cap:
 
         buffer = buffer.subsample(cfg.data.mixture.buffer_cap, rng_for(cfg.run.seed, "buffer-cap", task.index))
     m = cfg.data.mixture
     counts = batch_counts(cfg.train.batch_size, m.pretraining, m.update, m.buffer, buffer_empty=buffer is None)
-    sampler = MixtureSampler(counts, update, buffer, ctx.pretraining_pool, seed=cfg.run.seed, task=task.index)
-    return MixedBatches(sampler, ctx.clip.tokenize, ctx.clip.normalize, ctx.clip.image_size, steps)
+    sampler = MixtureSampler(counts, update, buffer, spec.pretraining_pool, seed=cfg.run.seed, task=task.index)
+    return MixedBatches(sampler, spec.clip.tokenize, spec.clip.normalize, spec.clip.image_size, steps)
 
 
 def batch_iterator(batches: MixedBatches, start: int, num_workers: int):
@@ -180,50 +194,55 @@ def batch_iterator(batches: MixedBatches, start: int, num_workers: int):
     return iter(torch.utils.data.DataLoader(subset, batch_size=None, num_workers=num_workers, persistent_workers=False))
 
 
-def start_task(ctx: RunContext, task: Task) -> TaskRun:
+def start_task(spec: RunSpec, state: RunState, task: Task) -> TaskRun:
     """Plan the task's steps, announce it, run ``begin_task``, load its start weights, build its optimizer."""
-    method = ctx.method
-    step_mafs = mafs_per_step(ctx.step_cost, ctx.reference_cost)
-    info = task_info(ctx, task, steps=0)
-    hook_mafs = hook_cost_mafs(method.extra_cost(info), ctx.reference_cost)
-    info.steps = ctx.ledger.plan(task.index, step_mafs, hook_mafs)
-    if ctx.dist is not None:  # every rank takes rank 0's steps (a hook's measured cost may differ per GPU)
-        info.steps = ctx.dist.broadcast(info.steps)
-    ctx.emit({"event": "task_start", "task": task.index, "concepts": len(task.concepts), "steps": info.steps})
+    method = spec.method
+    step_mafs = mafs_per_step(state.step_cost, state.reference_cost)
+    info = task_info(spec, task, steps=0)
+    hook_mafs = hook_cost_mafs(method.extra_cost(info), state.reference_cost)
+    info.steps = state.ledger.plan(task.index, step_mafs, hook_mafs)
+    # every rank takes rank 0's steps (a hook's measured cost may differ per GPU)
+    info.steps = spec.ranks.broadcast(info.steps)
+    spec.emit({"event": "task_start", "task": task.index, "concepts": len(task.concepts), "steps": info.steps})
 
     method.begin_task(info)
-    ctx.ledger.charge(task.index, hook_mafs=hook_mafs)
+    state.ledger.charge(task.index, hook_mafs=hook_mafs)
     start_weights = method.training_weights()
     if start_weights is not None:
-        ctx.clip.model.load_state_dict(start_weights)
-    merged_start = ctx.merger.training_weights()  # merge.init: θ0, the running merge, ... (None = as is)
+        spec.clip.model.load_state_dict(start_weights)
+    merged_start = spec.merger.training_weights()  # merge.init: θ0, the running merge, ... (None = as is)
     if merged_start is not None:
-        ctx.clip.model.load_state_dict(merged_start)
-    return TaskRun(info, task_optimizer(ctx), TaskLog())
+        spec.clip.model.load_state_dict(merged_start)
+    task_optimizer(spec, state)
+    return TaskRun(info, TaskLog())
 
 
-def task_optimizer(ctx: RunContext, state: dict | None = None) -> torch.optim.Optimizer:
-    """The task's optimizer (after fixing the temperature, which takes logit_scale out of it).
+def task_optimizer(spec: RunSpec, state: RunState, saved: dict | None = None) -> torch.optim.Optimizer:
+    """Build the task's optimizer (after fixing the temperature, which takes logit_scale out of it) and
+    make it ``state.optimizer``.
 
-    With ``state`` (a checkpoint's) it is loaded; else ``train.optimizer_reset=false`` carries the last
-    task's moments over.
+    With ``saved`` (a checkpoint's optimizer state) it is loaded; else ``train.optimizer_reset=false``
+    carries the last task's moments over.
+
+    Returns:
+        The new optimizer.
     """
-    t = ctx.cfg.train
+    t = spec.cfg.train
     if t.temperature == "fixed":  # after the start weights, which may hold another logit_scale
-        fix_temperature_(ctx.clip.model, t.fixed_logit_scale)
-    named, optim_cfg = ctx.method.trainable_parameters(), OptimConfig(
+        fix_temperature_(spec.clip.model, t.fixed_logit_scale)
+    named, optim_cfg = spec.method.trainable_parameters(), OptimConfig(
         t.weight_decay, (t.beta1, t.beta2), t.eps, t.optimizer, t.optimizer_impl
     )
-    optimizer = ctx.method.build_optimizer(named, t.lr, optim_cfg) or build_optimizer(named, t.lr, optim_cfg)
-    if state is not None:
-        optimizer.load_state_dict(state)
+    optimizer = spec.method.build_optimizer(named, t.lr, optim_cfg) or build_optimizer(named, t.lr, optim_cfg)
+    if saved is not None:
+        optimizer.load_state_dict(saved)
     elif not t.optimizer_reset:
-        carry_optimizer_state(ctx.optimizer, optimizer)
-    ctx.optimizer = optimizer
+        carry_optimizer_state(state.optimizer, optimizer)
+    state.optimizer = optimizer
     return optimizer
 
 
-def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> None:
+def run_task(spec: RunSpec, state: RunState, task: Task, current: TaskRun | None = None) -> None:
     """One task: budget → begin_task → train → end_task → evaluate → checkpoint.
 
     ``current`` continues a task restored from a mid-task checkpoint (its steps so far are kept).
@@ -232,23 +251,58 @@ def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> Non
         _Rollback: ``guard.max_bad_steps`` consecutive non-finite steps (the caller rolls back).
         RunInterrupted: SIGINT/SIGTERM (a checkpoint of the current step was written first).
     """
-    cfg, method = ctx.cfg, ctx.method
-    num_tasks = len(ctx.tasks)
-    current = current or start_task(ctx, task)
-    info, optimizer, steps = current.info, current.optimizer, current.info.steps
-    lr_curve = task_curve(schedule_from_config(cfg.train), task.index, steps, num_tasks)
-    batches = task_batches(ctx, task, steps)
-    bar = None
-    if ctx.progress:
+    cfg, method, ranks = spec.cfg, spec.method, spec.ranks
+    current = current or start_task(spec, state, task)
+    info, steps = current.info, current.info.steps
+    batches = task_batches(spec, task, steps)
+    tlog, eval_seconds = train_steps(spec, state, task, current, batches)
+    if tlog.rollback:
+        raise _Rollback(task.index, tlog.steps)
+    if ranks.agree(spec.stop is not None and spec.stop.requested):  # signalled after the last step's check
+        path = save_run_checkpoint(spec, state, Position(task.index, True, tlog.steps), tlog)
+        raise RunInterrupted(spec.stop.signum, spec.out_dir, path)
+    method.end_task(info)
+    spec.merger.end_task(task.index, lambda: latest_weights(spec))
+    state.ledger.charge(task.index, steps=tlog.steps)
+    spent = state.ledger.tasks[task.index]
+    spec.emit({
+        "event": "task_end", "task": task.index, "concepts": len(task.concepts), "steps": steps,
+        "train_seconds": round(max(tlog.seconds - eval_seconds, 0.0), 3),
+        "spent_mafs": spent.spent_mafs,
+        "budget_mafs": spent.budget_mafs, "budget_total_mafs": state.ledger.total_budget_mafs,
+        "final_loss": finite_or_none(tlog.losses[-1][1]) if tlog.losses else None,
+        "skipped_steps": tlog.nonfinite_steps,
+    })
+    last = task.index == len(spec.tasks) - 1
+    evaluate_deployed(spec, task.index, full=last and cfg.eval.full_at_ends)
+    save_run_checkpoint(spec, state, Position(task.index + 1))
 
-        bar = tqdm(total=steps, initial=current.log.steps, desc=f"task {task.index + 1}/{num_tasks}", leave=False, unit="step")
-    step_evals = StepEvals(ctx, task.index, steps)
-    merge_step = ctx.merger.step_hook(ctx.clip.model)  # online EMA: device ops only, or None
+
+def train_steps(
+    spec: RunSpec, state: RunState, task: Task, current: TaskRun, batches: MixedBatches
+) -> tuple[TaskLog, float]:
+    """The task's optimizer steps from ``current.log.steps`` on (:func:`fif.train.loop.train_task`), with
+    what happens between steps: the online EMA, ``eval.every_steps``, checkpoints and stop signals.
+
+    Returns:
+        The task's loop log and the seconds spent evaluating inside the task.
+
+    Raises:
+        RunInterrupted: SIGINT/SIGTERM during the steps (a checkpoint of the current step was written first).
+    """
+    cfg, ranks, steps = spec.cfg, spec.ranks, current.info.steps
+    lr_curve = task_curve(schedule_from_config(cfg.train), task.index, steps, len(spec.tasks))
+    bar = None
+    if spec.progress:
+
+        bar = tqdm(total=steps, initial=current.log.steps, desc=f"task {task.index + 1}/{len(spec.tasks)}", leave=False, unit="step")
+    step_evals = StepEvals(spec, task.index, steps)
+    merge_step = spec.merger.step_hook(spec.clip.model)  # online EMA: device ops only, or None
 
     def on_log(step: int, loss: float) -> None:
         skips = current.log.skips
         extra = {"skipped": skips[-1][1]} if skips and skips[-1][0] == step else {}
-        ctx.emit({"event": "train", "task": task.index, "step": step, "loss": finite_or_none(loss, 6), **extra})
+        spec.emit({"event": "train", "task": task.index, "step": step, "loss": finite_or_none(loss, 6), **extra})
         if bar is not None:
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -259,55 +313,31 @@ def run_task(ctx: RunContext, task: Task, current: TaskRun | None = None) -> Non
         if step_evals.hook is not None:  # before the checkpoint, so a resume from this step keeps its eval
             step_evals.hook(log)
         every = cfg.checkpoint.every_steps
-        stop = ctx.stop is not None and ctx.stop.requested
-        if ctx.dist is not None:  # ranks stop at the same step: they agree at logging steps (a sync point anyway)
-            stop = ctx.dist.agree(stop) if log.steps % cfg.train.log_every == 0 or log.steps == steps else False
+        # ranks stop at the same step: they agree at logging steps (a sync point anyway); one process at once
+        logged = log.steps % cfg.train.log_every == 0 or log.steps == steps
+        stop = ranks.agree_at(spec.stop is not None and spec.stop.requested, sync_point=logged)
         if stop or (every and log.steps % every == 0 and log.steps < steps):
-            path = save_run_checkpoint(ctx, Position(task.index, True, log.steps), log, optimizer)
+            path = save_run_checkpoint(spec, state, Position(task.index, True, log.steps), log)
             if stop:
-                raise RunInterrupted(ctx.stop.signum, ctx.out_dir, path)
+                raise RunInterrupted(spec.stop.signum, spec.out_dir, path)
 
-    if ctx.stop is not None:
-        ctx.stop.deferred = True  # a signal now stops after the current step, with a checkpoint
-    model, feed = ctx.clip.model, batches
-    if ctx.dist is not None:  # DDP over this rank's rows of each global batch (built now: it broadcasts rank 0's weights)
-        model, feed = ctx.dist.wrap(model), ctx.dist.shard(batches)
+    if spec.stop is not None:
+        spec.stop.deferred = True  # a signal now stops after the current step, with a checkpoint
+    # DDP over this rank's rows of each global batch (built now: it broadcasts rank 0's weights); as is in one process
+    model, feed = ranks.wrap(spec.clip.model), ranks.shard(batches)
     try:
         tlog = train_task(
-            model, method, optimizer, batch_iterator(feed, current.log.steps, cfg.data.num_workers),
-            lambda s: float(lr_curve[s]) * ctx.guard.lr_scale, steps, ctx.device, ctx.precision,
+            model, spec.method, state.optimizer, batch_iterator(feed, current.log.steps, cfg.data.num_workers),
+            lambda s: float(lr_curve[s]) * state.guard.lr_scale, steps, spec.device, spec.precision,
             cfg.train.grad_clip, cfg.train.log_every, on_log=on_log, grad_accum_steps=cfg.train.grad_accum_steps,
             log=current.log, on_step=on_step, max_bad_steps=cfg.guard.max_bad_steps,
         )
     finally:
-        if ctx.stop is not None:
-            ctx.stop.deferred = False
+        if spec.stop is not None:
+            spec.stop.deferred = False
         if bar is not None:
             bar.close()
-    del model  # the task's DDP
-    if tlog.rollback:
-        raise _Rollback(task.index, tlog.steps)
-    stopped = ctx.stop is not None and ctx.stop.requested
-    if ctx.dist is not None:
-        stopped = ctx.dist.agree(stopped)
-    if stopped:  # signalled after the last step's check
-        path = save_run_checkpoint(ctx, Position(task.index, True, tlog.steps), tlog, optimizer)
-        raise RunInterrupted(ctx.stop.signum, ctx.out_dir, path)
-    method.end_task(info)
-    ctx.merger.end_task(task.index, lambda: latest_weights(ctx))
-    ctx.ledger.charge(task.index, steps=tlog.steps)
-    ctx.buffer_segments.extend(batches.sampler.pools["update"].segments)
-    last = task.index == num_tasks - 1
-    ctx.emit({
-        "event": "task_end", "task": task.index, "concepts": len(task.concepts), "steps": steps,
-        "train_seconds": round(max(tlog.seconds - step_evals.seconds, 0.0), 3),
-        "spent_mafs": ctx.ledger.tasks[task.index].spent_mafs,
-        "budget_mafs": ctx.ledger.tasks[task.index].budget_mafs, "budget_total_mafs": ctx.ledger.total_budget_mafs,
-        "final_loss": finite_or_none(tlog.losses[-1][1]) if tlog.losses else None,
-        "skipped_steps": tlog.nonfinite_steps,
-    })
-    evaluate_deployed(ctx, task.index, full=last and cfg.eval.full_at_ends)
-    save_run_checkpoint(ctx, Position(task.index + 1))
+    return tlog, step_evals.seconds
 
 
 def finite_or_none(value: float, digits: int | None = None) -> float | None:
@@ -317,76 +347,84 @@ def finite_or_none(value: float, digits: int | None = None) -> float | None:
     return round(value, digits) if digits is not None else value
 
 
-def restore_run_state(ctx: RunContext, ckpt: Checkpoint, rollback: bool) -> TaskRun | None:
-    """Put a freshly set-up run into the state of ``ckpt``; returns the task in progress, if any.
+def restore_run_state(
+    spec: RunSpec, ckpt: Checkpoint, kept_guard: GuardState | None = None
+) -> tuple[RunState, TaskRun | None]:
+    """Put a freshly set-up run's components into the state of ``ckpt``.
 
-    On resume (``rollback=False``) the event log is cut back to the checkpoint and the guard state
-    restored; a rollback keeps both (the log records the rollback, the lr stays reduced).
+    Args:
+        spec: the run (its model, method and temporal merger are loaded from the checkpoint).
+        ckpt: a verified checkpoint of this run.
+        kept_guard: a rollback's guard state (the lr stays reduced, the non-finite counters of the task's
+            log start afresh); None on resume, which takes the checkpoint's.
+
+    Returns:
+        The run's state at the checkpoint, and the task in progress, if any.
+
+    Raises:
+        CheckpointError: the checkpoint was made for another number of tasks or another model.
     """
-    state, pos = ckpt.state, ckpt.position
-    if pos.task > len(ctx.tasks) or len(state["ledger"]["tasks"]) != max(len(ctx.tasks), 1):
+    saved, pos = ckpt.state, ckpt.position
+    if pos.task > len(spec.tasks) or len(saved["ledger"]["tasks"]) != max(len(spec.tasks), 1):
         raise CheckpointError(
-            f"{ckpt.path}: made for a run of {len(state['ledger']['tasks'])} tasks, this config has {len(ctx.tasks)}"
+            f"{ckpt.path}: made for a run of {len(saved['ledger']['tasks'])} tasks, this config has {len(spec.tasks)}"
         )
-    ctx.method.load_state_dict(state["method"])  # first: a method may rebuild modules (adapters) here
-    if "merge" in state:  # checkpoints from before temporal merging have none (and merged nothing)
-        ctx.merger.load_state_dict(state["merge"])
+    spec.method.load_state_dict(saved["method"])  # first: a method may rebuild modules (adapters) here
+    if "merge" in saved:  # checkpoints from before temporal merging have none (and merged nothing)
+        spec.merger.load_state_dict(saved["merge"])
     try:
-        ctx.clip.model.load_state_dict(ckpt.weights)
+        spec.clip.model.load_state_dict(ckpt.weights)
     except RuntimeError as e:
-        raise CheckpointError(f"{ckpt.path}: the weights do not fit model {ctx.cfg.model.arch!r} ({e})") from e
-    freeze_all_but(ctx.clip.model, ctx.method.trainable_parameters())
-    ctx.ledger = Ledger.from_dict(state["ledger"])
-    ctx.step_cost = StepCost.from_dict(state["costs"]["step"])
-    ctx.reference_cost = StepCost.from_dict(state["costs"]["reference"])
-
-    ctx.buffer_segments = [seg for t in ctx.tasks[: pos.task] for seg in task_pool(ctx, t).segments]
-    if not rollback:
-        ctx.guard = GuardState(**state["guard"])
-        main = ctx.dist is None or ctx.dist.is_main  # only rank 0 writes the run folder
-        dropped = truncate_events(ctx.events.path, state["events"]["bytes"], state["events"]["sha256"]) if main else 0
-        log.info(f"resuming from {ckpt.path.name}; dropped {dropped} events logged after it")
+        raise CheckpointError(f"{ckpt.path}: the weights do not fit model {spec.cfg.model.arch!r} ({e})") from e
+    freeze_all_but(spec.clip.model, spec.method.trainable_parameters())
+    state = RunState(
+        Ledger.from_dict(saved["ledger"]), StepCost.from_dict(saved["costs"]["step"]),
+        StepCost.from_dict(saved["costs"]["reference"]),
+        guard=kept_guard if kept_guard is not None else GuardState(**saved["guard"]),
+    )
     current = None
-    ctx.optimizer = None
     if pos.started:
-        task = ctx.tasks[pos.task]
-        info = task_info(ctx, task, steps=ctx.ledger.tasks[pos.task].steps)
-        task_log = TaskLog.from_state_dict(state["task_log"])
-        if rollback:  # a fresh start for the non-finite counters
+        task = spec.tasks[pos.task]
+        info = task_info(spec, task, steps=state.ledger.tasks[pos.task].steps)
+        task_log = TaskLog.from_state_dict(saved["task_log"])
+        if kept_guard is not None:  # a rollback: a fresh start for the non-finite counters
             task_log.stats[STAT_RUN:] = 0
-        current = TaskRun(info, task_optimizer(ctx, state["optimizer"]), task_log)
-    elif state["optimizer"] is not None:  # carried into the next task (train.optimizer_reset=false)
-        task_optimizer(ctx, state["optimizer"])
-    restore_rng(state["rng"])  # last: nothing after it may draw
-    return current
+        task_optimizer(spec, state, saved["optimizer"])
+        current = TaskRun(info, task_log)
+    elif saved["optimizer"] is not None:  # carried into the next task (train.optimizer_reset=false)
+        task_optimizer(spec, state, saved["optimizer"])
+    restore_rng(saved["rng"])  # last: nothing after it may draw
+    return state, current
 
 
-def roll_back(ctx: RunContext, task: int, step: int) -> tuple[Position, TaskRun | None]:
+def roll_back(spec: RunSpec, state: RunState, task: int, step: int) -> tuple[Position, RunState, TaskRun | None]:
     """Return to the newest valid checkpoint with the learning rate scaled by ``guard.lr_factor``.
+
+    Returns:
+        The checkpoint's position, the run's state there (with the guard's new lr scale and rollback count)
+        and the task in progress, if any.
 
     Raises:
         TrainingDivergedError: ``guard.max_rollbacks`` are used up, or no checkpoint verifies.
     """
-    g = ctx.cfg.guard
+    g, guard = spec.cfg.guard, state.guard
     what = f"task {task}: {g.max_bad_steps} consecutive non-finite steps (loss or gradient) by step {step}"
-    if ctx.guard.rollbacks >= g.max_rollbacks:
+    if guard.rollbacks >= g.max_rollbacks:
         raise TrainingDivergedError(
-            f"{what}, after {ctx.guard.rollbacks} rollbacks (lr x{ctx.guard.lr_scale:g}). Lower train.lr, check the "
-            f"task's data, or raise guard.max_rollbacks; continue with: fif run --resume {ctx.out_dir} train.lr=..."
+            f"{what}, after {guard.rollbacks} rollbacks (lr x{guard.lr_scale:g}). Lower train.lr, check the "
+            f"task's data, or raise guard.max_rollbacks; continue with: fif run --resume {spec.out_dir} train.lr=..."
         )
-    ckpt, _ = latest_valid(ctx.out_dir / CHECKPOINT_DIR)
+    ckpt, _ = latest_valid(spec.out_dir / CHECKPOINT_DIR)
     if ckpt is None:
         raise TrainingDivergedError(f"{what}, and no checkpoint verifies to roll back to")
-    ctx.guard.rollbacks += 1
-    ctx.guard.lr_scale *= g.lr_factor
-    if ctx.dist is not None:  # every rank has read the checkpoint before rank 0 removes the newer ones
-        ctx.dist.barrier()
-    if ctx.dist is None or ctx.dist.is_main:
-        remove_after(ctx.out_dir / CHECKPOINT_DIR, ckpt.position)
-    current = restore_run_state(ctx, ckpt, rollback=True)
-    ctx.emit({
+    guard = GuardState(guard.lr_scale * g.lr_factor, guard.rollbacks + 1)
+    spec.ranks.barrier()  # every rank has read the checkpoint before rank 0 removes the newer ones
+    if spec.ranks.is_main:  # rank 0 alone writes the run folder
+        remove_after(spec.out_dir / CHECKPOINT_DIR, ckpt.position)
+    state, current = restore_run_state(spec, ckpt, kept_guard=guard)
+    spec.emit({
         "event": "rollback", "task": task, "step": step, "to_task": ckpt.position.task,
-        "to_step": ckpt.position.step, "lr_scale": ctx.guard.lr_scale, "rollbacks": ctx.guard.rollbacks,
+        "to_step": ckpt.position.step, "lr_scale": guard.lr_scale, "rollbacks": guard.rollbacks,
     })
-    log.warning(f"{what}; rolled back to {ckpt.path.name} with lr x{ctx.guard.lr_scale:g}")
-    return ckpt.position, current
+    log.warning(f"{what}; rolled back to {ckpt.path.name} with lr x{guard.lr_scale:g}")
+    return ckpt.position, state, current

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("none", "ddp", "fsdp")  # train.distributed
 T = TypeVar("T")
+D = TypeVar("D")
+M = TypeVar("M")
 
 FSDP_MESSAGE = (
     "train.distributed=fsdp is not supported: fif shards the batch (ddp), not the weights. Sharded weights would "
@@ -129,6 +131,11 @@ class Ranks:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())  # sync
 
+    def agree_at(self, flag: bool, sync_point: bool) -> bool:
+        """:meth:`agree` at a ``sync_point`` (a step where the host syncs anyway, e.g. a logging step);
+        False elsewhere, so that the ranks of a step loop stay in step without a sync per step."""
+        return self.agree(flag) if sync_point else False
+
     def on_main(self, fn: Callable[[], T]) -> T | None:
         """Run ``fn`` on rank 0 only; its exception is raised on every rank. Returns its value on rank 0, else None."""
         result, error = None, None
@@ -172,6 +179,10 @@ class Ranks:
         require grad now)."""
         return DataParallelModel(model, self)
 
+    def prepare_model_(self, model: nn.Module) -> None:
+        """Make ``model``'s BatchNorm layers normalise over the global batch in training steps (in place)."""
+        global_batchnorm_(model)
+
     def close(self) -> None:
         """Destroy the process group now if :func:`start` created it (else it is destroyed at exit)."""
         if self.owns_group and dist.is_initialized():
@@ -193,12 +204,24 @@ class Solo:
     def agree(self, flag: bool) -> bool:
         return flag
 
+    def agree_at(self, flag: bool, sync_point: bool) -> bool:
+        return flag  # nobody to wait for: one process stops at any step
+
     def on_main(self, fn: Callable[[], T]) -> T:
         return fn()
 
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
         yield
+
+    def shard(self, batches: D) -> D:
+        return batches  # every row is this process's
+
+    def wrap(self, model: M) -> M:
+        return model
+
+    def prepare_model_(self, model: nn.Module) -> None:
+        pass
 
 
 def _destroy_group() -> None:
