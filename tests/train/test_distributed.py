@@ -20,7 +20,9 @@ from fif.model.loss import strided_to_global
 from fif.train.distributed import (
     FSDP_MESSAGE,
     GlobalBatchNorm2d,
+    Ranks,
     ShardedBatches,
+    Solo,
     check_batch_size,
     global_batchnorm_,
     is_main,
@@ -60,6 +62,25 @@ def test_sharded_batches_index_like_the_global_batches():
     batches = [batch(8), batch(8)]
     sharded = ShardedBatches(batches, rank=1, world_size=2)
     assert len(sharded) == 2 and torch.equal(sharded[0].labels, torch.tensor([1, 3, 5, 7]))
+
+
+def test_one_process_is_a_world_of_size_1():
+    solo, batches, model = Solo(), [batch(8)], nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    assert solo.shard(batches) is batches and solo.wrap(model) is model  # every row, no DDP
+    solo.prepare_model_(model)
+    assert type(model[1]) is nn.BatchNorm2d
+    assert solo.agree_at(True, sync_point=False) and not solo.agree_at(False, sync_point=True)  # stops at any step
+    assert solo.broadcast(batches) is batches and solo.on_main(lambda: 3) == 3
+
+
+def test_ranks_agree_only_at_sync_points():
+    ranks = Ranks(0, 2, 0, torch.device("cpu"), owns_group=False)  # no process group: a collective would raise
+    assert ranks.agree_at(True, sync_point=False) is False
+    with pytest.raises((RuntimeError, ValueError)):
+        ranks.agree_at(True, sync_point=True)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    ranks.prepare_model_(model)
+    assert type(model[1]) is GlobalBatchNorm2d
 
 
 def test_batch_size_must_split_over_ranks():
