@@ -49,10 +49,24 @@ def test_catalogue_has_fifs_63_datasets():
     for d in CATALOGUE:
         assert d.primer.count("{}") == 1, d.name
         assert 1990 <= d.release_year <= 2025, d.name
-    assert table["CUB200"].primer == table["BIRDSNAP"].primer == "A photo of a {}, a type of bird."
+    # The paper's primers (the reference's per-dataset modules), e.g. not CIFAR's "A blurry photo of a {}."
+    assert table["CIFAR100"].primer == table["CIFAR10"].primer == table["IMAGENET_D"].primer == "A photo of a {}."
+    assert table["CUB200"].primer == "A photo of a {}, a type of bird."
+    assert table["BIRDSNAP"].primer == "A photo of the bird {}."
     assert table["MNIST"].primer == 'A black-and-white photo of the number: "{}".'
+    assert table["SVHN"].primer == 'A photo of the number: "{}".'
+    assert table["MTSD"].primer == table["GTSRB"].primer == 'A centered photo of a "{}" traffic sign.'
     assert table["DOMAINNET_SKETCH"].primer == "A sketch of a {}."
-    assert {table[n].primer for n in ("RESISC45", "PATTERNNET", "CLRS", "EuroSAT")} == {"A satellite image of {}."}
+    assert table["FSCOCO"].primer == "A sketch of a {}"  # no full stop, as in the reference
+    assert table["MSCOCO"].primer == table["FLICKR30K"].primer == "{}"
+    assert {table[n].primer for n in ("PATTERNNET", "CLRS")} == {"A satellite image of a {}."}
+    assert table["RESISC45"].primer == "A satellite image of {}."
+    assert table["EuroSAT"].primer == "A centered satellite photo of a {}."
+    assert sum(d.primer == "A photo of a {}." for d in CATALOGUE) == 20
+    # Split files as the reference names them.
+    assert table["iNATURALIST2021"].split_files() == {"train": "train_mini", "test": "val"}
+    assert table["MTSD"].split_files() == {"train": "train", "test": "val"}
+    assert table["IMAGENET"].splits == ("test",) and table["CUB200"].splits == ("train", "test")
     # FiF's download folder names double as the names in its stream files.
     assert {"FGVCAircraft", "iNATURALIST2021", "MVTECAD_Adapt", "MVTECAD_Eval", "ZAPPOS50k", "SynthCLIP106"} <= set(table)
 

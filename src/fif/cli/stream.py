@@ -5,18 +5,53 @@
     fif stream show --preset mini stream.ordering=time stream.interleave=true
 
 A stream file is FiF's JSON list of "DATASET+++classname". `show` chunks it into stream.tasks tasks
-(FiF's rule) and prints per task the concepts, datasets and training samples. Orderings that need
-the base model (similarity, easy_to_hard) build it as `fif run` does. See docs/streams.md.
+(FiF's rule) and prints per task the concepts, datasets and training samples (`--concepts`: each
+concept, with the score or count the ordering sorted by). Orderings that need the base model
+(similarity, easy_to_hard) build it as `fif run` does. See docs/streams.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 
 import torch
 
 from fif.cli import CliError
+
+
+def _epilog_on_help(parser: argparse.ArgumentParser, epilog) -> None:
+    """Compute ``parser``'s epilog only when its help is shown (it imports the config tree, which every
+    other `fif` command would otherwise pay for at start)."""
+    plain = parser.format_help
+
+    def format_help() -> str:
+        parser.epilog = epilog()
+        return plain()
+
+    parser.format_help = format_help  # type: ignore[method-assign]
+
+
+def orderings_help() -> str:
+    """The orderings, their rules and the config keys each reads (with the keys' help and defaults)."""
+    from fif.config.load import field_help
+    from fif.data.stream import COMMON_OPTIONS, ORDERING_HELP
+
+    fields = {key: (text, default) for key, text, default in field_help()}
+
+    def option(key: str) -> str:
+        text, default = fields[key]
+        return textwrap.fill(f"{key} (default {default!r}): {text}", 100, initial_indent="      ",
+                             subsequent_indent="        ")
+
+    lines = ["orderings (stream.ordering=NAME):"]
+    for name, (rule, keys) in ORDERING_HELP.items():
+        lines.append(textwrap.fill(f"{name}: {rule}", 100, initial_indent="  ", subsequent_indent="    "))
+        lines += [option(k) for k in keys]
+    lines.append("every ordering also reads:")
+    lines += [option(k) for k in COMMON_OPTIONS]
+    return "\n".join(lines)
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +63,9 @@ def add_parser(subparsers) -> None:
         help="order the benchmark's concepts and write a stream file",
         description="Order the concepts of the preset's benchmark by stream.ordering and write FiF's stream "
         "JSON. Override any config field as section.key=value.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _epilog_on_help(build, orderings_help)
     build.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     build.add_argument("--preset", default="mini", help="preset name or YAML file (default: mini)")
     build.add_argument("--out", required=True, help="where to write the stream JSON")
@@ -45,6 +82,8 @@ def add_parser(subparsers) -> None:
     show.add_argument("--preset", default="mini", help="preset name or YAML file (default: mini)")
     show.add_argument("--png", help="also draw datasets × tasks (concepts per cell) to this image (.png/.svg/.pdf)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show.add_argument("--concepts", action="store_true", help="also list each task's concepts, with the score or "
+                      "count the ordering was built from (corpus count, zero-shot score, walk distance, release year)")
     show.set_defaults(func=run_show)
 
 
@@ -105,7 +144,7 @@ def run_show(args: argparse.Namespace) -> int:
     from fif.config import load_config
     from fif.config.components import ordering_options
     from fif.data.registry import benchmark_options, get_benchmark
-    from fif.data.stream import build_tasks, describe_tasks
+    from fif.data.stream import build_stream, describe_tasks
 
     file, overrides = _split_items(args.items)
     if file is not None:
@@ -114,16 +153,27 @@ def run_show(args: argparse.Namespace) -> int:
     benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
     scorer, precision = _model_for(cfg)
     s = cfg.stream
-    tasks = build_tasks(
+    stream = build_stream(
         benchmark, s.ordering, s.tasks, cfg.run.seed, s.reverse, s.file, s.datasets, s.reference, scorer,
         ordering_options(s, cfg.eval.batch_size, precision),
     )
-    summaries = describe_tasks(tasks, benchmark)
+    summaries = describe_tasks(stream.tasks, benchmark)
+    ordered = stream.ordered
     if args.json:
         rows = [{"task": x.index, "concepts": x.concepts, "samples": x.samples} for x in summaries]
-        print(json.dumps({"reference": s.reference, "ordering": s.ordering, "tasks": rows}, indent=1))
+        if args.concepts:
+            for row, task in zip(rows, stream.tasks):
+                row["concept_list"] = list(task.concepts)
+                if ordered is not None and ordered.scores is not None:
+                    row["scores"] = [ordered.scores.get(c) for c in task.concepts]
+        out = {"reference": s.reference, "ordering": s.ordering, "tasks": rows}
+        if ordered is not None:
+            out.update(score=ordered.score_label, note=ordered.note)
+        print(json.dumps(out, indent=1))
     else:
         _print_table(cfg, summaries)
+        if args.concepts:
+            _print_concepts(stream)
     if args.png:
         from fif.results.report.stream import plot_stream
 
@@ -147,3 +197,14 @@ def _print_table(cfg, summaries) -> None:
     for x in summaries:
         per = ", ".join(f"{d} {n}" for d, n in x.concepts.items())
         print(f"{x.index + 1:>4} {x.num_concepts:>8} {len(x.concepts):>8} {x.num_samples:>8}  {per}")
+
+
+def _print_concepts(stream) -> None:
+    ordered = stream.ordered
+    scores = ordered.scores if ordered is not None else None
+    if scores is not None:
+        print(f"concepts per task, each with its {ordered.score_label}:")
+    for task in stream.tasks:
+        print(f"task {task.index + 1}:")
+        for c in task.concepts:
+            print(f"  {c}" + (f"  {scores[c]:g}" if scores is not None and c in scores else ""))

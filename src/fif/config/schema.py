@@ -65,6 +65,11 @@ class DataConfig:
     )
     options: dict = _help("Benchmark-specific options (e.g. mini sizes).", factory=dict)
     num_workers: int = _help("DataLoader workers for file-backed data (0 = in the main process).", 0)
+    max_bad_samples: int = _help(
+        "Unreadable images (undecodable or missing, in a dataset or the pool) a run skips, each replaced by the "
+        "next readable sample of its class, warned about and counted in events.jsonl and summary.json; one more "
+        "stops the run with the list of files.", 10
+    )
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
 
 

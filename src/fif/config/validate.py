@@ -45,6 +45,8 @@ def validate(cfg: Config) -> list[str]:
         p.append("data.mixture.update: must be > 0, or there is nothing new to learn")
     if m.buffer_cap is not None and m.buffer_cap < 1:
         p.append("data.mixture.buffer_cap: must be a positive integer or null")
+    if cfg.data.max_bad_samples < 0:
+        p.append(f"data.max_bad_samples: {cfg.data.max_bad_samples} must be >= 0 (0 = stop at the first unreadable image)")
     t = cfg.train
     if t.batch_size < 1:
         p.append(f"train.batch_size: {t.batch_size} must be >= 1")

@@ -22,12 +22,16 @@ class Batch:
         labels: (B,) int64 class of each sample as an index into ``TaskInfo.concepts`` (−1: none), set
             only in passes over a task's own data (``TaskInfo.batches``, e.g. GDumb's class-balanced
             memory); None in training batches.
+        bad: (source, file) of each unreadable sample found while building this batch (each was
+            replaced by a readable one; see :mod:`fif.data.bad_samples`). Built in DataLoader workers
+            too, so the run learns of them from the batch; empty almost always.
     """
 
     images: torch.Tensor
     tokens: torch.Tensor
     source: torch.Tensor
     labels: torch.Tensor | None = None
+    bad: tuple[tuple[str, str], ...] = ()
 
     PRETRAINING: ClassVar[int] = 0
     UPDATE: ClassVar[int] = 1

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fif.core.seeding import rng_for
+from fif.data.bad_samples import drain
 from fif.data.batch import Batch
 from fif.data.specs import SplitData, concept_id
 from fif.data.stream import ALL_PAIRS
@@ -165,7 +166,7 @@ class MixedBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> Batch:
         plan = self.sampler.plan(step)
-        images, texts, sources = [], [], []
+        images, texts, sources, bad = [], [], [], []
         gen = torch.Generator().manual_seed(int(rng_for(self.sampler.seed, "augment", self.sampler.task, step).integers(2**62)))
         caption_rng = rng_for(self.sampler.seed, "caption", self.sampler.task, step)
         for source in SOURCES:
@@ -176,6 +177,7 @@ class MixedBatches(torch.utils.data.Dataset):
             part_texts: list[str] = [""] * len(positions)
             for split, local, where in self.sampler.pools[source].locate(positions):
                 part[torch.as_tensor(where)] = split.images(local, self.image_size, train=True, generator=gen)
+                bad.extend((split.spec.name, f) for f in drain(split))  # images first: captions follow a replacement
                 for w, i in zip(where.tolist(), local.tolist()):
                     caps = split.captions(i)
                     part_texts[w] = caps[int(caption_rng.integers(len(caps)))] if len(caps) > 1 else caps[0]
@@ -186,6 +188,7 @@ class MixedBatches(torch.utils.data.Dataset):
             images=self.normalize(torch.cat(images)),
             tokens=self.tokenizer(texts),
             source=torch.cat(sources),
+            bad=tuple(bad),
         )
 
 
@@ -225,16 +228,20 @@ def pool_batches(
 def concept_labels(pool: Pool, concepts: Sequence[str]) -> np.ndarray:
     """The concept of each pool position as an index into ``concepts`` (−1 where it is none of them).
 
-    A classification sample's concept is ``dataset+++classname`` of its target; every pair of a retrieval
-    dataset (target −1) belongs to the dataset's single concept ``dataset+++*``.
+    A sample with a class (target ≥ 0, also a retrieval pair that carries one, as FiF's FSCOCO sketches
+    do) belongs to ``dataset+++classname``; a retrieval dataset taken whole (``dataset+++*``) owns all of
+    its pairs, with or without a class.
     """
 
     index = {c: i for i, c in enumerate(concepts)}
     out = np.full(len(pool), -1, dtype=np.int64)
     for s, (split, idx) in enumerate(pool.segments):
         spec, targets = split.spec, split.targets[idx]
-        names = [concept_id(spec.name, spec.classnames[t] if t >= 0 else ALL_PAIRS) for t in targets.tolist()]
-        out[pool.offsets[s] : pool.offsets[s + 1]] = [index.get(n, -1) for n in names]
+        whole = index.get(concept_id(spec.name, ALL_PAIRS), -1)  # a retrieval set taken whole
+        by_class = [index.get(concept_id(spec.name, c), whole) for c in spec.classnames]
+        out[pool.offsets[s] : pool.offsets[s + 1]] = [
+            by_class[t] if 0 <= t < len(by_class) else whole for t in targets.tolist()
+        ]
     return out
 
 

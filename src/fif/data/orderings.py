@@ -96,16 +96,32 @@ def order(
     options: OrderingOptions,
 ) -> list[str]:
     """Dispatch: ``frequency``, ``similarity`` or ``easy_to_hard`` (see the module docstring)."""
+    return order_scored(ordering, concepts, benchmark, seed, scorer, options)[0]
+
+
+def order_scored(
+    ordering: str,
+    concepts: Sequence[str],
+    benchmark: Benchmark,
+    seed: int,
+    scorer: ConceptScorer | None,
+    options: OrderingOptions,
+) -> tuple[list[str], dict[str, float], str]:
+    """As :func:`order`, with what the order was built from: (concepts, score of each concept, what the
+    score is). Frequency: the corpus count; easy_to_hard: the zero-shot score; similarity: the cosine
+    distance from the concept before it in the walk (0 for the first)."""
     if ordering == "frequency":
         counts = concept_frequencies(concepts, benchmark, corpus_documents(benchmark, options.corpus), seed)
-        return seeded_sort(concepts, counts.__getitem__, seed, "frequency")
+        return seeded_sort(concepts, counts.__getitem__, seed, "frequency"), counts, "corpus count"
     if scorer is None:
         raise ValueError(f"stream.ordering={ordering} needs the base model")
     if ordering == "similarity":
-        return order_by_similarity(concepts, scorer.embeddings(concepts, benchmark, seed), seed, options.start)
+        emb = scorer.embeddings(concepts, benchmark, seed)
+        walk = order_by_similarity(concepts, emb, seed, options.start)
+        return walk, step_distances(concepts, emb, walk), "distance to previous"
     if ordering == "easy_to_hard":
         scores = scorer.scores(concepts, benchmark, seed)
-        return seeded_sort(concepts, lambda c: -scores[c], seed, "easy_to_hard")
+        return seeded_sort(concepts, lambda c: -scores[c], seed, "easy_to_hard"), scores, "zero-shot score (%)"
     raise ValueError(unknown_name_message("model-based ordering", ordering, ("frequency", "similarity", "easy_to_hard")))
 
 
@@ -282,9 +298,17 @@ def order_by_similarity(concepts: Sequence[str], embeddings: np.ndarray, seed: i
 
 def path_length(concepts: Sequence[str], embeddings: np.ndarray, ordered: Sequence[str]) -> float:
     """Summed cosine distance between consecutive concepts of ``ordered`` (``embeddings`` rows follow ``concepts``)."""
+    return float(sum(step_distances(concepts, embeddings, ordered).values()))
+
+
+def step_distances(concepts: Sequence[str], embeddings: np.ndarray, ordered: Sequence[str]) -> dict[str, float]:
+    """Each concept of ``ordered`` -> its cosine distance from the concept before it (0 for the first)."""
     row = {c: i for i, c in enumerate(concepts)}
     emb = np.asarray(embeddings, dtype=np.float64)
-    return float(sum(1.0 - emb[row[a]] @ emb[row[b]] for a, b in zip(ordered[:-1], ordered[1:])))
+    out = {ordered[0]: 0.0} if len(ordered) else {}
+    for a, b in zip(ordered[:-1], ordered[1:]):
+        out[b] = float(1.0 - emb[row[a]] @ emb[row[b]])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fif.core.names import unknown_name_message
+from fif.data.bad_samples import guard
 from fif.data.registry import Benchmark
 from fif.data.sources import manifest as manifest_source
 from fif.data.sources import wds as wds_source
@@ -21,7 +22,8 @@ def pool_spec(location: str, source: str) -> DatasetSpec:
 
 
 def load_pool(benchmark: Benchmark, pool: str, index_dir: str | Path | None = None) -> SplitData:
-    """Load the pretraining pool ``pool`` (its ``train`` split when it is a dataset of the benchmark).
+    """Load the pretraining pool ``pool`` (its ``train`` split when it is a dataset of the benchmark),
+    guarded: an undecodable image is replaced and reported (:mod:`fif.data.bad_samples`).
 
     Args:
         benchmark: the run's benchmark.
@@ -37,9 +39,9 @@ def load_pool(benchmark: Benchmark, pool: str, index_dir: str | Path | None = No
         return benchmark.load(pool, "train")
     path = Path(pool).expanduser()
     if path.suffix.lower() in manifest_source.FORMATS and path.is_file():
-        return manifest_source.read_manifest(pool_spec(pool, "manifest"), "train", path)
+        return guard(manifest_source.read_manifest(pool_spec(pool, "manifest"), "train", path))
     if wds_source.looks_like_shards(pool) or path.is_dir():
-        return wds_source.read_shards(pool_spec(pool, "wds"), "train", pool, index_dir=index_dir)
+        return guard(wds_source.read_shards(pool_spec(pool, "wds"), "train", pool, index_dir=index_dir))
     names = [s.name for s in benchmark.by_role("pretraining")] or list(benchmark.datasets)
     raise KeyError(
         unknown_name_message("pretraining pool (data.mixture.pool)", pool, names, where=f"benchmark {benchmark.name!r}")

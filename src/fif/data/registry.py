@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from fif.core.names import unknown_name_message
+from fif.data.bad_samples import drain, guard
 from fif.data.specs import DatasetSpec, SplitData
 
 
@@ -26,12 +27,15 @@ class Benchmark:
         datasets: every dataset by name, in a stable order.
         loader: ``loader(spec, split) -> SplitData``.
         pretraining_pool: name of the dataset (role ``pretraining``) used for pretraining replay, if any.
+        left_out: datasets the benchmark knows but did not load, and why (e.g. FiF datasets not
+            downloaded): a stream file naming them is filtered to the rest.
     """
 
     name: str
     datasets: dict[str, DatasetSpec]
     loader: Callable[[DatasetSpec, str], SplitData]
     pretraining_pool: str | None = None
+    left_out: dict[str, str] = field(default_factory=dict)
     _cache: dict[tuple[str, str], SplitData] = field(default_factory=dict, repr=False)
 
     def spec(self, name: str) -> DatasetSpec:
@@ -45,11 +49,19 @@ class Benchmark:
         return self.datasets[name]
 
     def load(self, name: str, split: str) -> SplitData:
-        """Load (once, then cached) split ``split`` of dataset ``name``."""
+        """Load (once, then cached) split ``split`` of dataset ``name``.
+
+        File-backed splits come guarded: an unreadable image is replaced by the next readable sample of
+        its class and reported by :meth:`bad_samples` (see :mod:`fif.data.bad_samples`).
+        """
         key = (name, split)
         if key not in self._cache:
-            self._cache[key] = self.loader(self.spec(name), split)
+            self._cache[key] = guard(self.loader(self.spec(name), split))
         return self._cache[key]
+
+    def bad_samples(self) -> list[tuple[str, str]]:
+        """(dataset, file) of every unreadable sample this process found since the last call."""
+        return [(name, where) for (name, _), split in self._cache.items() for where in drain(split)]
 
     def by_role(self, role: str) -> list[DatasetSpec]:
         return [s for s in self.datasets.values() if s.role == role]

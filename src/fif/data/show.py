@@ -1,7 +1,8 @@
 """What ``fif data show`` and ``fif data materialize`` do, as library functions (no printing).
 
-``describe`` returns the table of a benchmark's datasets, ``sample_grid`` writes a PNG of samples with
-their captions, ``materialize`` writes every split to FiF's on-disk layout (which then loads back
+``describe`` returns the table of a benchmark's datasets (``describe_rows`` the records),
+``registered_datasets`` lists every dataset a benchmark registers without reading data, ``sample_grid``
+writes a PNG of samples with their captions, ``materialize`` writes every split to FiF's on-disk layout (which then loads back
 through :mod:`fif.data.sources.fif_layout`).
 """
 
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fif.data.registry import Benchmark, MissingSplitError
+from fif.data.fif_benchmark import catalogue_rows
+from fif.data.registry import Benchmark, MissingSplitError, get_benchmark
 from fif.data.sources.fif_layout import write_split
 from fif.data.specs import DatasetSpec
 
@@ -51,6 +53,20 @@ def _select(benchmark: Benchmark, names: Iterable[str] | None) -> list[DatasetSp
     return sorted(specs, key=lambda s: _ROLE_ORDER.get(s.role, 3))
 
 
+def describe_rows(benchmark: Benchmark, datasets: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One record per dataset: name, role, kind, classes, split sizes, release year, primer, templates
+    (loading the splits to count them; for the mini world, a few seconds).
+
+    Raises:
+        KeyError: an unknown dataset name (with the valid ones).
+    """
+    return [{
+        "name": spec.name, "role": spec.role, "kind": spec.kind, "classes": spec.num_classes,
+        "sizes": _split_sizes(benchmark, spec), "release_year": spec.release_year, "primer": spec.primer,
+        "templates": list(spec.templates), "location": spec.location, "description": spec.description,
+    } for spec in _select(benchmark, datasets)]
+
+
 def describe(benchmark: Benchmark, datasets: Sequence[str] | None = None) -> str:
     """A text table of the benchmark's datasets: role, kind, classes, split sizes, year, primer.
 
@@ -67,23 +83,52 @@ def describe(benchmark: Benchmark, datasets: Sequence[str] | None = None) -> str
         KeyError: an unknown dataset name (with the valid ones).
     """
     rows = [("dataset", "role", "kind", "classes", "train", "test", "year", "primer")]
-    for spec in _select(benchmark, datasets):
-        sizes = {s: str(n) for s, n in _split_sizes(benchmark, spec).items()}
+    for r in describe_rows(benchmark, datasets):
+        sizes = {s: str(n) for s, n in r["sizes"].items()}
         rows.append((
-            spec.name,
-            spec.role,
-            spec.kind,
-            str(spec.num_classes) if spec.kind == "classification" else "-",
-            sizes.get("train", "-"),
-            sizes.get("test", "-"),
-            str(spec.release_year or "-"),
-            spec.primer if spec.kind == "classification" else "-",
+            r["name"], r["role"], r["kind"], str(r["classes"]) if r["kind"] == "classification" else "-",
+            sizes.get("train", "-"), sizes.get("test", "-"), str(r["release_year"] or "-"),
+            r["primer"] if r["role"] != "pretraining" and r["classes"] else "-",
         ))
+    text = _table(rows)
+    if benchmark.pretraining_pool:
+        text += f"\npretraining pool: {benchmark.pretraining_pool}"
+    return text
+
+
+def registered_datasets(name: str, options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every dataset benchmark ``name`` registers, whether or not it is on disk, without reading data:
+    for ``fif`` the catalogue (folder, role, kind, primer, info-file split names, release year; with a
+    ``root`` option, whether each is present); for others their specs.
+
+    Raises:
+        KeyError / ValueError: an unknown benchmark, dataset or option.
+    """
+    if name == "fif":
+        return catalogue_rows(**(options or {}))
+    bench = get_benchmark(name, **(options or {}))
+    return [{
+        "name": s.name, "role": s.role, "kind": s.kind, "classes": s.num_classes, "primer": s.primer,
+        "templates": list(s.templates), "release_year": s.release_year, "location": s.location,
+        "description": s.description,
+    } for s in _select(bench, None)]
+
+
+def registered_table(rows: list[dict[str, Any]]) -> str:
+    """:func:`registered_datasets` as a text table."""
+    has_disk = any("on_disk" in r for r in rows)
+    head = ("dataset", "role", "kind", "splits", "year", "primer") + (("on disk",) if has_disk else ())
+    body = [(
+        r["name"], r["role"], r["kind"], " / ".join(r.get("splits", {}).values()) or "-",
+        str(r.get("release_year") or "-"), r["primer"],
+    ) + ((("yes" if r.get("on_disk") else "no"),) if has_disk else ()) for r in rows]
+    return _table([head, *body])
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    if benchmark.pretraining_pool:
-        lines.append(f"pretraining pool: {benchmark.pretraining_pool}")
     return "\n".join(lines)
 
 

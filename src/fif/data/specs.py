@@ -30,13 +30,16 @@ class DatasetSpec:
         kind: ``classification`` (top-1 zero-shot accuracy) or ``retrieval`` (Recall@k both ways).
         role: ``adaptation`` (in the update stream, counts to A_KA), ``eval_only`` (held out, counts
             to A_ZS) or ``pretraining`` (a replay pool; never evaluated).
-        classnames: class names; index = target id. Empty for retrieval sets and pools.
+        classnames: class names; index = target id. Empty for pools and most retrieval sets; a retrieval
+            set whose pairs carry a class (FiF's FSCOCO) has them too, so streams can take it by class.
         primer: zero-shot prompt with one ``{}`` for the class name, e.g. ``"A photo of a {}, a type of bird."``.
         templates: optional extra prompts for template ensembles (each with one ``{}``).
         release_year: year the dataset appeared (time-incremental streams order by it).
         source: which reader loads it (``mini``, ``fif``, ``folder``, ``manifest``, ``wds``).
         location: where the reader finds it (a folder, file or URL pattern); None for generated data.
         description: one line for ``fif data show``.
+        release_rank: order among datasets of the same ``release_year`` (FiF: the reference's time
+            order); None = same-year datasets come in a seeded order.
     """
 
     name: str
@@ -49,6 +52,7 @@ class DatasetSpec:
     source: str = "mini"
     location: str | None = None
     description: str = ""
+    release_rank: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -74,6 +78,22 @@ class DatasetSpec:
     def prompts(self, ensemble: bool = False) -> tuple[str, ...]:
         """The prompt templates used for zero-shot classification (primer first)."""
         return (self.primer, *self.templates) if ensemble else (self.primer,)
+
+
+class BadSampleError(ValueError):
+    """One sample's image cannot be read (missing or undecodable file).
+
+    Sources raise it (through a subclass that is also their own error type) from ``images`` so the
+    benchmark's guard (:mod:`fif.data.bad_samples`) can skip that sample and name it.
+
+    Attributes:
+        index: the sample's index in its split.
+        where: the file (or ``shard.tar (sample i)``) to name in reports.
+    """
+
+    def __init__(self, message: str, index: int = -1, where: str = ""):
+        super().__init__(message)
+        self.index, self.where = index, where
 
 
 @runtime_checkable

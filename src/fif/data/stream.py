@@ -1,7 +1,8 @@
 """Streams: an ordered list of concepts ``DATASET+++classname`` chunked into T update tasks.
 
-A stream is FiF's JSON format: a list of unique concept strings. A retrieval dataset (no classes)
-enters a stream as the single concept ``DATASET+++*`` (all of its training pairs). Orderings that need
+A stream is FiF's JSON format: a list of unique concept strings. A retrieval dataset without classes
+enters a stream as the single concept ``DATASET+++*`` (all of its training pairs); one whose pairs carry
+a class (FiF's FSCOCO) enters by class, as the reference's stream files list it. Orderings that need
 only metadata (random, dataset, time, file) live here; those that need corpus statistics (frequency)
 or the base model (similarity, easy-to-hard) live in :mod:`fif.data.orderings`.
 
@@ -13,27 +14,40 @@ model is only evaluated) and ``oracle`` (the whole stream as one task with the w
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from fif.core.io import atomic_write_text
 from fif.core.names import unknown_name_message
 from fif.core.seeding import rng_for
 from fif.data import orderings
 from fif.data.orderings import DIFFICULTY_SPLITS, ConceptScorer, OrderingOptions, seeded_sort  # noqa: F401 (re-exported)
 from fif.data.registry import Benchmark
 from fif.data.specs import ALL_PAIRS, concept_id, split_concept  # noqa: F401 (re-exported)
+from fif.data.stream_file import fit_stream, read_stream, validate_stream, write_stream  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 ORDERINGS = ("dataset", "random", "time", "frequency", "similarity", "easy_to_hard", "file")
 MODEL_ORDERINGS = ("similarity", "easy_to_hard")  # orderings that need the base model
 REFERENCES = ("none", "zeroshot", "oracle")
+COMMON_OPTIONS = ("run.seed", "stream.reverse", "stream.tasks", "stream.datasets", "stream.reference")
+# ordering -> (its rule, the config keys it reads besides COMMON_OPTIONS): `fif stream build --help` lists them.
+ORDERING_HELP: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dataset": ("one task per dataset, in registry order or that of stream.datasets (stream.tasks ignored)", ()),
+    "random": ("a seeded shuffle of every concept", ()),
+    "time": ("datasets by release year (FiF: the reference's time order); whole datasets in sequence, or the "
+             "datasets of one period interleaved", ("stream.interleave", "stream.period_years")),
+    "frequency": ("rarest first: how many corpus captions name the class", ("stream.corpus",)),
+    "similarity": ("a greedy nearest-neighbour walk over the base model's text embeddings of the class prompts",
+                   ("stream.start",)),
+    "easy_to_hard": ("the base model's zero-shot accuracy per class, highest first",
+                     ("stream.difficulty_split", "stream.difficulty_samples")),
+    "file": ("the concepts of a stream JSON (FiF's 29 files load as they are), fitted to the datasets present",
+             ("stream.file",)),
+}
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,8 @@ class Task:
 
 
 def benchmark_concepts(benchmark: Benchmark, datasets: Sequence[str] = ()) -> list[str]:
-    """Every concept of the benchmark's adaptation datasets, dataset by dataset in registry order.
+    """Every concept of the benchmark's adaptation datasets, dataset by dataset in registry order:
+    each class with training images, or ``DATASET+++*`` for a retrieval set without classes.
 
     Args:
         datasets: restrict to these adaptation datasets (empty = all).
@@ -60,7 +75,7 @@ def benchmark_concepts(benchmark: Benchmark, datasets: Sequence[str] = ()) -> li
     chosen = [adaptation[n] for n in datasets] if datasets else list(adaptation.values())
     out = []
     for spec in chosen:
-        if spec.kind == "retrieval":
+        if spec.kind == "retrieval" and not spec.classnames:  # pairs without classes: the set is one concept
             out.append(concept_id(spec.name, ALL_PAIRS))
             continue
         # Classes without training images cannot be learned (FiF: 18,449 classes, 18,381 in streams):
@@ -72,57 +87,6 @@ def benchmark_concepts(benchmark: Benchmark, datasets: Sequence[str] = ()) -> li
                      spec.name, len(missing), ", ".join(missing[:5]))
         out.extend(concept_id(spec.name, c) for i, c in enumerate(spec.classnames) if i in present)
     return out
-
-
-def validate_stream(concepts: Sequence[str], benchmark: Benchmark, source: str = "stream") -> None:
-    """Check every concept names an adaptation dataset and one of its classes, with no duplicates.
-
-    Raises:
-        ValueError: naming the first bad concept and the closest valid ones.
-    """
-    if not concepts:
-        raise ValueError(f"{source}: the stream is empty")
-    seen: set[str] = set()
-    for concept in concepts:
-        if not isinstance(concept, str):
-            raise ValueError(f"{source}: concept {concept!r} is not a string 'DATASET+++classname'")
-        dataset, classname = split_concept(concept)
-        if concept in seen:
-            raise ValueError(f"{source}: concept {concept!r} appears twice; streams list each concept once")
-        seen.add(concept)
-        spec = benchmark.datasets.get(dataset)
-        if spec is None or spec.role != "adaptation":
-            valid = [s.name for s in benchmark.adaptation]
-            raise ValueError(f"{source}: {unknown_name_message('adaptation dataset', dataset, valid)}")
-        valid_classes = [ALL_PAIRS] if spec.kind == "retrieval" else list(spec.classnames)
-        if classname not in valid_classes:
-            raise ValueError(
-                f"{source}: {unknown_name_message('class', classname, valid_classes, where=f'dataset {dataset!r}')}"
-            )
-
-
-def read_stream(path: str | Path) -> list[str]:
-    """Read FiF's stream JSON (a list of 'DATASET+++classname').
-
-    Raises:
-        ValueError: the file is missing, not JSON, or not a list of strings.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"stream.file: {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"stream file {path}: not valid JSON ({e})") from e
-    if not isinstance(data, list) or not all(isinstance(c, str) for c in data):
-        raise ValueError(f"stream file {path}: expected a JSON list of 'DATASET+++classname' strings")
-    return data
-
-
-def write_stream(concepts: Sequence[str], path: str | Path) -> Path:
-    """Write a stream as FiF's JSON list (atomically)."""
-
-    return atomic_write_text(Path(path), json.dumps(list(concepts), indent=1))
 
 
 def chunk(concepts: Sequence[str], num_tasks: int) -> list[Task]:
@@ -164,11 +128,13 @@ def order_by_release(
 ) -> list[str]:
     """Time-incremental: datasets by release year, oldest first.
 
-    Whole datasets (default): one dataset after the other, each in its own concept order; datasets of
-    the same year in a seeded order. Interleaved: datasets of one calendar period
+    Whole datasets (default): one dataset after the other, each in its own concept order. Datasets of
+    the same year come by ``release_rank`` where the benchmark gives one (FiF: the reference's time
+    order), else in a seeded order. Interleaved: datasets of one calendar period
     (``year // period_years``) are spread evenly over that period's stretch of the stream: concept i
     of a dataset with n concepts sits at relative position (i + ½) / n, so every chunk of the period
-    holds each dataset in proportion to its size.
+    holds each dataset in proportion to its size (FiF with ``period_years=1``: the reference's 15
+    period groups).
 
     Raises:
         ValueError: a dataset of the stream has no release year, or ``period_years < 1``.
@@ -183,7 +149,9 @@ def order_by_release(
             "has none (set release_year in its DatasetSpec, or choose another stream.ordering)"
         )
     perm = rng_for(seed, "stream-ties", "time").permutation(len(names))
-    tie = {names[i]: rank for rank, i in enumerate(perm)}
+    seeded = {names[i]: rank for rank, i in enumerate(perm)}
+    # A benchmark's own order of same-year datasets wins over the seed; unranked ones follow, seeded.
+    tie = {d: (benchmark.spec(d).release_rank is None, benchmark.spec(d).release_rank or 0, seeded[d]) for d in names}
     size: dict[str, int] = {}
     position: dict[str, int] = {}
     for c in concepts:
@@ -201,7 +169,25 @@ def order_by_release(
     return sorted(concepts, key=key)
 
 
-def order_concepts(
+@dataclass(frozen=True)
+class Ordered:
+    """A stream's concepts in order, with what the order was built from.
+
+    Attributes:
+        concepts: the ordered concepts (before chunking).
+        scores: concept -> the number the ordering sorted or walked by (corpus count, zero-shot score,
+            distance from the previous concept, release year); None for random, dataset and file.
+        score_label: what ``scores`` are.
+        note: one line on what a stream file lost to the data present (None: nothing).
+    """
+
+    concepts: list[str]
+    scores: dict[str, float] | None = None
+    score_label: str | None = None
+    note: str | None = None
+
+
+def order_stream(
     benchmark: Benchmark,
     ordering: str,
     seed: int = 0,
@@ -210,15 +196,16 @@ def order_concepts(
     datasets: Sequence[str] = (),
     scorer: ConceptScorer | None = None,
     options: OrderingOptions = OrderingOptions(),
-) -> list[str]:
-    """The ordered concepts of a stream (before chunking).
+) -> Ordered:
+    """The ordered concepts of a stream (before chunking), with their scores.
 
     Args:
         benchmark: whose adaptation datasets the concepts come from.
         ordering: one of :data:`ORDERINGS`.
         seed: breaks what the ordering leaves tied (see the module docstring).
         reverse: flip the finished order.
-        file: the stream JSON for ``ordering="file"``.
+        file: the stream JSON for ``ordering="file"``; it is fitted to the data present
+            (:func:`fif.data.stream_file.fit_stream`, logging one warning line on what was dropped).
         datasets: restrict to these adaptation datasets (empty = all).
         scorer: the base model's view of the concepts (:class:`fif.eval.concepts.ModelScorer`), for
             ``similarity`` and ``easy_to_hard``.
@@ -231,20 +218,80 @@ def order_concepts(
         raise ValueError(unknown_name_message("stream.ordering", ordering, ORDERINGS))
     if ordering in MODEL_ORDERINGS and scorer is None:
         raise ValueError(f"stream.ordering={ordering} needs the base model (pass scorer=...)")
+    note, scores, label = None, None, None
     if ordering == "file":
         if not file:
             raise ValueError("stream.ordering=file needs stream.file=/path/to/stream.json")
-        concepts = read_stream(file)
-        validate_stream(concepts, benchmark, source=f"stream file {file}")
+        concepts, note = fit_stream(read_stream(file), benchmark, datasets, source=f"stream file {file}")
+        if note:
+            log.warning(note)
     else:
         concepts = benchmark_concepts(benchmark, datasets)
     if ordering == "random":
         concepts = order_random(concepts, seed)
     elif ordering == "time":
         concepts = order_by_release(concepts, benchmark, seed, options.interleave, options.period_years)
+        scores = {c: float(benchmark.spec(split_concept(c)[0]).release_year) for c in concepts}
+        label = "release year"
     elif ordering in ("frequency", "similarity", "easy_to_hard"):
-        concepts = orderings.order(ordering, concepts, benchmark, seed, scorer, options)
-    return concepts[::-1] if reverse else list(concepts)
+        concepts, scores, label = orderings.order_scored(ordering, concepts, benchmark, seed, scorer, options)
+    return Ordered(concepts[::-1] if reverse else list(concepts), scores, label, note)
+
+
+def order_concepts(
+    benchmark: Benchmark,
+    ordering: str,
+    seed: int = 0,
+    reverse: bool = False,
+    file: str | None = None,
+    datasets: Sequence[str] = (),
+    scorer: ConceptScorer | None = None,
+    options: OrderingOptions = OrderingOptions(),
+) -> list[str]:
+    """The ordered concepts of a stream (before chunking): :func:`order_stream` without the scores."""
+    return order_stream(benchmark, ordering, seed, reverse, file, datasets, scorer, options).concepts
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A run's tasks and the ordering behind them (None for the zeroshot reference: nothing is ordered)."""
+
+    tasks: list[Task] = field(default_factory=list)
+    ordered: Ordered | None = None
+
+
+def build_stream(
+    benchmark: Benchmark,
+    ordering: str,
+    num_tasks: int,
+    seed: int = 0,
+    reverse: bool = False,
+    file: str | None = None,
+    datasets: Sequence[str] = (),
+    reference: str = "none",
+    scorer: ConceptScorer | None = None,
+    options: OrderingOptions = OrderingOptions(),
+) -> Stream:
+    """The tasks of a run: order the benchmark's concepts (:func:`order_stream`), then chunk them.
+
+    ``dataset`` ordering gives one task per dataset (T = number of datasets). The reference points:
+    ``zeroshot`` gives no task at all (the run only evaluates the base model; nothing is ordered),
+    ``oracle`` one task holding the whole stream, which then gets the whole budget.
+
+    Raises:
+        ValueError / KeyError: unknown ordering or reference, bad stream file, too few concepts.
+    """
+    if reference not in REFERENCES:
+        raise ValueError(unknown_name_message("stream.reference", reference, REFERENCES))
+    if reference == "zeroshot":
+        return Stream()
+    ordered = order_stream(benchmark, ordering, seed, reverse, file, datasets, scorer, options)
+    concepts = ordered.concepts
+    if reference == "oracle":
+        return Stream([Task(0, tuple(concepts))], ordered)
+    if ordering == "dataset":
+        return Stream(chunk_by_dataset(concepts), ordered)
+    return Stream(chunk(concepts, num_tasks), ordered)
 
 
 def build_tasks(
@@ -259,25 +306,9 @@ def build_tasks(
     scorer: ConceptScorer | None = None,
     options: OrderingOptions = OrderingOptions(),
 ) -> list[Task]:
-    """The tasks of a run: order the benchmark's concepts (:func:`order_concepts`), then chunk them.
-
-    ``dataset`` ordering gives one task per dataset (T = number of datasets). The reference points:
-    ``zeroshot`` gives no task at all (the run only evaluates the base model; nothing is ordered),
-    ``oracle`` one task holding the whole stream, which then gets the whole budget.
-
-    Raises:
-        ValueError / KeyError: unknown ordering or reference, bad stream file, too few concepts.
-    """
-    if reference not in REFERENCES:
-        raise ValueError(unknown_name_message("stream.reference", reference, REFERENCES))
-    if reference == "zeroshot":
-        return []
-    concepts = order_concepts(benchmark, ordering, seed, reverse, file, datasets, scorer, options)
-    if reference == "oracle":
-        return [Task(0, tuple(concepts))]
-    if ordering == "dataset":
-        return chunk_by_dataset(concepts)
-    return chunk(concepts, num_tasks)
+    """The tasks of :func:`build_stream`."""
+    return build_stream(benchmark, ordering, num_tasks, seed, reverse, file, datasets, reference, scorer,
+                        options).tasks
 
 
 @dataclass(frozen=True)

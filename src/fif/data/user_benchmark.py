@@ -40,7 +40,7 @@ from fif.data.sources import folder as folder_source
 from fif.data.sources import manifest as manifest_source
 from fif.data.sources import wds as wds_source
 from fif.data.sources.common import SPLIT_PLACEHOLDER, SourceError, read_classnames_file, resolve
-from fif.data.sources.fif_layout import classnames_path, read_classnames, read_split, split_path
+from fif.data.sources.fif_layout import classnames_path, read_classnames, read_split, resolve_split, split_path
 from fif.data.specs import KINDS, ROLES, DatasetSpec, SplitData
 
 SOURCES = ("folder", "manifest", "wds", "fif")
@@ -308,10 +308,8 @@ def load_entry(entry: Entry, spec: DatasetSpec, split: str, index_dir: str | Pat
     """
     if entry.source == "fif":
         prefix, meta = resolve(entry.location or "", entry.base), _fif_meta(entry)
-        name = split
-        if entry.options.get("resized", True) and split_path(meta, split + "_224").is_file():
-            name = split + "_224"
-        return read_split(prefix, name, spec, meta_prefix=meta, split_name=split)
+        chosen = resolve_split(prefix, meta, split, bool(entry.options.get("resized", True)))
+        return read_split(prefix, chosen.name if chosen else split, spec, meta_prefix=meta, split_name=split)
     where = entry.where(split)
     if entry.source == "folder":
         return folder_source.read_folder(spec, split, where, entry.label_map)

@@ -16,7 +16,7 @@ import torch
 from fif.core.seeding import rng_for
 from fif.data.orderings import by_dataset, sampled_captions
 from fif.data.registry import Benchmark
-from fif.data.specs import DatasetSpec, SplitData, split_concept
+from fif.data.specs import ALL_PAIRS, DatasetSpec, SplitData, split_concept
 from fif.data.stream import DIFFICULTY_SPLITS, OrderingOptions
 from fif.eval.zeroshot import (
     class_embeddings,
@@ -76,14 +76,16 @@ def concept_embeddings(
     with _eval_mode(clip):
         for dataset, members in by_dataset(concepts).items():
             spec = benchmark.spec(dataset)
-            if spec.kind == "retrieval":
+            whole = [c for c in members if split_concept(c)[1] == ALL_PAIRS]
+            if whole:  # a retrieval set taken whole: its captions stand for it
                 caps = sampled_captions(benchmark.load(dataset, "train"), seed, every_caption=False)
                 emb = encode_texts(clip, caps, batch_size, device, precision).mean(dim=0, keepdim=True)
-                rows[members[0]] = torch.nn.functional.normalize(emb, dim=-1)[0]
-                continue
-            names = [split_concept(c)[1] for c in members]
-            emb = class_embeddings(clip, names, (spec.primer,), batch_size, device, precision)
-            rows.update(zip(members, emb))
+                rows[whole[0]] = torch.nn.functional.normalize(emb, dim=-1)[0]
+            classes = [c for c in members if c not in whole]  # also a retrieval set's classes (FSCOCO)
+            if classes:
+                names = [split_concept(c)[1] for c in classes]
+                emb = class_embeddings(clip, names, (spec.primer,), batch_size, device, precision)
+                rows.update(zip(classes, emb))
     return torch.stack([rows[c] for c in concepts]).float()
 
 
@@ -103,7 +105,8 @@ def zero_shot_scores(
     """The base model's zero-shot score (percent) of every concept on ``split``.
 
     A class: top-1 accuracy over at most ``samples_per_class`` of its samples (seeded choice), the
-    classifier being all classes of its dataset (primer prompt). A retrieval concept: mean of
+    classifier being all classes of its dataset (primer prompt); a retrieval set's class (FSCOCO) is
+    scored the same way among its classes. A retrieval set taken whole (``DATASET+++*``): mean of
     image→text and text→image Recall@5 on FiF's evaluation subset of the split.
 
     Raises:
@@ -117,12 +120,14 @@ def zero_shot_scores(
     with _eval_mode(clip):
         for dataset, members in by_dataset(concepts).items():
             spec, data = benchmark.spec(dataset), benchmark.load(dataset, split)
-            if spec.kind == "retrieval":
-                scores[members[0]] = _retrieval_score(clip, spec, data, device, seed, batch_size, precision)
-            else:
-                names = [split_concept(c)[1] for c in members]
+            whole = [c for c in members if split_concept(c)[1] == ALL_PAIRS]
+            if whole:
+                scores[whole[0]] = _retrieval_score(clip, spec, data, device, seed, batch_size, precision)
+            classes = [c for c in members if c not in whole]  # a retrieval set's classes score as classes
+            if classes:
+                names = [split_concept(c)[1] for c in classes]
                 accs = _class_accuracies(clip, spec, data, names, device, samples_per_class, seed, batch_size, precision)
-                scores.update(zip(members, accs))
+                scores.update(zip(classes, accs))
     return scores
 
 

@@ -51,7 +51,7 @@ def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
 
     Returns:
         ``{"trajectory": [{task, a_ka, a_zs, gm, scores, full}...], "final": {...}, "trajectory_mean": {...},
-        "budget": {...}}`` with scores in percent. ``task`` is -1 for the zero-shot point.
+        "bad_samples": {...}, "budget": {...}}`` with scores in percent. ``task`` is -1 for the zero-shot point.
     """
     by_task: dict[int, dict[str, Any]] = {}
     for e in events:
@@ -64,6 +64,7 @@ def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
         trajectory.append({"task": task, **point, "full": e.get("full", False), "scores": e["scores"]})
     final = {k: trajectory[-1][k] for k in ("task", "a_ka", "a_zs", "gm")} if trajectory else {}
     summary: dict[str, Any] = {"trajectory": trajectory, "final": final, "trajectory_mean": trajectory_mean(trajectory)}
+    summary["bad_samples"] = bad_samples(events)
     tasks = [e for e in events if e.get("event") == "task_end"]
     if tasks:
         summary["budget"] = {
@@ -72,3 +73,16 @@ def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:
             "steps": [e.get("steps") for e in tasks],
         }
     return summary
+
+
+def bad_samples(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The unreadable images a run skipped (its ``bad_samples`` events): ``{"total": n, "by_source":
+    {source: n}, "files": {source: [file, ...]}}``."""
+    files: dict[str, list[str]] = {}
+    for e in events:
+        if e.get("event") == "bad_samples":
+            for source, found in e.get("files", {}).items():
+                known = files.setdefault(source, [])
+                known.extend(f for f in found if f not in known)
+    return {"total": sum(len(f) for f in files.values()), "by_source": {s: len(f) for s, f in files.items()},
+            "files": files}

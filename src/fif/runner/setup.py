@@ -26,10 +26,11 @@ from fif.config import Config
 from fif.config.components import ordering_options
 from fif.core.device import resolve_device, resolve_precision
 from fif.core.version import __version__
+from fif.data.bad_samples import BadSampleLog
 from fif.data.mixture import Pool
 from fif.data.pool import load_pool
 from fif.data.registry import Benchmark, benchmark_options, get_benchmark
-from fif.data.stream import build_tasks
+from fif.data.stream import MODEL_ORDERINGS, Task, build_tasks
 from fif.eval.concepts import ModelScorer
 from fif.eval.zeroshot import Evaluator
 from fif.methods import build_method, freeze_all_but
@@ -161,16 +162,16 @@ def setup(
     main = ranks.is_main  # rank 0 alone writes, prints and merges
     device = resolve_device(cfg.run.device)
     precision = resolve_precision(cfg.train.precision, device)
+    # The data first (the fast part of `fif data check`): a missing folder, pool or stream file fails
+    # here, before the model is built or downloaded.
     benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
     pretraining_pool = load_pretraining_pool(cfg, benchmark)
-    clip = load_model(cfg, device, on_event if main else None, progress and main)
-    # After the model: the similarity and easy-to-hard orderings embed and score with the base model.
     orderings = ordering_options(cfg.stream, cfg.eval.batch_size, precision)
-    tasks = build_tasks(
-        benchmark, cfg.stream.ordering, cfg.stream.tasks, seed=cfg.run.seed, reverse=cfg.stream.reverse,
-        file=cfg.stream.file, datasets=cfg.stream.datasets, reference=cfg.stream.reference,
-        scorer=ModelScorer(clip, device, orderings), options=orderings,
-    )
+    needs_model = cfg.stream.ordering in MODEL_ORDERINGS
+    tasks = None if needs_model else _tasks(cfg, benchmark, None, orderings)
+    clip = load_model(cfg, device, on_event if main else None, progress and main)
+    if needs_model:  # the similarity and easy-to-hard orderings embed and score with the base model
+        tasks = _tasks(cfg, benchmark, ModelScorer(clip, device, orderings), orderings)
     reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device)
     method = build_method(cfg.method.name, cfg.method.options, clip, label_smoothing=cfg.train.label_smoothing)
     freeze_all_but(clip.model, method.trainable_parameters())
@@ -197,7 +198,13 @@ def setup(
         cfg, out_dir, device, precision, benchmark, clip, method, tuple(tasks), evaluator, pretraining_pool, merger,
         events, ranks, stop, progress and main,
     )
-    return spec, RunState(ledger, step_cost, reference_cost)
+    return spec, RunState(ledger, step_cost, reference_cost, bad_samples=BadSampleLog(cfg.data.max_bad_samples))
+
+
+def _tasks(cfg: Config, benchmark: Benchmark, scorer: ModelScorer | None, orderings) -> list[Task]:
+    s = cfg.stream
+    return build_tasks(benchmark, s.ordering, s.tasks, seed=cfg.run.seed, reverse=s.reverse, file=s.file,
+                       datasets=s.datasets, reference=s.reference, scorer=scorer, options=orderings)
 
 
 def load_pretraining_pool(cfg: Config, benchmark: Benchmark) -> Pool | None:

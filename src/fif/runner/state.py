@@ -2,7 +2,7 @@
 run holds, and how a freshly set-up run is put back into it.
 
 A checkpoint (see :mod:`fif.runner.checkpoint` for the format) holds the :class:`RunState` (budget
-ledger, measured step costs, guard state, optimizer), the loop log of the task in progress
+ledger, measured step costs, guard state, optimizer, unreadable images met), the loop log of the task in progress
 (:class:`TaskRun`), the components' own state (the model's weights, the method's and the temporal
 merger's ``state_dict``), every global RNG stream, and how far the event log had got (bytes + sha256).
 Everything else is the run's :class:`~fif.runner.spec.RunSpec`, built again from the config on resume:
@@ -26,6 +26,7 @@ import torch
 from fif.budget import Ledger, StepCost
 from fif.core.io import CheckpointError, atomic_write_json
 from fif.core.seeding import capture_rng
+from fif.data.bad_samples import BadSampleLog
 from fif.methods import TaskInfo
 from fif.results.events import read_events
 from fif.runner.checkpoint import (
@@ -60,6 +61,7 @@ class RunState:
         guard: the learning-rate scale and rollbacks of the non-finite guard.
         optimizer: the current task's optimizer, or the last task's between tasks
             (``train.optimizer_reset=false`` carries its moments into the next).
+        bad_samples: the unreadable images met so far, by source, and the cap ``data.max_bad_samples``.
     """
 
     ledger: Ledger
@@ -67,6 +69,7 @@ class RunState:
     reference_cost: StepCost
     guard: GuardState = field(default_factory=GuardState)
     optimizer: torch.optim.Optimizer | None = None
+    bad_samples: BadSampleLog = field(default_factory=lambda: BadSampleLog(cap=0))
 
 
 @dataclass
@@ -122,6 +125,7 @@ def save_run_checkpoint(
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "task_log": task_log.state_dict() if task_log is not None else None,
         "guard": {"lr_scale": state.guard.lr_scale, "rollbacks": state.guard.rollbacks},
+        "bad_samples": state.bad_samples.files,
         "events": {"bytes": len(events), "sha256": hashlib.sha256(events).hexdigest()},
         "rng": capture_rng(),
     }

@@ -34,6 +34,7 @@ from fif.core.version import __version__
 from fif.model.clip import Clip
 from fif.results.events import read_events, summarize
 from fif.results.sinks import build_sinks
+from fif.runner import samples
 from fif.runner.checkpoint import CHECKPOINT_DIR, Checkpoint, Position, latest_valid, load_checkpoint, quarantine
 from fif.runner.distributed import dist_provenance, join, share_plan
 from fif.runner.folder import RunLock, StopSignals, resume_config
@@ -238,6 +239,7 @@ def start_stream(spec: RunSpec, state: RunState) -> RunResult:
         "budget_total_mafs": state.ledger.total_budget_mafs, "device": str(spec.device), "precision": spec.precision,
     })
     evaluate_deployed(spec, -1, full=cfg.eval.full_at_ends)
+    samples.collect(spec, state, -1)  # unreadable test images the zero-shot evaluation replaced
     position = Position(0)
     save_run_checkpoint(spec, state, position)
     return run_stream(spec, state, position, None)

@@ -36,7 +36,9 @@ from fif.data.mixture import (
 )
 from fif.data.stream import Task, task_indices
 from fif.methods import TaskInfo, freeze_all_but
+from fif.data.bad_samples import BadSampleLog
 from fif.model.clip import Clip
+from fif.runner import samples
 from fif.runner.checkpoint import CHECKPOINT_DIR, Checkpoint, Position, latest_valid, remove_after
 from fif.runner.folder import RunInterrupted, TrainingDivergedError
 from fif.runner.spec import RunSpec
@@ -275,6 +277,7 @@ def run_task(spec: RunSpec, state: RunState, task: Task, current: TaskRun | None
     })
     last = task.index == len(spec.tasks) - 1
     evaluate_deployed(spec, task.index, full=last and cfg.eval.full_at_ends)
+    samples.collect(spec, state, task.index)  # what evaluation and the task's hooks met (unreadable images replaced)
     save_run_checkpoint(spec, state, Position(task.index + 1))
 
 
@@ -327,7 +330,8 @@ def train_steps(
     model, feed = ranks.wrap(spec.clip.model), ranks.shard(batches)
     try:
         tlog = train_task(
-            model, spec.method, state.optimizer, batch_iterator(feed, current.log.steps, cfg.data.num_workers),
+            model, spec.method, state.optimizer,
+            samples.watch(spec, state, batch_iterator(feed, current.log.steps, cfg.data.num_workers), task.index),
             lambda s: float(lr_curve[s]) * state.guard.lr_scale, steps, spec.device, spec.precision,
             cfg.train.grad_clip, cfg.train.log_every, on_log=on_log, grad_accum_steps=cfg.train.grad_accum_steps,
             log=current.log, on_step=on_step, max_bad_steps=cfg.guard.max_bad_steps,
@@ -381,6 +385,7 @@ def restore_run_state(
         Ledger.from_dict(saved["ledger"]), StepCost.from_dict(saved["costs"]["step"]),
         StepCost.from_dict(saved["costs"]["reference"]),
         guard=kept_guard if kept_guard is not None else GuardState(**saved["guard"]),
+        bad_samples=BadSampleLog(spec.cfg.data.max_bad_samples, {k: list(v) for k, v in saved.get("bad_samples", {}).items()}),
     )
     current = None
     if pos.started:
@@ -421,7 +426,9 @@ def roll_back(spec: RunSpec, state: RunState, task: int, step: int) -> tuple[Pos
     spec.ranks.barrier()  # every rank has read the checkpoint before rank 0 removes the newer ones
     if spec.ranks.is_main:  # rank 0 alone writes the run folder
         remove_after(spec.out_dir / CHECKPOINT_DIR, ckpt.position)
+    met = state.bad_samples  # unreadable images met after the checkpoint stay counted (their events stay too)
     state, current = restore_run_state(spec, ckpt, kept_guard=guard)
+    state.bad_samples = met
     spec.emit({
         "event": "rollback", "task": task, "step": step, "to_task": ckpt.position.task,
         "to_step": ckpt.position.step, "lr_scale": guard.lr_scale, "rollbacks": guard.rollbacks,

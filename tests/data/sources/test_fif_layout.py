@@ -140,8 +140,24 @@ def test_bad_classnames_file_names_it(tmp_path):
         read_split(root, "train")
 
 
-def test_entry_without_caption_names_the_entry(tmp_path):
-    root = _layout(tmp_path, {"a.png": {"classname": "cat", "target": 0}})
+def test_null_captions_fall_back_to_the_primer_caption_as_the_reference_does(tmp_path):
+    # FiF's test splits (and AI2DIAGRAMS' or BIRDSNAP's train splits) have null default and merged captions.
+    nulls = {"default_caption": None, "synthetic_caption": None, "synthetic_merged_caption": None}
+    root = _layout(tmp_path, {
+        "a.png": {**nulls, "classname": "cat", "primer_caption": "A photo of a cat, a pet.", "target": 0},
+        "b.png": {**nulls, "classname": "cat", "primer_caption": None, "target": 0},
+        "c.png": {**nulls, "synthetic_merged_caption": ["merged one"], "target": 0},
+    })
+    spec = read_split(root, "train").spec
+    data = read_split(root, "train", spec=spec)
+    assert [list(data.captions(i)) for i in range(3)] == [
+        ["A photo of a cat, a pet."], [spec.primer.format("cat")], ["merged one"]]
+    assert data.own_captions == 1
+
+
+def test_entry_without_caption_or_class_names_the_entry(tmp_path):
+    root = _layout(tmp_path, {"a.png": {"default_caption": None, "synthetic_merged_caption": None}})
+    classnames_path(root).unlink()  # a retrieval pair needs a caption of its own
     with pytest.raises(LayoutError, match=r"entry 'a.png' has no caption"):
         read_split(root, "train")
 

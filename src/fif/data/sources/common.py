@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fif.data.sources.fif_layout import random_resized_crop, resize_center_crop
-from fif.data.specs import DatasetSpec
+from fif.data.specs import BadSampleError, DatasetSpec
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -27,6 +27,11 @@ SPLIT_PLACEHOLDER = "{split}"
 
 class SourceError(ValueError):
     """A user's data file is missing or malformed; the message names the file (and key) and the fix."""
+
+
+class UnreadableImageError(SourceError, BadSampleError):
+    """One sample's image is missing or undecodable (the benchmark's guard skips it; see
+    :mod:`fif.data.bad_samples`)."""
 
 
 def refuse_pickle(path: str | Path, what: str) -> None:
@@ -170,7 +175,10 @@ class ImageFileSplit:
         out = torch.empty((len(indices), 3, size, size), dtype=torch.float32)
         for k, i in enumerate(np.asarray(indices, dtype=np.int64)):
             path = self.paths[int(i)]
-            img = decode_image(path, f"{path} (listed in {self.listed_in})")
+            try:
+                img = decode_image(path, f"{path} (listed in {self.listed_in})")
+            except SourceError as e:
+                raise UnreadableImageError(str(e), index=int(i), where=str(path)) from e
             out[k] = transform(img, size, train, generator)
         return out.clamp_(0.0, 1.0)
 

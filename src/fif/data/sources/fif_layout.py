@@ -8,7 +8,10 @@ For a dataset stored under the prefix ``ROOT`` (e.g. ``/data/fif/CUB200``)::
                                 synthetic_caption, synthetic_merged_caption, target}}
 
 Training text is ``default_caption`` when present, else ``synthetic_merged_caption``; a list gives
-every entry as a caption of that image (training draws one, evaluation uses the first).
+every entry as a caption of that image (training draws one, evaluation uses the first). Where both are
+null (FiF's test splits, and the training splits of AI2DIAGRAMS, BIRDSNAP, DOLLARSTREET, ...) the
+entry's ``primer_caption`` stands in, else the dataset's primer filled with the entry's class, as FiF's
+reference does.
 """
 
 from __future__ import annotations
@@ -27,13 +30,20 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from fif.data.specs import DatasetSpec, SplitData
+from fif.data.specs import BadSampleError, DatasetSpec, SplitData
 
-CAPTION_KEYS = ("default_caption", "synthetic_merged_caption")
+RESIZED_SUFFIX = "_224"  # FiF's 224 px variant: <PREFIX>_<split>_224.json listing <PREFIX>/<NAME>_<split>_224/...
+CAPTION_KEYS = ("default_caption", "synthetic_merged_caption")  # the sample's own text, in this order
+FALLBACK_KEY = "primer_caption"  # the class prompt FiF writes into each entry
 
 
 class LayoutError(ValueError):
     """A FiF-layout file is missing or malformed (the message names the file and the fix)."""
+
+
+class UnreadableLayoutImage(LayoutError, BadSampleError):
+    """One listed image is missing or undecodable (the benchmark's guard skips it; see
+    :mod:`fif.data.bad_samples`)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,6 +72,38 @@ def _atomic_write_json(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class SplitFile:
+    """Where one split of a dataset is read from.
+
+    Attributes:
+        name: the info file's split name (``train_mini``, ``test_224``, ...): the file ``<meta>_<name>.json``.
+        path: that file.
+        resized: whether it lists the 224 px copies.
+        note: why a ``_224`` file present was not used, if so.
+    """
+
+    name: str
+    path: Path
+    resized: bool = False
+    note: str = ""
+
+
+def resolve_split(images: Path, meta: Path, file_split: str, resized: bool) -> SplitFile | None:
+    """The file to read for info-file split ``file_split``, as the reference decides: the ``_224`` JSON
+    only when its image folder ``<images>/<NAME>_<split>_224/`` exists too, else the full-size JSON."""
+    images, meta, note = Path(images), Path(meta), ""
+    if resized:
+        small = split_path(meta, file_split + RESIZED_SUFFIX)
+        folder = images / f"{images.name}_{file_split}{RESIZED_SUFFIX}"
+        if small.is_file() and folder.is_dir():
+            return SplitFile(file_split + RESIZED_SUFFIX, small, True)
+        if small.is_file():
+            note = f"{small.name} is present but not its image folder {folder}; reading the full-size images"
+    full = split_path(meta, file_split)
+    return SplitFile(file_split, full, False, note) if full.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +192,8 @@ def _read_json(path: Path, what: str) -> Any:
         raise LayoutError(f"{path}: not valid JSON ({e}); re-extract or re-materialize this dataset") from e
 
 
-def _captions_of(entry: dict[str, Any], path: Path, key: str) -> list[str]:
+def _own_captions(entry: dict[str, Any], path: Path, key: str) -> list[str] | None:
+    """The entry's own caption(s) (``default_caption``, else ``synthetic_merged_caption``), or None."""
     for name in CAPTION_KEYS:
         value = entry.get(name)
         if isinstance(value, str) and value.strip():
@@ -159,30 +202,38 @@ def _captions_of(entry: dict[str, Any], path: Path, key: str) -> list[str]:
             if not all(isinstance(v, str) for v in value):
                 raise LayoutError(f"{path}: entry {key!r}: {name} must be a string or a list of strings")
             return list(value)
-    raise LayoutError(f"{path}: entry {key!r} has no caption; it needs a non-empty 'default_caption' or "
-                      f"'synthetic_merged_caption'")
+    return None
 
 
-def _target_of(entry: dict[str, Any], path: Path, key: str, classnames: Sequence[str], index: dict[str, int]) -> int:
+def _fallback_caption(entry: dict[str, Any], spec: DatasetSpec, target: int) -> list[str] | None:
+    """FiF's stand-in where an entry has no caption of its own: its primer caption, else the primer
+    filled with its class."""
+    value = entry.get(FALLBACK_KEY)
+    if isinstance(value, str) and value.strip():
+        return [value]
+    if 0 <= target < len(spec.classnames):
+        return [spec.primer.format(spec.classnames[target])]
+    return None
+
+
+def _target_of(entry: dict[str, Any], path: Path, key: str, classnames: Sequence[str], index: dict[str, int],
+               names_file: str) -> int:
     target = entry.get("target")
     if isinstance(target, bool) or not isinstance(target, (int, type(None))):
         raise LayoutError(f"{path}: entry {key!r}: target must be an integer, got {target!r}")
+    if not classnames:  # no class list: nothing a target could index (e.g. MSCOCO's pairs)
+        return -1
     if target is None or target < 0:
         classname = entry.get("classname")
-        if classname is None or not classnames:
+        if classname is None:
             return -1
         if classname not in index:
-            raise LayoutError(f"{path}: entry {key!r}: classname {classname!r} is not in {classnames_path_hint(path)}")
+            raise LayoutError(f"{path}: entry {key!r}: classname {classname!r} is not in {names_file}")
         return index[classname]
-    if classnames and target >= len(classnames):
+    if target >= len(classnames):
         raise LayoutError(f"{path}: entry {key!r}: target {target} is out of range for {len(classnames)} classes "
-                          f"({classnames_path_hint(path)})")
+                          f"({names_file})")
     return int(target)
-
-
-def classnames_path_hint(split_json: Path) -> str:
-    stem = split_json.name.rsplit("_", 1)[0]
-    return f"{stem}_classnames.json"
 
 
 @dataclass
@@ -196,6 +247,8 @@ class FifLayoutSplit:
         paths: image paths, relative to ``root/``, in JSON order.
         texts: caption list per image.
         targets: class id per image (-1 for none).
+        index_file: the JSON the paths came from (for messages); None = ``ROOT_<split>.json``.
+        own_captions: how many entries carry a caption of their own (the rest use the primer caption).
     """
 
     spec: DatasetSpec
@@ -204,7 +257,8 @@ class FifLayoutSplit:
     paths: list[str]
     texts: list[list[str]]
     targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    index_file: Path | None = None  # the JSON the paths came from (error messages); None = ROOT_<split>.json
+    index_file: Path | None = None
+    own_captions: int = -1
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -222,7 +276,7 @@ class FifLayoutSplit:
             float32 (B, 3, size, size) in [0, 1].
 
         Raises:
-            LayoutError: an image file is missing or cannot be decoded.
+            UnreadableLayoutImage: an image file is missing or cannot be decoded (a LayoutError).
         """
         out = torch.empty((len(indices), 3, size, size), dtype=torch.float32)
         for k, i in enumerate(np.asarray(indices, dtype=np.int64)):
@@ -238,9 +292,11 @@ class FifLayoutSplit:
                 arr = np.asarray(im.convert("RGB"))
         except FileNotFoundError as e:
             listed_in = self.index_file or split_path(self.root, self.split)
-            raise LayoutError(f"{path}: image listed in {listed_in} is missing") from e
-        except (UnidentifiedImageError, OSError) as e:
-            raise LayoutError(f"{path}: cannot decode image ({e}); the file is corrupt or not an image") from e
+            raise UnreadableLayoutImage(f"{path}: image listed in {listed_in} is missing",
+                                        index=index, where=str(path)) from e
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise UnreadableLayoutImage(f"{path}: cannot decode image ({e}); the file is corrupt or not an image",
+                                        index=index, where=str(path)) from e
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -277,15 +333,23 @@ def read_split(root: str | Path, split: str, spec: DatasetSpec | None = None,
         spec = DatasetSpec(name=root.name, kind=kind, role="adaptation", classnames=tuple(classnames),
                            primer="a photo of a {}.", source="fif", location=str(root))
     index = {c: i for i, c in enumerate(classnames)}
-    paths, texts, targets = [], [], []
+    names_file = classnames_path(meta).name
+    paths, texts, targets, own = [], [], [], 0
     for key, entry in data.items():
         if not isinstance(entry, dict):
             raise LayoutError(f"{path}: entry {key!r} must be an object with caption fields, got {type(entry).__name__}")
+        target = _target_of(entry, path, key, classnames, index, names_file)
+        captions = _own_captions(entry, path, key)
+        own += captions is not None
+        captions = captions or _fallback_caption(entry, spec, target)
+        if captions is None:
+            raise LayoutError(f"{path}: entry {key!r} has no caption: it needs a 'default_caption', "
+                              f"'synthetic_merged_caption' or 'primer_caption', or a class ('target'/'classname')")
         paths.append(key)
-        texts.append(_captions_of(entry, path, key))
-        targets.append(_target_of(entry, path, key, classnames, index))
+        texts.append(captions)
+        targets.append(target)
     return FifLayoutSplit(spec=spec, split=split_name or split, root=root, paths=paths, texts=texts,
-                          targets=np.asarray(targets, dtype=np.int64), index_file=path)
+                          targets=np.asarray(targets, dtype=np.int64), index_file=path, own_captions=own)
 
 
 # ---------------------------------------------------------------------------------------------

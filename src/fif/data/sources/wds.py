@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fif.data.sources.common import SourceError, decode_image, transform
+from fif.data.sources.common import SourceError, UnreadableImageError, decode_image, transform
 from fif.data.specs import DatasetSpec, SplitData
 
 log = logging.getLogger(__name__)
@@ -326,11 +326,19 @@ class WdsSplit:
 
     def images(self, indices: np.ndarray, size: int, train: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decode and transform images ``indices``: float (B, 3, size, size) in [0, 1]."""
+        """Decode and transform images ``indices``: float (B, 3, size, size) in [0, 1].
+
+        Raises:
+            UnreadableImageError: an image member does not decode (naming the shard and sample).
+        """
         out = torch.empty((len(indices), 3, size, size), dtype=torch.float32)
         for k, i in enumerate(np.asarray(indices, dtype=np.int64)):
             data = self._read(int(i), self.image_offset, self.image_size)
-            img = decode_image(data, f"{self.shards[int(self.shard_of[i])]} (sample {int(i)})")
+            where = f"{self.shards[int(self.shard_of[i])]} (sample {int(i)})"
+            try:
+                img = decode_image(data, where)
+            except SourceError as e:
+                raise UnreadableImageError(str(e), index=int(i), where=where) from e
             out[k] = transform(img, size, train, generator)
         return out.clamp_(0.0, 1.0)
 
