@@ -70,3 +70,32 @@ def test_build_a_model_ordering_with_a_random_init_model(tmp_path):
     concepts = read_stream(out)
     assert concepts == read_stream(tmp_path / "again.json")  # the random init is seeded by run.seed
     assert len(concepts) == 15 and "mini_scenes+++*" in concepts
+
+
+def test_build_help_lists_every_ordering_and_its_options(capsys):
+    from fif.data.stream import ORDERINGS
+
+    with pytest.raises(SystemExit):
+        run(["stream", "build", "--help"])
+    text = capsys.readouterr().out
+    for name in ORDERINGS:
+        assert f"\n  {name}: " in text, name
+    for key in ("stream.interleave", "stream.period_years", "stream.corpus", "stream.start", "stream.difficulty_split",
+                "stream.difficulty_samples", "stream.file", "stream.reverse", "run.seed"):
+        assert key in text, key
+
+
+def test_show_concepts_prints_each_tasks_concepts_and_what_they_were_ordered_by(capsys):
+    assert run(["stream", "show", SMALL, TWO, "stream.ordering=time", "stream.tasks=2", "--concepts"]) == 0
+    text = capsys.readouterr().out
+    assert "concepts per task, each with its release year:" in text
+    lines = text.splitlines()
+    first = lines.index("task 1:")
+    from fif.data.registry import get_benchmark
+
+    year = {n: str(get_benchmark("mini").spec(n).release_year) for n in ("mini_digits", "mini_scenes")}
+    assert lines[first + 1].split() == ["mini_digits+++0", year["mini_digits"]]
+    assert lines[-1].split() == ["mini_scenes+++*", year["mini_scenes"]]
+    assert run(["stream", "show", SMALL, TWO, "stream.ordering=random", "stream.tasks=2", "--concepts", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["tasks"]
+    assert sum(len(r["concept_list"]) for r in rows) == 15 and "scores" not in rows[0]

@@ -250,3 +250,143 @@ def test_fif_preset_runs_end_to_end(fif_root, pool_shards, tmp_path):
     assert [p["task"] for p in summary["trajectory"]] == [-1, 0, 1]
     assert set(summary["trajectory"][-1]["scores"]) == {"CUB200", "DTD", "MNIST", "MSCOCO"}
     assert 0.0 <= summary["final"]["gm"] <= 100.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference's own formats (issue 14): split names, _224 variants, null captions, FSCOCO, time order
+
+
+@pytest.fixture(scope="module")
+def ref_root(tmp_path_factory):
+    """A root in the reference layout, the JSON files apart in an info folder (FiF's data_lib/00_info)."""
+    from fif_reference import class_names, write_dataset, write_pairs
+
+    base = tmp_path_factory.mktemp("fif_ref")
+    root, info = base / "data", base / "00_info"
+    write_dataset(root, "iNATURALIST2021", class_names("inat", 3), {"train_mini": 2, "val": 1}, info)
+    write_dataset(root, "MTSD", class_names("sign", 2), {"train": 2, "val": 1}, info, resized=("train",))
+    write_dataset(root, "AI2DIAGRAMS", class_names("diagram", 2), {"train": 2, "test": 1}, info,
+                  resized_json_only=("train", "test"), null_train_captions=True)
+    write_dataset(root, "FSCOCO", class_names("sketch", 3), {"train": 2, "test": 1}, info, native_captions=True)
+    write_dataset(root, "IMAGENET", class_names("object", 2), {"test": 2}, info)
+    write_pairs(root, "MSCOCO", 4, info)
+    return root, info
+
+
+def test_split_files_are_named_as_the_reference_names_them(ref_root):
+    root, info = ref_root
+    bench = build_fif(root, info_dir=info, missing="skip")
+    assert list(bench.datasets) == ["AI2DIAGRAMS", "iNATURALIST2021", "MTSD", "FSCOCO", "IMAGENET", "MSCOCO"]
+    inat_train, inat_test = bench.load("iNATURALIST2021", "train"), bench.load("iNATURALIST2021", "test")
+    assert inat_train.index_file.name == "iNATURALIST2021_train_mini.json" and len(inat_train) == 6
+    assert inat_test.index_file.name == "iNATURALIST2021_val.json" and inat_test.split == "test"
+    assert bench.load("MTSD", "test").index_file.name == "MTSD_val.json"  # today: "missing .../MTSD_test.json"
+    assert bench.load("IMAGENET", "test").images([0, 1], 8).shape == (2, 3, 8, 8)
+    assert bench.left_out["CUB200"].startswith("missing folder")
+
+
+def test_split_names_can_be_overridden_per_dataset(ref_root, tmp_path):
+    root, info = ref_root
+    shutil.copy(info / "MTSD_val.json", tmp_path / "MTSD_test.json")
+    for f in ("MTSD_classnames.json", "MTSD_train.json", "MTSD_train_224.json"):
+        shutil.copy(info / f, tmp_path / f)
+    bench = build_fif(root, datasets=["MTSD"], info_dir=tmp_path, splits={"mtsd": {"test": "test"}})
+    assert bench.load("MTSD", "test").index_file.name == "MTSD_test.json"
+    with pytest.raises(FileNotFoundError, match=r"MTSD: missing .*MTSD_val\.json"):
+        build_fif(root, datasets=["MTSD"], info_dir=tmp_path)
+    with pytest.raises(KeyError, match="did you mean 'MTSD'"):
+        build_fif(root, info_dir=info, missing="skip", splits={"MTDS": {"test": "test"}})
+    with pytest.raises(ValueError, match="splits.MTSD must map train and/or test"):
+        build_fif(root, info_dir=info, missing="skip", splits={"MTSD": {"val": "test"}})
+
+
+def test_a_224_file_is_used_only_with_its_image_folder_per_dataset(ref_root):
+    root, info = ref_root
+    bench = build_fif(root, info_dir=info, missing="skip")
+    mtsd = bench.load("MTSD", "train")  # both the _224 JSON and MTSD/MTSD_train_224/ exist
+    assert mtsd.index_file.name == "MTSD_train_224.json" and mtsd.paths[0].startswith("MTSD_train_224/")
+    assert mtsd.images(list(range(len(mtsd))), 8).shape == (4, 3, 8, 8)
+    ai2d = bench.load("AI2DIAGRAMS", "test")  # the _224 JSON without its folder: the full-size images
+    assert ai2d.index_file.name == "AI2DIAGRAMS_test.json"
+    assert ai2d.images(list(range(len(ai2d))), 8).shape == (2, 3, 8, 8)
+    assert bench.load("MTSD", "test").index_file.name == "MTSD_val.json"  # no _224 for this split
+    assert build_fif(root, info_dir=info, missing="skip", resized=False).load("MTSD", "train").index_file.name == (
+        "MTSD_train.json")
+
+
+def test_null_captions_fall_back_to_the_primer_caption(ref_root):
+    root, info = ref_root
+    bench = build_fif(root, info_dir=info, missing="skip")
+    train = bench.load("AI2DIAGRAMS", "train")  # null default and merged captions, as in the reference's file
+    assert list(train.captions(0)) == ["A photo of a diagram thing 0."] and train.own_captions == 0
+    test = bench.load("iNATURALIST2021", "test")
+    assert list(test.captions(0)) == ["A photo of a inat thing 0."]
+    assert bench.load("iNATURALIST2021", "train").own_captions == 6  # its train split has merged captions
+
+
+def test_fscoco_is_a_retrieval_set_with_classes(ref_root):
+    root, info = ref_root
+    bench = build_fif(root, info_dir=info, missing="skip")
+    spec = bench.spec("FSCOCO")
+    assert spec.kind == "retrieval" and spec.classnames == ("sketch thing 0", "sketch thing 1", "sketch thing 2")
+    assert spec.primer == "A sketch of a {}"
+    train = bench.load("FSCOCO", "train")
+    assert train.targets.tolist() == [0, 0, 1, 1, 2, 2]
+    assert list(train.captions(2)) == ["A sketch of sketch thing 1 number 0 in a park."]
+    fscoco = [c for c in benchmark_concepts(bench) if c.startswith("FSCOCO")]
+    assert fscoco == [f"FSCOCO+++sketch thing {i}" for i in range(3)]  # by class, as the reference's streams
+    assert bench.spec("MSCOCO").classnames == ()
+
+
+def test_primers_and_templates_are_overridable_per_dataset(ref_root):
+    root, info = ref_root
+    bench = build_fif(root, info_dir=info, missing="skip", primers={"imagenet": "itap of a {}."},
+                      templates={"IMAGENET": ["a bad photo of a {}.", "a origami {}."]})
+    assert bench.spec("IMAGENET").prompts(ensemble=True) == ("itap of a {}.", "a bad photo of a {}.", "a origami {}.")
+    assert bench.spec("MTSD").primer == 'A centered photo of a "{}" traffic sign.'
+    with pytest.raises(ValueError, match="data.options.primers/templates.*exactly one"):
+        build_fif(root, info_dir=info, missing="skip", primers={"IMAGENET": "no placeholder"})
+
+
+def test_time_order_and_period_groups_reproduce_the_reference():
+    from fif.data.fif_catalogue import TIME_ORDER
+    from fif.data.registry import Benchmark
+    from fif.data.specs import DatasetSpec
+    from fif.data.stream import order_by_release
+
+    specs = {d.name: DatasetSpec(d.name, d.kind, d.role, ("a", "b"), d.primer, release_year=d.release_year,
+                                 release_rank=d.release_rank) for d in CATALOGUE if d.role == "adaptation"}
+    bench = Benchmark("fif-meta", specs, loader=None)
+    concepts = [f"{n}+++{c}" for n in sorted(specs) for c in ("a", "b")]
+    for seed in (0, 1):
+        whole = order_by_release(concepts, bench, seed)
+        assert list(dict.fromkeys(c.split("+++")[0] for c in whole)) == list(TIME_ORDER)
+    mixed = order_by_release(concepts, bench, 0, interleave=True)
+    groups, period = [], None
+    for c in mixed:
+        year = specs[c.split("+++")[0]].release_year
+        if year != period:
+            groups.append(set())
+            period = year
+        groups[-1].add(c.split("+++")[0])
+    assert groups == [
+        {"FLOWERS102"}, {"CIFAR100"}, {"SUN397"}, {"CUB200"}, {"FGVCAircraft"}, {"ZAPPOS50k", "BIRDSNAP", "DTD"},
+        {"MITSTATES", "PLANTVILLAGE"}, {"OPENIMAGES", "AI2DIAGRAMS"}, {"VEG200", "CLEVR", "PLACES365", "FRU92", "DSPRITES"},
+        {"SHAPES3D", "PATTERNNET"}, {"DOMAINNET_CLIPART", "OBJECTNET", "DOMAINNET_INFOGRAPH", "DOMAINNET_SKETCH",
+                                     "DOMAINNET_PAINTING", "MVTECAD_Eval", "MVTECAD_Adapt"},
+        {"MTSD", "ISICMELANOMA", "CLRS"}, {"iNATURALIST2021", "DF20MINI", "COUNTRY211", "RESISC45"},
+        {"SNAKECLEF", "ARTBENCH10", "FSCOCO", "DOLLARSTREET"}, {"OBSC_THINGS", "QUILT", "SynthCLIP106", "OBSC_ANIMALS"},
+    ]
+
+
+def test_catalogue_rows_list_every_dataset_on_disk_or_not(ref_root):
+    from fif.data.fif_benchmark import catalogue_rows
+
+    rows = catalogue_rows()
+    assert len(rows) == 63 and {r["name"]: r["primer"] for r in rows} == {d.name: d.primer for d in CATALOGUE}
+    inat = next(r for r in rows if r["name"] == "iNATURALIST2021")
+    assert inat["splits"] == {"train": "train_mini", "test": "val"} and inat["folder"] == "iNATURALIST2021"
+    assert next(r for r in rows if r["name"] == "IMAGENET")["splits"] == {"test": "test"}
+    root, info = ref_root
+    present = {r["name"] for r in catalogue_rows(root=root, info_dir=info) if r["on_disk"]}
+    assert present == {"AI2DIAGRAMS", "iNATURALIST2021", "MTSD", "FSCOCO", "IMAGENET", "MSCOCO"}

@@ -111,19 +111,22 @@ def fit_stream(concepts: Sequence[str], benchmark: Benchmark, datasets: Sequence
             unchosen[dataset] = unchosen.get(dataset, 0) + 1
         else:
             kept.append(concept)
+    if concepts and not kept:
+        raise ValueError(f"{source}: none of its {len(concepts)} concepts is of a dataset present "
+                         f"({', '.join(sorted(adaptation))}); left out: {_listed(absent or unchosen)}")
     validate_stream(kept, benchmark, source)
     unlearnable = _without_training_images(kept, benchmark)
     kept = [c for c in kept if c not in unlearnable]
     if not kept:
-        raise ValueError(f"{source}: no concept is left for the datasets present ({', '.join(sorted(adaptation))})")
+        raise ValueError(f"{source}: none of its concepts has a training image in the data present")
     parts = []
     if absent:
-        parts.append(f"{sum(absent.values())} of {len(absent)} dataset(s) not present ({_listed(absent)})")
+        parts.append(f"{sum(absent.values())} concept(s) of {len(absent)} dataset(s) not present ({_listed(absent)})")
     if unchosen:
-        parts.append(f"{sum(unchosen.values())} of {len(unchosen)} dataset(s) outside stream.datasets "
+        parts.append(f"{sum(unchosen.values())} concept(s) of {len(unchosen)} dataset(s) outside stream.datasets "
                      f"({_listed(unchosen)})")
     if unlearnable:
-        parts.append(f"{len(unlearnable)} without training images ({', '.join(sorted(unlearnable)[:3])}"
+        parts.append(f"{len(unlearnable)} concept(s) without training images ({', '.join(sorted(unlearnable)[:3])}"
                      f"{', ...' if len(unlearnable) > 3 else ''})")
     note = f"{source}: kept {len(kept)} of {len(concepts)} concepts; dropped {'; '.join(parts)}" if parts else None
     return kept, note
