@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fif_reference import CORRUPT_JPEG, class_names, write_dataset, write_shard
 
 from fif.data.bad_samples import BadSampleLog, GuardedSplit, TooManyBadSamplesError, guard
 from fif.data.fif_benchmark import build_fif
@@ -14,6 +13,7 @@ from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
 from fif.data.pool import load_pool
 from fif.data.registry import Benchmark
 from fif.data.specs import BadSampleError, InMemorySplit
+from fif_reference import CORRUPT_JPEG, class_names, write_dataset, write_shard
 
 
 @pytest.fixture(scope="module")

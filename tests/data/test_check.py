@@ -4,10 +4,10 @@ would fail."""
 from __future__ import annotations
 
 import pytest
-from fif_reference import CORRUPT_JPEG, class_names, write_dataset, write_pairs, write_shard, write_stream
 
 from fif.data.check import check_data, format_report
 from fif.data.fif_benchmark import build_fif
+from fif_reference import CORRUPT_JPEG, class_names, write_dataset, write_pairs, write_shard, write_stream
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import logging
 
 import numpy as np
 import pytest
-from fif_reference import class_names, write_dataset, write_pairs, write_stream
 
 from fif.data.fif_benchmark import build_fif
 from fif.data.mixture import Pool, concept_labels
 from fif.data.stream import build_stream, task_indices
 from fif.data.stream_file import fit_stream, read_stream, validate_stream
+from fif_reference import class_names, write_dataset, write_pairs, write_stream
 
 PRESENT = {"CUB200": 3, "FSCOCO": 3, "DTD": 3}
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from fif_reference import class_names, write_dataset, write_shard, write_stream
 
 import fif
 from fif.data.bad_samples import BadSampleLog, TooManyBadSamplesError
 from fif.data.batch import Batch
 from fif.results.events import summarize
 from fif.runner import samples
+from fif_reference import class_names, write_dataset, write_shard, write_stream
 
 
 class _Ctx:

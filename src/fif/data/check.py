@@ -23,6 +23,7 @@ from fif.data.stream_file import fit_stream, read_stream
 
 DECODE_SIZE = 32  # decoding is the test; a small output keeps the resize cheap
 STATUSES = ("ok", "note", "warning", "error")
+ABSENT = "-"  # the role shown for a dataset that is not on disk (nothing of it was read)
 
 
 @dataclass
@@ -148,7 +149,7 @@ def check_data(benchmark: Benchmark, missing_is_error: bool = True, pool: str | 
     report = DataCheck()
     for name, why in benchmark.left_out.items():
         if why.startswith("missing"):
-            row = DatasetCheck(name, "-", status="error" if missing_is_error else "warning")
+            row = DatasetCheck(name, ABSENT, status="error" if missing_is_error else "warning")
             (row.problems if missing_is_error else row.warnings).append(
                 why + ("" if missing_is_error else " (skipped: data.options.missing=skip)"))
             report.datasets.append(row.settle())
@@ -181,7 +182,8 @@ def _check_pool(benchmark: Benchmark, pool: str, index_dir, decode: int, seed: i
 def format_report(report: DataCheck) -> str:
     """A text table: one row per dataset (and the pool), then each one's problems, warnings and notes."""
     rows = [("dataset", "role", "kind", "classes", "train", "test", "own captions", "decoded", "status", "primer")]
-    checks = [*report.datasets, *([report.pool] if report.pool else [])]
+    absent = [c for c in report.datasets if c.role == ABSENT]
+    checks = [c for c in report.datasets if c.role != ABSENT] + ([report.pool] if report.pool else [])
     for c in checks:
         by = {s.split: s for s in c.splits}
         own = [s for s in c.splits if s.own_captions is not None]
@@ -195,7 +197,10 @@ def format_report(report: DataCheck) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    for c in checks:
+    skipped = [c.name for c in absent if c.status != "error"]
+    if skipped:
+        lines.append(f"not on disk, skipped (data.options.missing=skip): {len(skipped)} dataset(s): {', '.join(skipped)}")
+    for c in [*(c for c in absent if c.status == "error"), *checks]:
         lines += [f"{c.name}: {kind}: {m}" for kind, ms in (("error", c.problems), ("warning", c.warnings),
                                                             ("note", c.notes)) for m in ms]
     if report.stream:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fif.core.names import unknown_name_message
-from fif.data.fif_catalogue import CATALOGUE, LOGICAL_SPLITS, TIME_ORDER, FifDataset, catalogue  # noqa: F401
+from fif.data.fif_catalogue import CATALOGUE, LOGICAL_SPLITS, TIME_ORDER, FifDataset, catalogue  # noqa: F401 (re-exported)
 from fif.data.registry import Benchmark, MissingSplitError, register_benchmark
 from fif.data.sources.fif_layout import (  # noqa: F401 (SplitFile re-exported)
     SplitFile,
@@ -183,16 +183,7 @@ def build_fif(root: str | Path | None = None, datasets: Sequence[str] | str | No
     split_names, prompts = _split_overrides(splits), _per_dataset("primers", primers)
     extra = _per_dataset("templates", templates)
     chosen = _chosen(datasets)
-    found: dict[str, Located] = {}
-    absent: dict[str, list[str]] = {}
-    for d in chosen:
-        located, lacking = locate(d, root_path, info, bool(resized), split_names.get(d.name))
-        if located is None:
-            absent[d.name] = lacking
-        else:
-            found[d.name] = located
-            for note in (f.note for f in located.files.values() if f.note):
-                log.info("%s: %s", d.name, note)
+    found, absent = _locate_all(chosen, root_path, info, bool(resized), split_names)
     _report_absent(absent, missing, root_path)
     if not found:
         raise ValueError(f"none of the chosen FiF datasets is present under data.root={str(root_path)!r}. {GET_DATA}.")
@@ -213,6 +204,21 @@ def build_fif(root: str | Path | None = None, datasets: Sequence[str] | str | No
         return read_split(loc.images, chosen_file.name, spec, meta_prefix=loc.meta, split_name=split)
 
     return Benchmark(name="fif", datasets=specs, loader=load, pretraining_pool=None, left_out=left_out)
+
+
+def _locate_all(chosen: list[FifDataset], root: Path, info: Path | None, resized: bool,
+                split_names: dict[str, dict[str, str]]) -> tuple[dict[str, Located], dict[str, list[str]]]:
+    found: dict[str, Located] = {}
+    absent: dict[str, list[str]] = {}
+    for d in chosen:
+        located, lacking = locate(d, root, info, resized, split_names.get(d.name))
+        if located is None:
+            absent[d.name] = lacking
+            continue
+        found[d.name] = located
+        for note in (f.note for f in located.files.values() if f.note):
+            log.info("%s: %s", d.name, note)  # a _224 JSON without its folder: the full-size images are read
+    return found, absent
 
 
 def _report_absent(absent: dict[str, list[str]], missing: str, root: Path) -> None:

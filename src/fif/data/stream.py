@@ -38,8 +38,8 @@ COMMON_OPTIONS = ("run.seed", "stream.reverse", "stream.tasks", "stream.datasets
 ORDERING_HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     "dataset": ("one task per dataset, in registry order or that of stream.datasets (stream.tasks ignored)", ()),
     "random": ("a seeded shuffle of every concept", ()),
-    "time": ("datasets by release year (FiF: the reference's time order); whole datasets in sequence, or the "
-             "datasets of one period interleaved", ("stream.interleave", "stream.period_years")),
+    "time": (("datasets by release year (FiF: the reference's time order); whole datasets in sequence, or the "
+              "datasets of one period interleaved"), ("stream.interleave", "stream.period_years")),
     "frequency": ("rarest first: how many corpus captions name the class", ("stream.corpus",)),
     "similarity": ("a greedy nearest-neighbour walk over the base model's text embeddings of the class prompts",
                    ("stream.start",)),
