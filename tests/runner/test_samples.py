@@ -16,29 +16,33 @@ from fif.runner import samples
 from fif_reference import class_names, write_dataset, write_shard, write_stream
 
 
-class _Ctx:
-    def __init__(self, cap: int):
-        self.bad_samples, self.events = BadSampleLog(cap), []
+class _Spec:
+    def __init__(self):
+        self.events = []
 
     def emit(self, event: dict) -> None:
         self.events.append(event)
 
 
+class _State:
+    def __init__(self, cap: int, files=None):
+        self.bad_samples = BadSampleLog(cap, files or {})
+
+
 def test_each_file_is_logged_once_and_the_cap_stops_the_run(caplog):
-    ctx = _Ctx(cap=2)
+    spec, state = _Spec(), _State(cap=2)
     batches = [Batch(None, None, None, bad=(("CUB200", "a.jpg"),)), Batch(None, None, None),
                Batch(None, None, None, bad=(("CUB200", "a.jpg"), ("pool", "s.tar (sample 1)")))]
-    assert len(list(samples.watch(ctx, batches, task=0))) == 3
-    assert [e["files"] for e in ctx.events] == [{"CUB200": ["a.jpg"]}, {"pool": ["s.tar (sample 1)"]}]
+    assert len(list(samples.watch(spec, state, batches, task=0))) == 3
+    assert [e["files"] for e in spec.events] == [{"CUB200": ["a.jpg"]}, {"pool": ["s.tar (sample 1)"]}]
     assert "skipped an unreadable image of CUB200: a.jpg" in caplog.text
-    assert summarize(ctx.events)["bad_samples"] == {
+    assert summarize(spec.events)["bad_samples"] == {
         "total": 2, "by_source": {"CUB200": 1, "pool": 1}, "files": {"CUB200": ["a.jpg"], "pool": ["s.tar (sample 1)"]}}
-    resumed = _Ctx(cap=2)
-    samples.restore(resumed.bad_samples, ctx.events)
-    samples.record(resumed, 1, [("CUB200", "a.jpg")])
+    resumed, known = _Spec(), _State(cap=2, files={k: list(v) for k, v in state.bad_samples.files.items()})
+    samples.record(resumed, known, 1, [("CUB200", "a.jpg")])
     assert resumed.events == []  # known before the checkpoint: not logged twice
     with pytest.raises(TooManyBadSamplesError, match="3 unreadable image"):
-        samples.record(resumed, 1, [("CUB200", "b.jpg")])
+        samples.record(resumed, known, 1, [("CUB200", "b.jpg")])
 
 
 @pytest.fixture

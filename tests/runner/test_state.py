@@ -39,11 +39,12 @@ def test_a_checkpoint_holds_the_whole_run_state(tmp_path):
     cfg = load_config("mini", [*SMALL_RUN, "train.optimizer_reset=false", "checkpoint.every_steps=2", "eval.datasets=[mini_digits]"])
     spec, state = setup(cfg, tmp_path / "a")
     state.guard = GuardState(lr_scale=0.5, rollbacks=1)  # every field away from its fresh value
+    state.bad_samples.add("pretraining_pool", "x.tar (sample 1)")
     run_task(spec, state, spec.tasks[0])  # checkpoints at step 2 and at the boundary after the task
     assert state.optimizer is not None and state.ledger.tasks[0].steps_done > 0
 
     boundary = load_checkpoint(tmp_path / "a" / CHECKPOINT_DIR / Position(1).name)
-    assert set(boundary.state) == NOT_RUN_STATE | {"ledger", "costs", "guard", "optimizer"}
+    assert set(boundary.state) == NOT_RUN_STATE | {"ledger", "costs", "guard", "optimizer", "bad_samples"}
     fresh, _ = setup(cfg, tmp_path / "b")
     restored, current = restore_run_state(fresh, boundary)
     assert current is None
