@@ -24,7 +24,7 @@ from fif.budget import (
 from fif.budget.measure import _training_only, run_real_steps
 from fif.core.flops import count_flops, meta_copy
 from fif.data.batch import synthetic_batch
-from fif.methods import HookCost, TaskInfo, UpdateMethod, build_method
+from fif.methods import BaseMethod, HookCost, TaskInfo, UpdateMethod, build_method
 from fif.methods.base import NoOptions
 from fif.model.clip import Clip, build_clip
 
@@ -199,7 +199,7 @@ def test_cpu_and_meta_counts_agree(arch, method, tiny_vit_arch):
     assert cpu.flops > cpu.forward_flops > 0 and cpu.activation_bytes > 0
 
 
-class AnchoredFinetune(UpdateMethod):
+class AnchoredFinetune(BaseMethod):
     """Fine-tuning plus a penalty against real (CPU) anchor weights: its loss cannot run on meta."""
 
     def __init__(self, clip: Clip):
@@ -232,7 +232,7 @@ def test_meta_clip_counts_like_the_real_model():
 # Methods against each other
 
 
-class CostlyHook(UpdateMethod):
+class CostlyHook(BaseMethod):
     """Fine-tuning with a task hook as expensive as 100 training steps (e.g. a Fisher pass)."""
 
     def __init__(self, clip: Clip, reference_flops: float):

@@ -18,6 +18,7 @@ from fif.data.batch import Batch
 from fif.methods import TaskInfo, build_method, freeze_all_but
 from fif.methods.distillation import distillation_kl, pretraining_rows
 from fif.model.clip import Clip
+from task_data import MemoryTaskData
 
 
 def _tokenize(texts):
@@ -53,14 +54,14 @@ def nudge_(clip: Clip, scale: float, seed: int = 1) -> None:
 
 
 def reference_task(index: int = 0, calls: list | None = None) -> TaskInfo:
-    """A TaskInfo whose reference_texts(n) gives n fixed captions (and records the n asked for)."""
+    """A TaskInfo whose data's reference_texts(n) gives n fixed captions (and records the n asked for)."""
 
     def texts(n: int) -> list[str]:
         if calls is not None:
             calls.append(n)
         return [f"caption {i}" for i in range(n)]
 
-    return TaskInfo(index, 3, ["x+++y"], steps=1, seed=7, reference_texts=texts)
+    return TaskInfo(index, 3, ["x+++y"], steps=1, seed=7, data=MemoryTaskData(texts=texts))
 
 
 # ----------------------------------------------------------------------------------------------

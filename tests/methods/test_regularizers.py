@@ -18,10 +18,11 @@ from clip_stand_in import TinyClip
 from fif.budget import hook_cost_mafs, mafs_per_step, max_steps, measure_step_cost
 from fif.core.optim import OptimConfig, build_optimizer
 from fif.data.batch import Batch
-from fif.methods import TaskInfo, build_method, freeze_all_but
+from fif.methods import TaskInfo, build_method, deploy_model_for, freeze_all_but
 from fif.methods.regularizers import _QuadraticPenalty, importance_pass, output_norm_objective
 from fif.model.clip import Clip, build_clip
 from fif.model.loss import clip_contrastive_loss
+from task_data import MemoryTaskData
 
 
 def tiny_clip(seed: int = 0, dim: int = 3, logit_scale: float = math.log(10.0)) -> Clip:
@@ -39,16 +40,11 @@ def tiny_batches(n: int = 8, seed: int = 0) -> list[Batch]:
 
 
 def task_with(batches: list[Batch], index: int = 0) -> TaskInfo:
-    """A TaskInfo whose ``batches(b)`` re-chunks ``batches`` into batches of ``b`` (same order every call)."""
+    """A TaskInfo whose data's ``batches(b)`` re-chunks ``batches`` into batches of ``b`` (same order every call)."""
     images = torch.cat([b.images for b in batches])
     tokens = torch.cat([b.tokens for b in batches])
-
-    def chunks(size: int):
-        for i in range(0, len(images), size):
-            rows = slice(i, i + size)
-            yield Batch(images[rows], tokens[rows], torch.ones(len(images[rows]), dtype=torch.int8))
-
-    return TaskInfo(index, 2, ["x+++y"], steps=1, num_samples=len(images), batches=chunks)
+    rows = Batch(images, tokens, torch.ones(len(images), dtype=torch.int8))
+    return TaskInfo(index, 2, ["x+++y"], steps=1, num_samples=len(images), data=MemoryTaskData(rows))
 
 
 def build(name: str, clip: Clip, **options):
@@ -503,7 +499,7 @@ def test_si_on_the_mini_model_accumulates_importance(mini_clip):
     assert penalty_of(si, clip, batch) == 0
     move_weights_(clip, 1e-3)
     assert penalty_of(si, clip, batch) > 0
-    copied = si.deploy_model(clip.model.state_dict())  # a copy of the model does not carry SI's hooks
+    copied = deploy_model_for(si, clip.model, clip.model.state_dict())  # a copy of the model does not carry SI's hooks
     assert all(not getattr(p, "_post_accumulate_grad_hooks", None) for p in copied.parameters())
 
 

@@ -22,6 +22,7 @@ from fif.methods import TaskInfo, build_method, freeze_all_but
 from fif.methods.replay import embedding_mse, masked_clip_loss, reservoir_slots, sample_slots
 from fif.model.clip import Clip
 from fif.model.loss import clip_contrastive_loss
+from task_data import MemoryTaskData
 
 
 def tiny_clip(seed: int = 0) -> Clip:
@@ -313,11 +314,8 @@ def labelled_task(index: int, concepts: list[str], per_class: int, start_id: int
     ids = list(range(start_id, start_id + len(labels)))
     data = pixels_batch(ids, seed=index)
 
-    def batches(size: int):
-        for i in range(0, len(ids), size):
-            yield Batch(data.images[i : i + size], data.tokens[i : i + size], data.source[i : i + size], labels[i : i + size])
-
-    return TaskInfo(index, 3, concepts, steps=1, num_samples=len(ids), batches=batches, seed=5)
+    rows = Batch(data.images, data.tokens, data.source, labels)
+    return TaskInfo(index, 3, concepts, steps=1, num_samples=len(ids), seed=5, data=MemoryTaskData(rows))
 
 
 def test_gdumb_memory_is_class_balanced_across_tasks():

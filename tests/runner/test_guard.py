@@ -14,7 +14,7 @@ from torch import nn
 from fif.config import load_config
 from fif.core.optim import OptimConfig, build_optimizer
 from fif.data.batch import Batch
-from fif.methods import LossOutput, UpdateMethod, register_method
+from fif.methods import BaseMethod, LossOutput, register_method
 from fif.methods.base import TaskInfo
 from fif.train.loop import train_task
 
@@ -105,7 +105,7 @@ POISON: dict = {"plan": set(), "fired": set(), "once": True}
 
 
 @register_method("test_nan_poison")
-class NanPoison(UpdateMethod):
+class NanPoison(BaseMethod):
     """Fine-tuning whose loss is NaN at the (task, step) pairs of POISON['plan'] (test only)."""
 
     @dataclass

@@ -17,7 +17,7 @@ from fif.core.optim import OptimConfig, build_optimizer, carry_optimizer_state, 
 from fif.data.batch import Batch
 from fif.methods import build_method
 from fif.model.clip import MAX_LOGIT_SCALE, Clip, build_clip
-from fif.model.loss import clip_contrastive_loss
+from fif.model.loss import ClipLoss, clip_contrastive_loss
 from fif.train.loop import (
     accumulated_backward,
     batchnorm_accumulation_warning,
@@ -185,11 +185,11 @@ def test_label_smoothing_reaches_the_method_loss(rn_clip):
     batch = make_batch(clip, 8)
     with torch.no_grad():
         plain = build_method("finetune", {}, clip).loss(batch, clip.model).total
-        smooth_method = build_method("finetune", {}, clip, label_smoothing=0.1)
+        smooth_method = build_method("finetune", {}, clip, ClipLoss(label_smoothing=0.1))
         smooth = smooth_method.loss(batch, clip.model).total
         img, txt, scale = clip.model(batch.images, batch.tokens).values()
         expected = clip_contrastive_loss(img, txt, scale, label_smoothing=0.1)
-    assert smooth_method.label_smoothing == 0.1
+    assert smooth_method.clip_loss == ClipLoss(label_smoothing=0.1)
     torch.testing.assert_close(smooth, expected)
     assert float(smooth) != pytest.approx(float(plain))
 
@@ -372,7 +372,7 @@ def test_recipe_knobs_reach_the_runner(tmp_path):
         "train.temperature=fixed", "train.fixed_logit_scale=50", "train.grad_checkpointing=true",
     ])
     ctx, state = setup(cfg, tmp_path)  # the run's spec and its state
-    assert ctx.method.label_smoothing == 0.1
+    assert ctx.method.clip_loss == ClipLoss(label_smoothing=0.1)
     assert type(ctx.clip.model.transformer.resblocks[0]).__name__ == "CheckpointedCustomBlock"
     steps = []
     for task in ctx.tasks:

@@ -26,7 +26,7 @@ from fif.budget.mafs import BudgetError, StepCost
 from fif.core.flops import flop_counting, meta_copy
 from fif.core.optim import OptimConfig
 from fif.data.batch import Batch, synthetic_batch
-from fif.methods.base import UpdateMethod
+from fif.methods.base import BuildsOptimizer, UpdateMethod, optimizer_state_bytes_of
 from fif.model.clip import Clip, build_clip
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def estimate_peak_memory(
            + activations saved for backward + the batch,
 
     with the optimizer state AdamW's 2 × trainable unless ``optimizer_state_bytes`` is given (a method
-    with its own optimizer, e.g. GaLore's projected moments: ``UpdateMethod.optimizer_state_bytes``).
+    with its own optimizer, e.g. GaLore's projected moments: :class:`~fif.methods.base.BuildsOptimizer`).
 
     An estimate, not a measurement: it adds terms that do not all peak at the same moment (activations
     are freed while gradients appear) and omits kernel workspaces and temporaries. Reference and
@@ -188,9 +188,11 @@ def run_real_steps(clip: Clip, method: UpdateMethod, batch_size: int, device: to
         if name in names:
             trainable.append(p)
     model.train()
-    optimizer = method.build_optimizer(
-        [(n, p) for n, p in model.named_parameters() if p.requires_grad], 0.0, OptimConfig()
-    ) or torch.optim.AdamW(trainable, lr=0.0)  # the method's own optimizer (GaLore), else AdamW
+    if isinstance(method, BuildsOptimizer):  # the method's own optimizer (GaLore), else AdamW
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        optimizer = method.build_optimizer(named, 0.0, OptimConfig())
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=0.0)
     batch = synthetic_batch(clip, batch_size, device)
     for _ in range(steps):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -275,7 +277,7 @@ def measure_step_cost(
         trainable_bytes=_storage_bytes(trainable),
         activation_bytes=trace.activation_bytes,
         batch_bytes=sum(t.numel() * t.element_size() for t in (batch.images, batch.tokens, batch.source)),
-        optimizer_state_bytes=method.optimizer_state_bytes(),
+        optimizer_state_bytes=optimizer_state_bytes_of(method),
     )
     return StepCost(trace.flops, sum(parts.values()), "estimate", trace.forward_flops, batch_size, parts)
 

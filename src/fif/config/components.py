@@ -7,6 +7,7 @@ from typing import Any
 
 from fif.config.schema import StreamConfig, TrainConfig
 from fif.data.stream import OrderingOptions
+from fif.model.loss import ClipLoss
 from fif.train.schedules import ScheduleSpec
 
 
@@ -31,6 +32,11 @@ def schedule_from_config(train_cfg: TrainConfig) -> ScheduleSpec:
         warmup_frac=train_cfg.warmup_frac,
         **optional,
     )
+
+
+def clip_loss_from_config(train_cfg: TrainConfig) -> ClipLoss:
+    """The :class:`ClipLoss` settings of a ``train`` config section (``label_smoothing``)."""
+    return ClipLoss(label_smoothing=train_cfg.label_smoothing)
 
 
 def ordering_options(stream: StreamConfig, batch_size: int = 256, precision: str = "fp32") -> OrderingOptions:

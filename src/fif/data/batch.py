@@ -20,7 +20,7 @@ class Batch:
         tokens: token ids (B, context_length).
         source: (B,) int8 — 0 pretraining pool, 1 current task, 2 buffer of past tasks.
         labels: (B,) int64 class of each sample as an index into ``TaskInfo.concepts`` (−1: none), set
-            only in passes over a task's own data (``TaskInfo.batches``, e.g. GDumb's class-balanced
+            only in passes over a task's own data (``TaskData.batches``, e.g. GDumb's class-balanced
             memory); None in training batches.
         bad: (source, file) of each unreadable sample found while building this batch (each was
             replaced by a readable one; see :mod:`fif.data.bad_samples`). Built in DataLoader workers

@@ -1,43 +1,62 @@
-"""The UpdateMethod contract, the CLIP loss every method builds on, and the method registry.
+"""The UpdateMethod contract: a Protocol of hooks, the default implementation methods build on, and the
+optional capabilities a method may declare.
 
-A method is constructed once per run with the model (it may inject adapters into it) and its own
-config dataclass. The runner then drives it through the hooks, in this order, for every task::
+A method is constructed once per run as ``cls(clip, config)`` with the model (it may inject adapters into
+it) and its own config dataclass; the runner then hands it the CLIP loss's settings (``clip_loss``) and
+drives it through the hooks, in this order, for every task::
 
-    begin_task(task) → [loss(batch, model) → backward → step → after_step(batch, step)] × steps
-                     → end_task(task) → deploy_weights() → evaluate
+    extra_cost(task) → begin_task(task) → training_weights()
+        → [loss(batch, model) → backward → step → after_step(batch, step)] × steps
+        → end_task(task) → deploy_weights() → evaluate
 
-Methods return values (losses, costs, weights); they never reach into the runner.
+Methods return values (losses, costs, weights); they never reach into the runner. Registering a method
+by name: :mod:`fif.methods.registry`.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from fif.core.typed import ConfigError, from_dict
+from fif.core.optim import OptimConfig, build_optimizer
 from fif.data.batch import Batch
 from fif.model.clip import Clip
-from fif.model.loss import clip_contrastive_loss, clip_features
+from fif.model.loss import ClipLoss, clip_features
+
+# ----------------------------------------------------------------------------------------------
+# What a hook is told about a task
+
+
+class TaskData(Protocol):
+    """The data a task hook may read, on the model's device.
+
+    The runner's implementation: :class:`fif.runner.task.RunTaskData`.
+    """
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """One pass over the current task's training data only, in a seeded order of its own (same seed,
+        same batches), each row labelled with its concept (``Batch.labels``, an index into
+        ``TaskInfo.concepts``); e.g. EWC's Fisher pass, GDumb's memory."""
+        ...
+
+    def reference_texts(self, n: int) -> list[str]:
+        """n captions of the pretraining pool drawn with the run seed (same n, same captions; fewer when
+        the pool is smaller, none without a pool); e.g. ZSCL's reference set."""
+        ...
 
 
 @dataclass
 class TaskInfo:
     """What a method may know about a task.
 
-    ``batches(batch_size)`` gives task hooks (EWC's Fisher pass, MAS's importance pass) one pass over the
-    current task's training data only, on the device, in a seeded order of its own (same seed, same
-    batches); it is None where no data is at hand (``fif budget``, unit tests). ``num_samples`` is the
-    task's training-set size (0 = unknown), so ``extra_cost`` can size a pass before it runs.
-
-    ``seed`` is the run seed: methods that draw (replay reservoirs, GDumb's memory) seed from it and the
-    task index. ``reference_texts(n)`` gives n captions of the pretraining pool drawn with the run seed
-    (same n, same captions; fewer when the pool is smaller), e.g. ZSCL's reference set; None without a pool.
+    ``num_samples`` is the task's training-set size (0 = unknown), so ``extra_cost`` can size a pass
+    before it runs. ``seed`` is the run seed: methods that draw (replay reservoirs, GDumb's memory) seed
+    from it and the task index. ``data`` is the task's data (:class:`TaskData`), None where no data is at
+    hand (``fif budget``, unit tests).
     """
 
     index: int  # 0-based task index
@@ -45,9 +64,12 @@ class TaskInfo:
     concepts: list[str]  # "DATASET+++classname"
     steps: int  # optimizer steps this task gets from the budget
     num_samples: int = 0  # training samples of the task's concepts (0 = unknown)
-    batches: Callable[[int], Iterator["Batch"]] | None = field(default=None, repr=False, compare=False)
     seed: int = 0  # the run seed
-    reference_texts: Callable[[int], list[str]] | None = field(default=None, repr=False, compare=False)
+    data: TaskData | None = field(default=None, repr=False, compare=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# What hooks return
 
 
 @dataclass
@@ -71,157 +93,194 @@ class NoOptions:
     """Config of a method without options."""
 
 
-class UpdateMethod:
-    """Base of every update method: plain fine-tuning unless a hook is overridden.
+# ----------------------------------------------------------------------------------------------
+# The contract
 
-    Subclasses set ``Config`` (a dataclass of options) and usually override one or two hooks. Keep
-    inheritance one level deep: share code through functions, not intermediate base classes.
+
+@runtime_checkable
+class UpdateMethod(Protocol):
+    """What the runner, the training loop and the budget call on a method (ARCHITECTURE.md).
+
+    Build on :class:`BaseMethod`, which implements every hook as plain fine-tuning; the capabilities
+    beyond these hooks are optional (:class:`BuildsOptimizer`, :class:`BuildsDeployModel`).
+    """
+
+    name: ClassVar[str]  # set by ``register_method``
+    Config: ClassVar[type]  # the options dataclass (``method.<field>=...``)
+    clip_loss: ClipLoss  # the CLIP loss's settings; the runner's replace the default before any hook
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs the optimizer updates, all registered in the model."""
+        ...
+
+    def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
+        """The training objective on one mixed batch. ``model`` is the model, a meta-device copy of it
+        (the budget counts a step's FLOPs there) or a wrapper (DDP); read weights through it."""
+        ...
+
+    def begin_task(self, task: TaskInfo) -> None:
+        """Called before a task's first step."""
+        ...
+
+    def end_task(self, task: TaskInfo) -> None:
+        """Called after a task's last step, before evaluation."""
+        ...
+
+    def after_step(self, batch: Batch, step: int) -> None:
+        """Called after each optimizer step (0-based ``step``). Device ops only: no host sync."""
+        ...
+
+    def extra_cost(self, task: TaskInfo) -> HookCost:
+        """Compute of this task's hooks, charged to the budget before its steps are set."""
+        ...
+
+    def training_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights the task trains from (asked once, after ``begin_task``); None = the model as it is."""
+        ...
+
+    def deploy_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights to evaluate and ship; None = the model as it is."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond the model weights needed for exact resume (tensors or JSON-able values)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; called before the model's weights are loaded."""
+        ...
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional capabilities: a method declares one by defining all of its methods (checked at registration)
+
+
+@runtime_checkable
+class BuildsOptimizer(Protocol):
+    """A method with its own optimizer (GaLore's projected AdamW) instead of :func:`fif.core.optim.build_optimizer`.
+
+    It also reports the optimizer's state size, so the budget's memory estimate sees its advantage.
+    """
+
+    def build_optimizer(
+        self, named_params: list[tuple[str, nn.Parameter]], lr: float, optim_cfg: OptimConfig
+    ) -> torch.optim.Optimizer:
+        """The optimizer over ``named_params`` (the trainable parameters, or the budget's copies of them)."""
+        ...
+
+    def optimizer_state_bytes(self) -> float:
+        """Bytes of optimizer state a step holds (the budget's memory estimate)."""
+        ...
+
+
+@runtime_checkable
+class BuildsDeployModel(Protocol):
+    """A method whose model is not the base architecture (PEFT adapters): its ``deploy_weights`` have the
+    base architecture's keys, and it builds the plain model that holds them."""
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """A new plain model holding ``weights``, to evaluate; the method's model is untouched."""
+        ...
+
+
+CAPABILITIES: tuple[type, ...] = (BuildsOptimizer, BuildsDeployModel)
+
+
+def capability_members(capability: type) -> list[str]:
+    """The method names a capability (or the contract) consists of, in definition order."""
+    return [n for n, v in vars(capability).items() if callable(v) and not n.startswith("_")]
+
+
+def optimizer_for(
+    method: UpdateMethod, named_params: list[tuple[str, nn.Parameter]], lr: float, optim_cfg: OptimConfig
+) -> torch.optim.Optimizer:
+    """The method's own optimizer (:class:`BuildsOptimizer`), else fif's AdamW/SGD for ``named_params``."""
+    if isinstance(method, BuildsOptimizer):
+        return method.build_optimizer(named_params, lr, optim_cfg)
+    return build_optimizer(named_params, lr, optim_cfg)
+
+
+def optimizer_state_bytes_of(method: UpdateMethod) -> float | None:
+    """The optimizer state bytes a :class:`BuildsOptimizer` method reports; None = AdamW's two moments."""
+    return method.optimizer_state_bytes() if isinstance(method, BuildsOptimizer) else None
+
+
+def deploy_model_for(method: UpdateMethod, model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A new model holding ``weights`` (from ``deploy_weights`` or a merge of them), to evaluate and ship.
+
+    The method's own plain model (:class:`BuildsDeployModel`), else a copy of ``model`` with ``weights``
+    loaded; ``model`` is untouched.
+    """
+    if isinstance(method, BuildsDeployModel):
+        return method.deploy_model(weights)
+    deployed = copy.deepcopy(model)
+    deployed.load_state_dict(weights)
+    return deployed
+
+
+# ----------------------------------------------------------------------------------------------
+# The default implementation
+
+
+class BaseMethod:
+    """The default implementation of :class:`UpdateMethod`: fine-tuning of every parameter with the CLIP
+    loss, hooks that do nothing, the model's own weights, no state.
+
+    Subclasses set ``Config`` (a dataclass of options) and override the one or two hooks they need. Keep
+    inheritance one level deep: share code through functions or held objects, not intermediate classes.
     """
 
     Config: ClassVar[type] = NoOptions
     name: ClassVar[str] = ""
+    clip_loss: ClipLoss = ClipLoss()  # replaced by the runner's (build_method); read it when the loss runs
 
-    def __init__(self, clip: Clip, config: Any, label_smoothing: float = 0.0):
+    def __init__(self, clip: Clip, config: Any):
         self.clip = clip
         self.config = config
-        self.label_smoothing = label_smoothing
 
-    # --- what trains -------------------------------------------------------------------------
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """(name, parameter) pairs the optimizer updates. Default: every parameter of the model."""
+        """Every parameter of the model."""
         return list(self.clip.model.named_parameters())
 
-    # --- the objective -----------------------------------------------------------------------
     def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
-        """CLIP contrastive loss over the whole mixed batch."""
+        """The CLIP contrastive loss over the whole mixed batch."""
         img, txt, scale = clip_features(model, batch)
-        loss = clip_contrastive_loss(img, txt, scale, self.label_smoothing)
+        loss = self.clip_loss(img, txt, scale)
         return LossOutput(loss, {"clip": loss.detach()})
 
-    # --- task hooks ----------------------------------------------------------------------------
     def begin_task(self, task: TaskInfo) -> None:
-        """Called before a task's first step."""
+        """Nothing."""
 
     def end_task(self, task: TaskInfo) -> None:
-        """Called after a task's last step, before evaluation."""
+        """Nothing."""
 
     def after_step(self, batch: Batch, step: int) -> None:
-        """Optional per-step hook (online EMA, SI, reservoirs). Must stay on the device: no syncs."""
+        """Nothing."""
 
     def extra_cost(self, task: TaskInfo) -> HookCost:
-        """Compute of this task's hooks, charged to the budget before its steps are set."""
+        """No compute outside the steps."""
         return HookCost()
 
-    # --- weights -------------------------------------------------------------------------------
     def training_weights(self) -> dict[str, torch.Tensor] | None:
-        """Weights the next task trains from; None = keep the model as it is."""
+        """None: the task trains from the model as it is."""
         return None
 
     def deploy_weights(self) -> dict[str, torch.Tensor] | None:
-        """Weights to evaluate and ship; None = the model as it is.
-
-        Keys: the model's, or for a method that adds modules to the model (PEFT adapters) the base
-        architecture's, with the added modules merged in (see :meth:`deploy_model`).
-        """
+        """None: the model as it is."""
         return None
 
-    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-        """A model holding ``weights`` (from :meth:`deploy_weights`), to evaluate; the model is untouched.
-
-        Default: a copy of the model with ``weights`` loaded. Methods that add modules return the plain
-        base architecture instead.
-        """
-        model = copy.deepcopy(self.clip.model)
-        model.load_state_dict(weights)
-        return model
-
-    # --- optimizer (optional) -------------------------------------------------------------------
-    def build_optimizer(
-        self, named_params: list[tuple[str, nn.Parameter]], lr: float, optim_cfg: Any
-    ) -> torch.optim.Optimizer | None:
-        """The method's own optimizer for ``named_params`` (e.g. GaLore's projected AdamW).
-
-        ``optim_cfg`` is a :class:`fif.train.loop.OptimConfig`. Default None: the runner's
-        :func:`fif.train.loop.build_optimizer` (AdamW).
-        """
-        return None
-
-    def optimizer_state_bytes(self) -> float | None:
-        """Bytes of optimizer state a step holds, for the budget's memory estimate.
-
-        Default None: AdamW's two moments per trainable element. A method with its own optimizer
-        (:meth:`build_optimizer`) reports its own, so its memory advantage shows in the MAFs.
-        """
-        return None
-
-    # --- resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything beyond the model weights needed for exact resume (tensors or JSON-able values)."""
+        """No state."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accepts only the empty state.
+
+        Raises:
+            ValueError: the checkpoint holds state this method does not have.
+        """
         if state:
             raise ValueError(f"method {self.name!r} has no state, but the checkpoint holds keys {sorted(state)}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Registry
-
-_METHODS: dict[str, type[UpdateMethod]] = {}
-
-
-def register_method(name: str) -> Callable[[type[UpdateMethod]], type[UpdateMethod]]:
-    """Class decorator: register an UpdateMethod under ``name``. A duplicate name fails at import."""
-
-    def wrap(cls: type[UpdateMethod]) -> type[UpdateMethod]:
-        if name in _METHODS:
-            raise ValueError(f"update method {name!r} is registered twice ({_METHODS[name].__module__} and {cls.__module__})")
-        if not dataclasses.is_dataclass(cls.Config):
-            raise TypeError(f"{cls.__name__}.Config must be a dataclass")
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
-
-    return wrap
-
-
-def registered_methods() -> dict[str, type[UpdateMethod]]:
-    return dict(_METHODS)
-
-
-def method_class(name: str) -> type[UpdateMethod]:
-    if name not in _METHODS:
-        close = difflib.get_close_matches(name, list(_METHODS), n=3)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown method.name {name!r}{hint} Valid: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
-
-
-def method_config_problems(name: str, options: dict) -> list[str]:
-    """Problems with ``method.name`` and its options (empty if valid)."""
-
-    if name not in _METHODS:
-        try:
-            method_class(name)
-        except KeyError as e:
-            return [str(e.args[0])]
-    cls = _METHODS[name]
-    problems: list[str] = []
-    if not dataclasses.fields(cls.Config):
-        return [f"method {name!r} takes no options, got method.{', method.'.join(sorted(options))}"] if options else []
-    from_dict(cls.Config, options, "method", problems)
-    return problems
-
-
-def build_method(name: str, options: dict, clip: Clip, label_smoothing: float = 0.0) -> UpdateMethod:
-    """Construct method ``name`` with validated ``options`` for ``clip``."""
-
-    cls = method_class(name)
-    problems: list[str] = []
-    cfg = from_dict(cls.Config, options, "method", problems)
-    if problems:
-        raise ConfigError(problems)
-    return cls(clip, cfg, label_smoothing=label_smoothing)
 
 
 def freeze_all_but(model: nn.Module, trainable: list[tuple[str, nn.Parameter]]) -> int:

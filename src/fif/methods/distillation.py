@@ -36,10 +36,11 @@ from torch import nn
 from fif.core.flops import count_flops, meta_copy
 from fif.core.seeding import seeded_generator
 from fif.data.batch import Batch
-from fif.methods.base import HookCost, LossOutput, TaskInfo, UpdateMethod, register_method
+from fif.methods.base import BaseMethod, HookCost, LossOutput, TaskInfo
 from fif.methods.common import check_choice, check_positive, stand_in
+from fif.methods.registry import register_method
 from fif.model.clip import Clip
-from fif.model.loss import clip_contrastive_loss, clip_features
+from fif.model.loss import clip_features
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class LwfConfig:
 
 
 @register_method("lwf")
-class Lwf(UpdateMethod):
+class Lwf(BaseMethod):
     """LwF (Li & Hoiem 2017): CLIP loss + λ·T²·KL to the last task's model's image→text logits.
 
     The teacher is the model frozen at the end of the previous task (θ0 on the first); the logits are over
@@ -152,15 +153,15 @@ class Lwf(UpdateMethod):
 
     Config = LwfConfig
 
-    def __init__(self, clip: Clip, config: LwfConfig, label_smoothing: float = 0.0):
-        super().__init__(clip, config, label_smoothing)
+    def __init__(self, clip: Clip, config: LwfConfig):
+        super().__init__(clip, config)
         # θ0 until the first task ends: the "previous model" of a continual pretraining stream is the
         # base model, so every task (and the budget's step measurement) runs the same teacher forward.
         self.teacher = FrozenTeacher(clip.model)
 
     def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
         img, txt, scale = clip_features(model, batch)
-        clip = clip_contrastive_loss(img, txt, scale, self.label_smoothing)
+        clip = self.clip_loss(img, txt, scale)
         with torch.no_grad():
             t_img, t_txt, t_scale = clip_features(self.teacher.on(batch.images.device), batch)
             t_logits = t_scale * t_img @ t_txt.t()
@@ -235,7 +236,7 @@ class ZsclConfig:
 
 
 @register_method("zscl")
-class Zscl(UpdateMethod):
+class Zscl(BaseMethod):
     """ZSCL (Zheng et al. 2023): CLIP loss + distillation of θ0 on reference captions, + weight ensembling.
 
     λ·T²·(KL image→reference texts + KL reference text→images) against the frozen zero-shot model θ0, on
@@ -245,8 +246,8 @@ class Zscl(UpdateMethod):
 
     Config = ZsclConfig
 
-    def __init__(self, clip: Clip, config: ZsclConfig, label_smoothing: float = 0.0):
-        super().__init__(clip, config, label_smoothing)
+    def __init__(self, clip: Clip, config: ZsclConfig):
+        super().__init__(clip, config)
         self.teacher = FrozenTeacher(clip.model)  # θ0: rebuilt from the base model on resume, never saved
         self._context_length = int(clip.tokenize([""]).shape[-1])
         self.reference_tokens: torch.Tensor | None = None  # (N, L) on the device, fixed for the run
@@ -279,7 +280,7 @@ class Zscl(UpdateMethod):
         """Tokenize ``reference_size`` pool captions (drawn by the runner with the run seed), once per run."""
         if self.config.reference != "pool" or self.reference_tokens is not None:
             return
-        texts = task.reference_texts(self.config.reference_size) if task.reference_texts is not None else None
+        texts = task.data.reference_texts(self.config.reference_size) if task.data is not None else []
         if not texts:
             if not self._warned:
                 log.warning(
@@ -313,7 +314,7 @@ class Zscl(UpdateMethod):
     # --- the objective ---------------------------------------------------------------------------
     def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
         img, txt, scale = clip_features(model, batch)
-        clip = clip_contrastive_loss(img, txt, scale, self.label_smoothing)
+        clip = self.clip_loss(img, txt, scale)
         device, cfg = batch.images.device, self.config
         teacher = self.teacher.on(device)
         rows = pretraining_rows(batch.source)

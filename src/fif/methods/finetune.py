@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from fif.methods.base import UpdateMethod, register_method
+from fif.methods.base import BaseMethod
+from fif.methods.registry import register_method
 
 
 def is_image_tower(name: str) -> bool:
@@ -17,12 +18,12 @@ def is_temperature(name: str) -> bool:
 
 
 @register_method("finetune")
-class Finetune(UpdateMethod):
+class Finetune(BaseMethod):
     """Update every parameter with the CLIP loss on the mixed batch."""
 
 
 @register_method("locked_text")
-class LockedText(UpdateMethod):
+class LockedText(BaseMethod):
     """Freeze the text tower; train the image tower and the temperature (LiT's opposite)."""
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -30,7 +31,7 @@ class LockedText(UpdateMethod):
 
 
 @register_method("locked_image")
-class LockedImage(UpdateMethod):
+class LockedImage(BaseMethod):
     """Freeze the image tower; train the text tower and the temperature (LiT, Zhai et al. 2022)."""
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from fif.methods.base import UpdateMethod, register_method
+from fif.methods.base import BaseMethod
+from fif.methods.registry import register_method
 
 # LayerNorm for transformers; BatchNorm/GroupNorm too, so LNFit means "norm layers" on conv towers.
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
 @register_method("bitfit")
-class BitFit(UpdateMethod):
+class BitFit(BaseMethod):
     """Train only bias terms (Ben Zaken et al. 2022)."""
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -19,7 +20,7 @@ class BitFit(UpdateMethod):
 
 
 @register_method("lnfit")
-class LNFit(UpdateMethod):
+class LNFit(BaseMethod):
     """Train only the affine parameters of normalisation layers (De Min et al. 2023)."""
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:

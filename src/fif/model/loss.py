@@ -7,6 +7,7 @@ one-process loss of the global batch. In one process it returns its inputs as th
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -134,3 +135,31 @@ def clip_contrastive_loss(
         F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         + F.cross_entropy(logits.t(), labels, label_smoothing=label_smoothing)
     )
+
+
+@dataclass(frozen=True)
+class ClipLoss:
+    """CLIP's contrastive loss with its settings (``train.label_smoothing``), as one value a method calls.
+
+    The settings belong to the loss, not to a method: every method's CLIP term (and EWC's Fisher pass,
+    the replay losses) reads them from the :class:`ClipLoss` the runner hands it
+    (``UpdateMethod.clip_loss``), so no method options carry them.
+
+    Args:
+        label_smoothing: ε of both cross-entropies, in [0, 1) (0 = off).
+
+    Raises:
+        ValueError: ``label_smoothing`` outside [0, 1).
+    """
+
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing must be in [0, 1) (0 = off), got {self.label_smoothing!r}")
+
+    def __call__(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+    ) -> torch.Tensor:
+        """:func:`clip_contrastive_loss` of the features with these settings."""
+        return clip_contrastive_loss(image_features, text_features, logit_scale, self.label_smoothing)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from fif.budget import Ledger, mafs_per_step, measure_step_cost, run_budget_mafs
 from fif.budget.mafs import steps_for_task
 from fif.config import Config
-from fif.config.components import ordering_options
+from fif.config.components import clip_loss_from_config, ordering_options
 from fif.core.device import resolve_device, resolve_precision
 from fif.core.version import __version__
 from fif.data.bad_samples import BadSampleLog
@@ -173,7 +173,7 @@ def setup(
     if needs_model:  # the similarity and easy-to-hard orderings embed and score with the base model
         tasks = _tasks(cfg, benchmark, ModelScorer(clip, device, orderings), orderings)
     reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device)
-    method = build_method(cfg.method.name, cfg.method.options, clip, label_smoothing=cfg.train.label_smoothing)
+    method = build_method(cfg.method.name, cfg.method.options, clip, clip_loss_from_config(cfg.train))
     freeze_all_but(clip.model, method.trainable_parameters())
     step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device)
     if cfg.train.grad_checkpointing:  # after measuring: the budget charges the method, not the memory trick

@@ -31,6 +31,7 @@ from fif.budget import mafs_per_step
 from fif.config import Config, dump_yaml
 from fif.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, safetensors_bytes
 from fif.core.version import __version__
+from fif.methods import deploy_model_for
 from fif.model.clip import Clip
 from fif.results.events import read_events, summarize
 from fif.results.sinks import build_sinks
@@ -298,5 +299,5 @@ def finish(spec: RunSpec, state: RunState) -> RunResult:
     close_sinks(spec)
     deployed = spec.clip
     if chosen is not None:  # merged weights, or adapter methods' plain base architecture
-        deployed = replace(spec.clip, model=spec.method.deploy_model(weights))
+        deployed = replace(spec.clip, model=deploy_model_for(spec.method, spec.clip.model, weights))
     return RunResult(spec.out_dir, summary, deployed)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -23,8 +24,9 @@ from tqdm.auto import tqdm
 from fif.budget import Ledger, StepCost, hook_cost_mafs, mafs_per_step
 from fif.config.components import schedule_from_config
 from fif.core.io import CheckpointError
-from fif.core.optim import OptimConfig, build_optimizer, carry_optimizer_state
+from fif.core.optim import OptimConfig, carry_optimizer_state
 from fif.core.seeding import restore_rng, rng_for
+from fif.data.batch import Batch
 from fif.data.mixture import (
     MixedBatches,
     MixtureSampler,
@@ -35,7 +37,7 @@ from fif.data.mixture import (
     pool_captions,
 )
 from fif.data.stream import Task, task_indices
-from fif.methods import TaskInfo, freeze_all_but
+from fif.methods import TaskInfo, deploy_model_for, freeze_all_but, optimizer_for
 from fif.data.bad_samples import BadSampleLog
 from fif.model.clip import Clip
 from fif.runner import samples
@@ -77,7 +79,7 @@ def evaluate_deployed(spec: RunSpec, task: int, full: bool) -> dict[str, float]:
     clip = spec.clip
     weights = deployed_weights(spec)
     if weights is not None:
-        model = spec.method.deploy_model(weights)  # a copy; the base architecture for adapter methods
+        model = deploy_model_for(spec.method, spec.clip.model, weights)  # a copy; the base architecture for adapters
         clip = Clip(model, spec.clip.tokenizer, spec.clip.arch, spec.clip.image_size, spec.clip.mean, spec.clip.std)
     t0 = time.perf_counter()
     scores = spec.evaluator.run(clip, spec.device, subset=not full, precision=eval_precision(spec))
@@ -148,30 +150,44 @@ def buffer_pool(spec: RunSpec, task: Task) -> Pool | None:
     return Pool(segments) if segments else None
 
 
-def task_info(spec: RunSpec, task: Task, steps: int) -> TaskInfo:
-    """What the method sees of a task, with ``batches(batch_size)``: one pass over the task's own training
-    data on the device, seeded apart from the training batches (purpose ``"task-hook"``), for task hooks
-    such as EWC's Fisher pass, each sample labelled with its concept; the run seed; and
-    ``reference_texts(n)``, n pretraining-pool captions drawn with the run seed (ZSCL's reference set)."""
+@dataclass(frozen=True)
+class RunTaskData:
+    """The :class:`~fif.methods.TaskData` of one task of a run.
 
-    pool, clip, seed = task_pool(spec, task), spec.clip, spec.cfg.run.seed
+    ``batches(batch_size)``: one pass over the task's own training data on the device, seeded apart from
+    the training batches (purpose ``"task-hook"``), each sample labelled with its concept (EWC's Fisher
+    pass, GDumb's memory). ``reference_texts(n)``: n pretraining-pool captions drawn with the run seed
+    (ZSCL's reference set); none without a pool.
+    """
 
-    def batches(batch_size: int):
-        labels = concept_labels(pool, task.concepts)
+    pool: Pool
+    concepts: list[str]
+    task_index: int
+    clip: Clip
+    device: torch.device
+    seed: int
+    pretraining_pool: Pool | None
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        clip, labels = self.clip, concept_labels(self.pool, self.concepts)
         for batch in pool_batches(
-            pool, batch_size, clip.tokenize, clip.normalize, clip.image_size, seed, ("task-hook", task.index), labels
+            self.pool, batch_size, clip.tokenize, clip.normalize, clip.image_size, self.seed,
+            ("task-hook", self.task_index), labels,
         ):
-            yield to_device(batch, spec.device)
+            yield to_device(batch, self.device)
 
-    reference_texts = None
-    if spec.pretraining_pool is not None:
-        def reference_texts(n: int) -> list[str]:
-            return pool_captions(spec.pretraining_pool, n, rng_for(seed, "reference-texts"))
+    def reference_texts(self, n: int) -> list[str]:
+        if self.pretraining_pool is None:
+            return []
+        return pool_captions(self.pretraining_pool, n, rng_for(self.seed, "reference-texts"))
 
-    return TaskInfo(
-        task.index, len(spec.tasks), list(task.concepts), steps, num_samples=len(pool), batches=batches, seed=seed,
-        reference_texts=reference_texts,
-    )
+
+def task_info(spec: RunSpec, task: Task, steps: int) -> TaskInfo:
+    """What the method sees of a task: its place in the stream, steps, size, the run seed and its data
+    (:class:`RunTaskData`)."""
+    pool, seed = task_pool(spec, task), spec.cfg.run.seed
+    data = RunTaskData(pool, list(task.concepts), task.index, spec.clip, spec.device, seed, spec.pretraining_pool)
+    return TaskInfo(task.index, len(spec.tasks), list(task.concepts), steps, num_samples=len(pool), seed=seed, data=data)
 
 
 def task_batches(spec: RunSpec, task: Task, steps: int) -> MixedBatches:
@@ -235,7 +251,7 @@ def task_optimizer(spec: RunSpec, state: RunState, saved: dict | None = None) ->
     named, optim_cfg = spec.method.trainable_parameters(), OptimConfig(
         t.weight_decay, (t.beta1, t.beta2), t.eps, t.optimizer, t.optimizer_impl
     )
-    optimizer = spec.method.build_optimizer(named, t.lr, optim_cfg) or build_optimizer(named, t.lr, optim_cfg)
+    optimizer = optimizer_for(spec.method, named, t.lr, optim_cfg)  # the method's own (GaLore), else fif's
     if saved is not None:
         optimizer.load_state_dict(saved)
     elif not t.optimizer_reset:

@@ -14,14 +14,15 @@ stream's).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from fif.methods.base import TaskInfo, UpdateMethod, register_method
+from fif.methods.base import BaseMethod, TaskInfo
 from fif.methods.peft.config import LoraOptions, VeraOptions
 from fif.methods.peft.inject import adapter_parameters, inject_adapters, merge_and_reset_, unload
+from fif.methods.registry import register_method
 from fif.model.clip import Clip
 
 
@@ -52,66 +53,136 @@ def vera_config(options: VeraOptions):
         )
 
 
-def _adapter_method(
-    name: str, class_name: str, options_type: type, peft_config: Callable[[Any], Any], doc: str
-) -> type[UpdateMethod]:
-    """Register as ``name`` an UpdateMethod that trains the adapters of ``peft_config(options)`` alone.
+# ----------------------------------------------------------------------------------------------
+# What the three methods share (functions, not a base class: each method below reads whole)
 
-    LoRA, DoRA and VeRA differ only in their peft config, so their one class is written here once (the
-    UpdateMethod contract keeps inheritance one level deep: no shared base class). The adapters are
-    injected at construction, trained alone, and merged into the base weights to deploy.
+
+def draw_reinit_seed() -> int:
+    """The seed of the A re-drawn by ``merge_every_task``: one draw from the run's seeded global RNG."""
+    return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+def end_task_merge(
+    model: nn.Module, merge_every_task: bool, reinit_seed: int, task: TaskInfo, d_initial: float
+) -> None:
+    """``merge_every_task``: fold the adapters into the base weights and reset them (A re-drawn per task)."""
+    if merge_every_task:
+        merge_and_reset_(model, reinit_seed + task.index, d_initial)
+
+
+def plain_model(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """The base architecture (adapters taken out) holding ``weights``; ``model`` is untouched."""
+    plain = unload(model)
+    plain.load_state_dict(weights)
+    return plain
+
+
+def reinit_seed_from(state: dict[str, Any]) -> int:
+    """The ``reinit_seed`` of an adapter method's checkpoint state.
+
+    Raises:
+        ValueError: the state holds other keys.
     """
-
-    class AdapterMethod(UpdateMethod):
-        Config = options_type
-
-        def __init__(self, clip: Clip, config: LoraOptions | VeraOptions, label_smoothing: float = 0.0):
-            super().__init__(clip, config, label_smoothing)
-            self.layers = inject_adapters(clip.model, peft_config(config), config.targets, config.towers, clip.arch)
-            self.d_initial = getattr(config, "d_initial", 0.1)
-            # Seeds the re-drawn A of merge_every_task; drawn once from the run's seeded global RNG.
-            self.reinit_seed = int(torch.randint(0, 2**31 - 1, ()).item())
-
-        def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-            return adapter_parameters(self.clip.model)
-
-        def end_task(self, task: TaskInfo) -> None:
-            if self.config.merge_every_task:
-                merge_and_reset_(self.clip.model, self.reinit_seed + task.index, self.d_initial)
-
-        def deploy_weights(self) -> dict[str, torch.Tensor]:
-            return unload(self.clip.model).state_dict()
-
-        def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-            plain = unload(self.clip.model)
-            plain.load_state_dict(weights)
-            return plain
-
-        def state_dict(self) -> dict[str, Any]:
-            return {"reinit_seed": self.reinit_seed}
-
-        def load_state_dict(self, state: dict[str, Any]) -> None:
-            if set(state) != {"reinit_seed"}:
-                raise ValueError(f"adapter method state must hold exactly 'reinit_seed', got keys {sorted(state)}")
-            self.reinit_seed = int(state["reinit_seed"])
-
-    AdapterMethod.__name__ = AdapterMethod.__qualname__ = class_name
-    AdapterMethod.__doc__ = doc
-    return register_method(name)(AdapterMethod)
+    if set(state) != {"reinit_seed"}:
+        raise ValueError(f"adapter method state must hold exactly 'reinit_seed', got keys {sorted(state)}")
+    return int(state["reinit_seed"])
 
 
 # ----------------------------------------------------------------------------------------------
-# The methods: each is its peft config.
+# The methods: each is its peft config on the shared functions above
 
-Lora = _adapter_method(
-    "lora", "Lora", LoraOptions, peft_config=lambda options: lora_config(options, dora=False),
-    doc="LoRA (Hu et al. 2022): W + (alpha/r)·B·A on attention and MLP Linear layers of both towers; A, B train.",
-)
-Dora = _adapter_method(
-    "dora", "Dora", LoraOptions, peft_config=lambda options: lora_config(options, dora=True),
-    doc="DoRA (Liu et al. 2024): m·(W + s·B·A)/‖W + s·B·A‖ per output row; the magnitude m and A, B train.",
-)
-Vera = _adapter_method(
-    "vera", "Vera", VeraOptions, peft_config=vera_config,
-    doc="VeRA (Kopiczko et al. 2024): W + diag(b)·B·diag(d)·A, frozen random A, B shared by all layers; b, d train.",
-)
+
+@register_method("lora")
+class Lora(BaseMethod):
+    """LoRA (Hu et al. 2022): W + (alpha/r)·B·A on attention and MLP Linear layers of both towers; A, B train."""
+
+    Config = LoraOptions
+
+    def __init__(self, clip: Clip, config: LoraOptions):
+        super().__init__(clip, config)
+        peft_config = lora_config(config, dora=False)
+        self.layers = inject_adapters(clip.model, peft_config, config.targets, config.towers, clip.arch)
+        self.reinit_seed = draw_reinit_seed()
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return adapter_parameters(self.clip.model)
+
+    def end_task(self, task: TaskInfo) -> None:
+        end_task_merge(self.clip.model, self.config.merge_every_task, self.reinit_seed, task, d_initial=0.1)
+
+    def deploy_weights(self) -> dict[str, torch.Tensor]:
+        """The base architecture's weights with the adapters merged in."""
+        return unload(self.clip.model).state_dict()
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        return plain_model(self.clip.model, weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reinit_seed": self.reinit_seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reinit_seed = reinit_seed_from(state)
+
+
+@register_method("dora")
+class Dora(BaseMethod):
+    """DoRA (Liu et al. 2024): m·(W + s·B·A)/‖W + s·B·A‖ per output row; the magnitude m and A, B train."""
+
+    Config = LoraOptions
+
+    def __init__(self, clip: Clip, config: LoraOptions):
+        super().__init__(clip, config)
+        peft_config = lora_config(config, dora=True)
+        self.layers = inject_adapters(clip.model, peft_config, config.targets, config.towers, clip.arch)
+        self.reinit_seed = draw_reinit_seed()
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return adapter_parameters(self.clip.model)
+
+    def end_task(self, task: TaskInfo) -> None:
+        end_task_merge(self.clip.model, self.config.merge_every_task, self.reinit_seed, task, d_initial=0.1)
+
+    def deploy_weights(self) -> dict[str, torch.Tensor]:
+        """The base architecture's weights with the adapters merged in."""
+        return unload(self.clip.model).state_dict()
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        return plain_model(self.clip.model, weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reinit_seed": self.reinit_seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reinit_seed = reinit_seed_from(state)
+
+
+@register_method("vera")
+class Vera(BaseMethod):
+    """VeRA (Kopiczko et al. 2024): W + diag(b)·B·diag(d)·A, frozen random A, B shared by all layers; b, d train."""
+
+    Config = VeraOptions
+
+    def __init__(self, clip: Clip, config: VeraOptions):
+        super().__init__(clip, config)
+        peft_config = vera_config(config)
+        self.layers = inject_adapters(clip.model, peft_config, config.targets, config.towers, clip.arch)
+        self.reinit_seed = draw_reinit_seed()
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return adapter_parameters(self.clip.model)
+
+    def end_task(self, task: TaskInfo) -> None:
+        end_task_merge(self.clip.model, self.config.merge_every_task, self.reinit_seed, task, self.config.d_initial)
+
+    def deploy_weights(self) -> dict[str, torch.Tensor]:
+        """The base architecture's weights with the adapters merged in."""
+        return unload(self.clip.model).state_dict()
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        return plain_model(self.clip.model, weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reinit_seed": self.reinit_seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reinit_seed = reinit_seed_from(state)

@@ -3,8 +3,9 @@
 Every parameter trains (as in fine-tuning), but the 2-D attention and MLP weights keep Adam's moments in
 a rank-r projection of their gradient, which is where the memory goes: for an m×n weight AdamW holds
 2·m·n moment elements, GaLore r·(min(m, n) + 2·max(m, n)) (the projector and two projected moments).
-The method supplies its optimizer through :meth:`UpdateMethod.build_optimizer` and reports that state
-through :meth:`UpdateMethod.optimizer_state_bytes`, so the budget gives it the steps its memory earns.
+The method declares the :class:`~fif.methods.base.BuildsOptimizer` capability: it supplies its optimizer
+(``build_optimizer``) and reports that state (``optimizer_state_bytes``), so the budget gives it the steps
+its memory earns.
 
 The optimizer is written here rather than taken from the ``galore-torch`` package: it is short, keeps
 the non-projected arithmetic identical to ``torch.optim.AdamW`` (fif's default optimizer), and stores its
@@ -19,10 +20,11 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from fif.core.optim import no_weight_decay
-from fif.methods.base import UpdateMethod, register_method
+from fif.core.optim import OptimConfig, no_weight_decay
+from fif.methods.base import BaseMethod
 from fif.methods.peft.config import GaloreOptions
 from fif.methods.peft.inject import layer_kind, layer_tower
+from fif.methods.registry import register_method
 
 
 def top_singular_vectors(grad: torch.Tensor, rank: int) -> torch.Tensor:
@@ -132,8 +134,11 @@ def galore_state_elements(param: torch.Tensor, rank: int | None) -> int:
 
 
 @register_method("galore")
-class Galore(UpdateMethod):
-    """GaLore (Zhao et al. 2024): all weights train; AdamW moments of attention/MLP weights in a rank-r projection."""
+class Galore(BaseMethod):
+    """GaLore (Zhao et al. 2024): all weights train; AdamW moments of attention/MLP weights in a rank-r projection.
+
+    Declares :class:`~fif.methods.base.BuildsOptimizer` (its own optimizer and that optimizer's state size).
+    """
 
     Config = GaloreOptions
 
@@ -143,10 +148,12 @@ class Galore(UpdateMethod):
         return (GaLoreAdamW.projects(param, c.rank) and layer_kind(name) in c.targets
                 and layer_tower(name) in c.towers)  # fmt: skip
 
-    def build_optimizer(self, named_params: list[tuple[str, nn.Parameter]], lr: float, optim_cfg: Any) -> GaLoreAdamW:
+    def build_optimizer(
+        self, named_params: list[tuple[str, nn.Parameter]], lr: float, optim_cfg: OptimConfig
+    ) -> GaLoreAdamW:
         """GaLoreAdamW: projected AdamW for the target weights, torch's AdamW arithmetic for the rest.
 
-        Weight decay follows fif's rule (:func:`fif.train.loop.no_weight_decay`: matrices only).
+        Weight decay follows fif's rule (:func:`fif.core.optim.no_weight_decay`: matrices only).
 
         Raises:
             ValueError: ``train.optimizer`` is not adamw.

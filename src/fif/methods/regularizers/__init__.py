@@ -27,9 +27,15 @@ from fif.methods.regularizers.importance import (  # noqa: F401
     Objective,
     PassCost,
     _QuadraticPenalty,
-    clip_objective,
     importance_pass,
     output_norm_objective,
     pass_samples,
 )
-from fif.methods.regularizers.methods import Ewc, EwcConfig, Mas, MasConfig, Si, SiConfig  # noqa: F401  (registers ewc, mas, si)
+from fif.methods.regularizers.methods import (  # noqa: F401  (registers ewc, mas, si)
+    Ewc,
+    EwcConfig,
+    Mas,
+    MasConfig,
+    Si,
+    SiConfig,
+)

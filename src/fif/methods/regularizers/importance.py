@@ -15,7 +15,6 @@ from fif.core.flops import count_flops, meta_copy
 from fif.data.batch import Batch, synthetic_batch
 from fif.methods.base import HookCost, LossOutput, TaskInfo
 from fif.model.clip import Clip
-from fif.model.loss import clip_contrastive_loss, clip_features
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +129,6 @@ def _tensors_like(
 
 # ----------------------------------------------------------------------------------------------
 # Importance passes (EWC, MAS) and what they cost
-
-
-def clip_objective(label_smoothing: float = 0.0) -> Objective:
-    """EWC's objective: the CLIP loss at the model's own temperature 1/exp(logit_scale), as in training."""
-
-    def objective(model: nn.Module, batch: Batch) -> torch.Tensor:
-        img, txt, scale = clip_features(model, batch)
-        return clip_contrastive_loss(img, txt, scale, label_smoothing)
-
-    return objective
 
 
 def output_norm_objective(model: nn.Module, batch: Batch) -> torch.Tensor:

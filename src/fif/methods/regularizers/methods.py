@@ -10,20 +10,21 @@ import torch
 from torch import nn
 
 from fif.data.batch import Batch
-from fif.methods.base import HookCost, LossOutput, TaskInfo, UpdateMethod, register_method
+from fif.methods.base import BaseMethod, HookCost, LossOutput, TaskInfo
 from fif.methods.common import check_positive
+from fif.methods.registry import register_method
 from fif.methods.regularizers.importance import (
     Anchor,
     PassCost,
     _check_gamma,
     _loss_with_penalty,
     _tensors_like,
-    clip_objective,
     importance_pass,
     output_norm_objective,
     pass_samples,
 )
 from fif.model.clip import Clip
+from fif.model.loss import clip_features
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class EwcConfig:
 
 
 @register_method("ewc")
-class Ewc(UpdateMethod):
+class Ewc(BaseMethod):
     """EWC (Kirkpatrick et al. 2017; online): penalty λ/2·Σ F(θ−θ*)², F from a Fisher pass per task end.
 
     Online accumulation F ← γ·F + F_task (Schwarz et al. 2018); the pass is charged to the budget.
@@ -60,12 +61,16 @@ class Ewc(UpdateMethod):
 
     Config = EwcConfig
 
-    def __init__(self, clip: Clip, config: EwcConfig, label_smoothing: float = 0.0):
-        super().__init__(clip, config, label_smoothing)
+    def __init__(self, clip: Clip, config: EwcConfig):
+        super().__init__(clip, config)
         named = self.trainable_parameters()
         self.state = Anchor(named)
-        self._objective = clip_objective(label_smoothing)
-        self._cost = PassCost(clip, named, self._objective)
+        self._cost = PassCost(clip, named, self.fisher_objective)
+
+    def fisher_objective(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """EWC's objective: the CLIP loss as in training (the model's own temperature, the run's ``clip_loss``)."""
+        img, txt, scale = clip_features(model, batch)
+        return self.clip_loss(img, txt, scale)
 
     def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
         return _loss_with_penalty(super().loss(batch, model), self.state.penalty(), self.config.strength / 2)
@@ -73,13 +78,13 @@ class Ewc(UpdateMethod):
     def end_task(self, task: TaskInfo) -> None:
         """F ← γ·F + Fisher of this task at the current weights; θ* ← the current weights."""
         named = list(self.state.params.items())
-        if task.batches is None:
-            log.warning("ewc: task %d came without its data (TaskInfo.batches); the Fisher is not updated", task.index)
+        if task.data is None:
+            log.warning("ewc: task %d came without its data (TaskInfo.data); the Fisher is not updated", task.index)
         else:
             cfg = self.config
             fisher, _ = importance_pass(
-                self.clip.model, named, task.batches(cfg.fisher_batch_size), pass_samples(cfg.fisher_samples, task),
-                self._objective, torch.square,
+                self.clip.model, named, task.data.batches(cfg.fisher_batch_size),
+                pass_samples(cfg.fisher_samples, task), self.fisher_objective, torch.square,
             )
             self.state.accumulate(fisher, cfg.gamma)
         self.state.set_anchor()
@@ -125,7 +130,7 @@ class MasConfig:
 
 
 @register_method("mas")
-class Mas(UpdateMethod):
+class Mas(BaseMethod):
     """MAS (Aljundi et al. 2018): penalty λ·Σ Ω(θ−θ*)², Ω = mean |∂‖f(x)‖²/∂θ| from a pass per task end.
 
     f: the image and text embeddings before normalisation; the pass is charged to the budget.
@@ -133,8 +138,8 @@ class Mas(UpdateMethod):
 
     Config = MasConfig
 
-    def __init__(self, clip: Clip, config: MasConfig, label_smoothing: float = 0.0):
-        super().__init__(clip, config, label_smoothing)
+    def __init__(self, clip: Clip, config: MasConfig):
+        super().__init__(clip, config)
         named = self.trainable_parameters()
         self.state = Anchor(named)
         self._cost = PassCost(clip, named, output_norm_objective)
@@ -145,12 +150,12 @@ class Mas(UpdateMethod):
     def end_task(self, task: TaskInfo) -> None:
         """Ω ← γ·Ω + importance of this task at the current weights; θ* ← the current weights."""
         named = list(self.state.params.items())
-        if task.batches is None:
-            log.warning("mas: task %d came without its data (TaskInfo.batches); Ω is not updated", task.index)
+        if task.data is None:
+            log.warning("mas: task %d came without its data (TaskInfo.data); Ω is not updated", task.index)
         else:
             cfg = self.config
             omega, _ = importance_pass(
-                self.clip.model, named, task.batches(cfg.importance_batch_size),
+                self.clip.model, named, task.data.batches(cfg.importance_batch_size),
                 pass_samples(cfg.importance_samples, task), output_norm_objective, torch.abs,
             )
             self.state.accumulate(omega, cfg.gamma)
@@ -185,7 +190,7 @@ class SiConfig:
 
 
 @register_method("si")
-class Si(UpdateMethod):
+class Si(BaseMethod):
     """SI (Zenke et al. 2017): penalty c·Σ Ω(θ−θ*)², Ω from the path integral of the loss along training.
 
     The path integral ω = −Σ_steps g·Δθ needs each step's gradient g and update Δθ. The runner frees the
@@ -202,8 +207,8 @@ class Si(UpdateMethod):
 
     Config = SiConfig
 
-    def __init__(self, clip: Clip, config: SiConfig, label_smoothing: float = 0.0):
-        super().__init__(clip, config, label_smoothing)
+    def __init__(self, clip: Clip, config: SiConfig):
+        super().__init__(clip, config)
         self.state = Anchor(self.trainable_parameters())
         self.omega: dict[str, torch.Tensor] | None = None  # the running path integral (during a task)
         self._before: dict[str, torch.Tensor] = {}  # θ before the step (filled by the gradient hooks)

@@ -13,11 +13,12 @@ from torch import nn
 
 from fif.core.seeding import rng_for, seeded_generator
 from fif.data.batch import Batch
-from fif.methods.base import LossOutput, TaskInfo, UpdateMethod, register_method
+from fif.methods.base import BaseMethod, LossOutput, TaskInfo
 from fif.methods.common import check_choice, check_positive, stand_in
+from fif.methods.registry import register_method
 from fif.methods.replay.buffers import IMAGE_DTYPES, ImageCodec, dtype_field, load_rows
 from fif.model.clip import Clip
-from fif.model.loss import clip_contrastive_loss, clip_features
+from fif.model.loss import clip_features
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class GdumbConfig:
 
 
 @register_method("gdumb")
-class Gdumb(UpdateMethod):
+class Gdumb(BaseMethod):
     """GDumb (Prabhu et al. 2020): each task retrains from θ0 on a class-balanced memory only.
 
     The memory is filled greedily over the stream's concepts at each task start; the task's budgeted steps
@@ -129,8 +130,8 @@ class Gdumb(UpdateMethod):
 
     Config = GdumbConfig
 
-    def __init__(self, clip: Clip, config: GdumbConfig, label_smoothing: float = 0.0):
-        super().__init__(clip, config, label_smoothing)
+    def __init__(self, clip: Clip, config: GdumbConfig):
+        super().__init__(clip, config)
         self.memory = BalancedMemory(clip, config.memory_size, config.image_dtype)
         # θ0 on the host (read once per task): rebuilt from the base model on resume, never saved.
         self._base = {
@@ -146,11 +147,11 @@ class Gdumb(UpdateMethod):
 
         self.generator = seeded_generator(self.memory.device, task.seed, "gdumb", task.index)
         self._restart = True
-        if task.batches is None:
-            log.warning("gdumb: task %d came without its data (TaskInfo.batches); the memory is not updated", task.index)
+        if task.data is None:
+            log.warning("gdumb: task %d came without its data (TaskInfo.data); the memory is not updated", task.index)
             return
         rng = rng_for(task.seed, "gdumb-memory", task.index)
-        for batch in task.batches(self.config.fill_batch_size):
+        for batch in task.data.batches(self.config.fill_batch_size):
             self.memory.add(batch, self._keys(task, batch), rng)
 
     def _keys(self, task: TaskInfo, batch: Batch) -> list[str]:
@@ -178,7 +179,7 @@ class Gdumb(UpdateMethod):
             images, tokens = stand_in(images, device), stand_in(tokens, device)
             img, txt = model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True)
             scale = model.logit_scale.exp()
-        loss = clip_contrastive_loss(img, txt, scale, self.label_smoothing)
+        loss = self.clip_loss(img, txt, scale)
         return LossOutput(loss, {"clip": loss.detach()})
 
     def state_dict(self) -> dict[str, Any]:
