@@ -2,8 +2,8 @@
 
 Each method must: pass registration's checks (every hook, capabilities declared whole); expose trainable
 parameters that belong to the model; give a finite loss whose backward reaches exactly those parameters;
-run its loss on the meta device (where the budget counts a step's FLOPs); use the run's CLIP loss
-settings; change only its parameters in a step; charge the budget at least what its task hooks compute;
+run its loss on the meta device (where the budget counts a step's FLOPs), without that measurement
+changing its state; use the run's CLIP loss settings; change only its parameters in a step; charge the budget at least what its task hooks compute;
 deploy the base architecture's weights; and, driven through two tasks in the runner's order, resume from
 a real checkpoint of the middle of the second task to the same bits as the uninterrupted method. A last
 test checks that the runner calls the hooks in that order.
@@ -163,23 +163,50 @@ def test_loss_is_finite_and_reaches_exactly_the_trainable_params(method_and_clip
     assert any(p.grad.abs().sum() > 0 for _, p in method.trainable_parameters())
 
 
+def _after_the_tasks(name: str, base: Clip, drives) -> UpdateMethod:
+    """A fresh method of ``name`` put into the state :func:`drive` left it in (state, then weights), so that
+    a test may use it without touching the shared drive."""
+    run, _ = drives(name)
+    clip = _copy(base)
+    method = build_method(name, {}, clip)
+    method.load_state_dict(run.method.state_dict())
+    clip.model.load_state_dict(run.final_state)
+    freeze_all_but(clip.model, method.trainable_parameters())
+    return method
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_loss_runs_on_the_meta_device(name, base_clip, drives):
     """The budget counts a step's FLOPs on a weightless meta copy of the model (``measure_step_cost``), with
     the method built on the real model (a run) or on a meta model (``fif budget``): the loss must run
-    there, fresh and with the state a task leaves (filled buffers, importances, a drawn reference set)."""
-    fresh = _build(name, _copy(base_clip))
-    after_a_task, _ = drives(name)
+    there, fresh and with the state tasks leave (filled buffers, importances, a drawn reference set)."""
     counted = []
-    for method, clip in ((fresh, fresh.clip), (after_a_task.method, after_a_task.clip)):
-        model, _ = meta_copy(clip.model)  # keeps requires_grad: only the trainable copies get gradients
-        trace = trace_step(model.train(), method, synthetic_batch(clip, 4, "meta"))
+    for method in (_build(name, _copy(base_clip)), _after_the_tasks(name, base_clip, drives)):
+        model, _ = meta_copy(method.clip.model)  # keeps requires_grad: only the trainable copies get gradients
+        trace = trace_step(model.train(), method, synthetic_batch(method.clip, 4, "meta"))
         assert trace.flops > trace.forward_flops > 0, "forward and backward are counted on meta"
         counted.append(trace.flops)
     meta = meta_clip(ARCH)
     on_meta = build_method(name, {}, meta)
     freeze_all_but(meta.model, on_meta.trainable_parameters())
     assert measure_step_cost(meta, on_meta, 4).flops == counted[0]
+
+
+GDUMB_DRAWS_ON_META = pytest.mark.xfail(
+    strict=True,
+    reason="gdumb's loss draws its replay minibatch from the method's generator even on the meta device, once "
+    "the memory holds samples (no effect on runs today: the budget measures before the first task)",
+)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=GDUMB_DRAWS_ON_META) if n == "gdumb" else n for n in METHODS])
+def test_measuring_a_step_leaves_the_method_alone(name, base_clip, drives):
+    """A meta-device step (the budget's measurement) changes no method state, fresh or after the tasks."""
+    for method in (_build(name, _copy(base_clip)), _after_the_tasks(name, base_clip, drives)):
+        before = copy.deepcopy(method.state_dict())
+        model, _ = meta_copy(method.clip.model)
+        trace_step(model.train(), method, synthetic_batch(method.clip, 4, "meta"))
+        assert _equal_trees(method.state_dict(), before), "measuring a step on meta changed the method's state"
 
 
 def test_clip_loss_settings_reach_the_loss(method_and_clip):
