@@ -95,3 +95,52 @@ def test_report_cli(tmp_path, capsys):
         run(report_cli, ["report", str(FIXTURE), str(FIXTURE)])
     with pytest.raises(CliError, match="no events.jsonl"):
         run(report_cli, ["report", str(tmp_path)])
+
+
+TINY_VIT = {  # a tiny ViT CLIP at the mini benchmark's 32 px: an architecture other than the preset's
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture
+def plain_vit(tmp_path, monkeypatch) -> Path:
+    """A plain open_clip state dict (no fif metadata) of an architecture registered for this test only."""
+    from open_clip import factory
+    from safetensors.torch import save_file
+
+    from fif.model.clip import build_clip
+
+    monkeypatch.setitem(factory._MODEL_CONFIGS, "fif-test-eval-vit", TINY_VIT)
+    torch.manual_seed(0)
+    state = build_clip("fif-test-eval-vit").model.state_dict()
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def test_eval_plain_state_dict_infers_its_arch_with_overrides_anywhere(plain_vit, capsys):
+    from fif.cli import main
+
+    # Overrides before and after the flags: argparse alone takes only the first run of positionals.
+    assert main(["eval", str(plain_vit), OVERRIDES[0], *FLAGS, "--json", *OVERRIDES[1:]]) == 0
+    out = scores_of(capsys)
+    assert out["arch"] == "fif-test-eval-vit" and out["weights"] == "weights file"  # not the mini preset's fif-mini-rn32
+    assert {d["dataset"] for d in out["datasets"]} == {"mini_digits", "mini_colors"}
+    with pytest.raises(SystemExit):
+        main(["eval", str(plain_vit), "--json", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_eval_asks_for_the_arch_when_several_fit(plain_vit, monkeypatch, capsys):
+    from open_clip import factory
+
+    from fif.cli import main
+
+    monkeypatch.setitem(factory._MODEL_CONFIGS, "fif-test-eval-vit-quickgelu", {**TINY_VIT, "quick_gelu": True})
+    assert main(["eval", str(plain_vit), *OVERRIDES, *FLAGS, "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "fit 2 architectures: fif-test-eval-vit, fif-test-eval-vit-quickgelu" in err and "--arch NAME" in err
+    assert main(["eval", str(plain_vit), *OVERRIDES, *FLAGS, "--json", "--arch", "fif-test-eval-vit-quickgelu"]) == 0
+    assert scores_of(capsys)["arch"] == "fif-test-eval-vit-quickgelu"

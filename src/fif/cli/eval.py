@@ -17,8 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Zero-shot evaluation (top-1/top-5 accuracy; image<->text Recall@1/5/10) on a benchmark's "
         "adaptation and eval-only datasets, with A_KA / A_ZS / GM. TARGET is a run folder (its final.safetensors, "
         "or its newest checkpoint), a .safetensors/.pt weights file, or nothing for a base model given by "
-        "--arch/--pretrained. Other settings come from the run's config.yaml or --preset, then section.key=value "
-        "overrides (e.g. eval.ensemble=true eval.batch_size=128).",
+        "--arch/--pretrained. A weights file's architecture is the one fif recorded in it, else the open_clip "
+        "architecture its tensor shapes fit (the preset's when several do; else name it with --arch). Other "
+        "settings come from the run's config.yaml or --preset, then section.key=value overrides, anywhere on "
+        "the line (e.g. eval.ensemble=true eval.batch_size=128).",
     )
     p.add_argument("args", nargs="*", metavar="TARGET | section.key=value", help="what to evaluate, and overrides")
     p.add_argument("--preset", default="mini", help="preset for settings when TARGET is not a run folder (default: mini)")
@@ -30,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast (eval.precision)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, auto (run.device)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, intermixed="args")  # overrides after the flags land in args too (fif.cli.main)
 
 
 def run_weights(folder: Path) -> tuple[Path, str]:
@@ -50,6 +52,7 @@ def resolve(args: argparse.Namespace):
     """(config, description of the weights) from TARGET, --preset, the flags and the overrides."""
     from fif.cli import CliError
     from fif.config import load_config, read_yaml
+    from fif.model.clip import infer_arch
 
     targets = [a for a in args.args if "=" not in a]
     overrides = [a for a in args.args if "=" in a]
@@ -70,10 +73,6 @@ def resolve(args: argparse.Namespace):
     flags = []
     if weights is not None:
         flags.append(f"model.pretrained={weights}")
-        if base is None and not args.arch:
-            arch = weights_arch(weights)
-            if arch:
-                flags.append(f"model.arch={arch}")
     for flag, key in (("arch", "model.arch"), ("pretrained", "model.pretrained"), ("benchmark", "data.benchmark"),
                       ("precision", "eval.precision"), ("device", "run.device")):
         if getattr(args, flag):
@@ -81,11 +80,19 @@ def resolve(args: argparse.Namespace):
     if args.datasets:
         flags.append(f"eval.datasets=[{args.datasets}]")
     cfg = load_config(None if base is not None else args.preset, flags + overrides, base=base)
+    named = args.arch or any(o.startswith("model.arch=") for o in overrides)
+    if weights is None and args.pretrained and Path(args.pretrained).is_file():
+        weights = Path(args.pretrained)
+    if weights is not None and base is None and not named:  # a weights file: its own architecture, not the preset's
+        arch = weights_arch(weights) or infer_arch(weights, prefer=cfg.model.arch)
+        if arch != cfg.model.arch:
+            cfg = load_config(args.preset, [*flags, f"model.arch={arch}", *overrides])
     return cfg, note
 
 
 def weights_arch(path: Path) -> str | None:
-    """The architecture a fif safetensors file records in its metadata (None if none)."""
+    """The architecture a fif safetensors file records in its metadata (None if none: a plain state dict,
+    whose architecture :func:`fif.model.clip.infer_arch` finds from its shapes)."""
     if path.suffix != ".safetensors":
         return None
 

@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from fif.core.names import unknown_name_message
+from fif.model.hub import ModelLoadError, hub_model_dir, tag_weights
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip clamps the learnable temperature at 1/100
 _registered = False
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be built or its weights could not be loaded (the message says how to fix it)."""
 
 
 def register_fif_models() -> None:
@@ -76,6 +74,63 @@ class Clip:
         return next(self.model.parameters()).device
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """What :func:`resolve_weights` found: the name open_clip builds from (``arch``, or ``local-dir:`` of a
+    cached ``hf-hub:`` model), the weights file (None: random init or the hf-hub folder's own), and the
+    preprocessing an open_clip tag sets."""
+
+    source: str
+    weights: str | None = None
+    preprocess: dict | None = None
+
+
+def looks_like_file(pretrained: str) -> bool:
+    """Whether ``model.pretrained`` names a file rather than an open_clip tag."""
+    return any(sep in pretrained for sep in ("/", "\\")) or pretrained.endswith((".safetensors", ".pt", ".pth", ".bin"))
+
+
+def resolve_weights(arch: str, pretrained: str | None = None, cache_dir: str | None = None) -> WeightsSource:
+    """Check ``model.arch`` / ``model.pretrained`` and find the weights on disk, before any model is built.
+
+    Cheap when the weights are local (a file, or a tag or ``hf-hub:`` model in the Hugging Face cache: no
+    network request); a tag that is not cached is downloaded, or fails within seconds when offline
+    (:mod:`fif.model.hub`). Runs can call it first, so a bad source fails before any data is read.
+
+    Raises:
+        ModelLoadError: unknown architecture or tag, missing file, or weights neither cached nor reachable.
+    """
+    register_fif_models()
+    import open_clip  # heavy: every fif command would pay for it at start
+
+    if not arch.startswith(("hf-hub:", "local-dir:")) and arch not in open_clip.list_models():
+        raise ModelLoadError(unknown_name_message("model architecture (model.arch)", arch, open_clip.list_models()))
+    if arch.startswith("hf-hub:"):  # from the cache when it is there: open_clip would ask the Hub first
+        return WeightsSource(hub_model_dir(arch, cache_dir) or arch)
+    if not pretrained:
+        return WeightsSource(arch)
+    if looks_like_file(pretrained):
+        if not Path(pretrained).is_file():
+            raise ModelLoadError(
+                f"model.pretrained: checkpoint file {pretrained!r} does not exist; give an existing "
+                f".safetensors/.pt file, an open_clip tag, or leave it empty for random init"
+            )
+        return WeightsSource(arch, pretrained)
+    tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+    if pretrained not in tags:
+        raise ModelLoadError(
+            f"model.pretrained: {pretrained!r} is neither a file nor an open_clip tag for {arch!r}. "
+            f"Tags for {arch}: {', '.join(tags) or '(none)'}"
+        )
+    weights, preprocess = tag_weights(arch, pretrained, cache_dir)
+    quick_gelu = open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False)
+    if quick_gelu != open_clip.get_model_config(arch).get("quick_gelu", False):  # open_clip warns so as well
+        log.warning(f"model.pretrained={pretrained!r} was trained with quick_gelu={quick_gelu} but {arch!r} uses "
+                    f"quick_gelu={not quick_gelu}; the matching architecture is usually "
+                    f"{arch + '-quickgelu' if quick_gelu else arch.removesuffix('-quickgelu')}")
+    return WeightsSource(arch, weights, preprocess)
+
+
 def build_clip(
     arch: str,
     pretrained: str | None = None,
@@ -90,7 +145,7 @@ def build_clip(
         pretrained: None (random init), an open_clip tag (``laion2b_s34b_b88k``), or a local checkpoint
             file (``.safetensors``, or a torch file loaded with ``weights_only=True``).
         device: where to put the model.
-        cache_dir: download cache for pretrained tags.
+        cache_dir: the Hugging Face cache for pretrained tags and ``hf-hub:`` models (default: huggingface_hub's).
         attention: ``default`` (the architecture's own transformer blocks) or ``custom``: open_clip's
             ``CustomResidualAttentionBlock`` in every transformer tower (see :func:`attention_overrides`).
 
@@ -98,37 +153,19 @@ def build_clip(
         The model (fp32, train mode) with its tokenizer and preprocessing constants.
 
     Raises:
-        ModelLoadError: unknown architecture, missing file, or weights that cannot be downloaded.
+        ModelLoadError: see :func:`resolve_weights`; weights that do not fit the architecture or hold
+            pickled objects.
     """
-    register_fif_models()
     import open_clip  # heavy: every fif command would pay for it at start
 
-    if not arch.startswith(("hf-hub:", "local-dir:")) and arch not in open_clip.list_models():
-
-        raise ModelLoadError(unknown_name_message("model architecture (model.arch)", arch, open_clip.list_models()))
-    if pretrained:
-        looks_like_file = any(sep in pretrained for sep in ("/", "\\")) or pretrained.endswith(
-            (".safetensors", ".pt", ".pth", ".bin")
-        )
-        if looks_like_file and not Path(pretrained).is_file():
-            raise ModelLoadError(
-                f"model.pretrained: checkpoint file {pretrained!r} does not exist; give an existing "
-                f".safetensors/.pt file, an open_clip tag, or leave it empty for random init"
-            )
-        if not looks_like_file:
-            tags = [t for a, t in open_clip.list_pretrained() if a == arch]
-            if pretrained not in tags:
-                raise ModelLoadError(
-                    f"model.pretrained: {pretrained!r} is neither a file nor an open_clip tag for {arch!r}. "
-                    f"Tags for {arch}: {', '.join(tags) or '(none)'}"
-                )
+    found = resolve_weights(arch, pretrained, cache_dir)
     overrides = attention_overrides(arch, attention)
     try:
         model = open_clip.create_model(
-            arch, pretrained=pretrained or None, device=device, cache_dir=cache_dir, output_dict=True,
-            weights_only=True, **overrides,
+            found.source, pretrained=found.weights, device=device, cache_dir=cache_dir, output_dict=True,
+            weights_only=True, force_preprocess_cfg=found.preprocess, **overrides,
         )
-    except Exception as e:  # open_clip raises bare RuntimeErrors for network and file problems
+    except Exception as e:  # open_clip raises bare RuntimeErrors for file problems
         if "Weights only load failed" in str(e):  # torch.load(weights_only=True) met a pickled object
             blocked = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
             raise ModelLoadError(
@@ -136,22 +173,141 @@ def build_clip(
                 f"{f' ({blocked[0]})' if blocked else ''}. fif never unpickles user files; convert it to .safetensors "
                 "where you trust its source"
             ) from e
-        hint = ""
-        if pretrained and not Path(pretrained).is_file():
-            hint = (
-                f" Downloading the weights for tag {pretrained!r} failed (offline?). Download them where you have "
-                f"network (e.g. open_clip.create_model({arch!r}, pretrained={pretrained!r}) fills the HF cache) "
-                f"or set model.pretrained=/path/to/open_clip_model.safetensors."
-            )
-        raise ModelLoadError(f"could not build model {arch!r} (pretrained={pretrained!r}): {e}.{hint}") from e
+        raise ModelLoadError(f"could not build model {arch!r} (pretrained={pretrained!r}): {e}") from e
     model.train()
     visual = model.visual
     size = getattr(visual, "image_size", 224)
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = tuple(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
     std = tuple(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
-    tokenizer = open_clip.get_tokenizer(arch)
+    tokenizer = open_clip.get_tokenizer(found.source)
     return Clip(model=model, tokenizer=tokenizer, arch=arch, image_size=size, mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in a weights file, read the way open_clip's ``load_state_dict`` reads it (a
+    ``state_dict`` entry is unwrapped, a ``module.`` prefix dropped); safetensors headers only.
+
+    Raises:
+        ModelLoadError: the file is unreadable, holds pickled objects, or is not a mapping of tensors.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        else:
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # mmap needs torch's zip format; older files are read whole
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
+            if not isinstance(loaded, dict):
+                raise ModelLoadError(f"{path}: not a state dict (a mapping of names to tensors)")
+            shapes = {k: tuple(v.shape) for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+    except ModelLoadError:
+        raise
+    except Exception as e:  # safetensors / torch errors for truncated, foreign or pickled files
+        raise ModelLoadError(f"{path}: cannot read its tensors ({str(e).splitlines()[0]})") from e
+    if shapes and next(iter(shapes)).startswith("module."):
+        shapes = {k.removeprefix("module."): v for k, v in shapes.items()}
+    return shapes
+
+
+def _vision_kind(keys) -> str:
+    """open_clip's image tower behind a state dict's keys: ``timm``, ``resnet`` (ModifiedResNet) or ``vit``."""
+    if any(k.startswith("visual.trunk.") for k in keys):
+        return "timm"
+    return "resnet" if "visual.layer1.0.conv1.weight" in keys else "vit"
+
+
+def _config_probe(cfg: dict) -> tuple[str, dict[str, tuple[int, ...]]] | None:
+    """(image tower kind, shapes any state dict of config ``cfg`` has), read from the config alone: the text
+    tower's token and position embeddings and the image tower's stem (None: a Hugging Face text tower,
+    which needs a download to build). A cheap filter before building a candidate."""
+    text, vision = cfg.get("text_cfg", {}), cfg.get("vision_cfg", {})
+    if "hf_model_name" in text:
+        return None
+    prefix = "text." if cfg.get("custom_text") else ""
+    width = text.get("width", 512)
+    probe = {prefix + "token_embedding.weight": (text.get("vocab_size", 49408), width),
+             prefix + "positional_embedding": (text.get("context_length", 77), width)}
+    layers = vision.get("layers", 12)
+    if "timm_model_name" in vision:
+        return "timm", probe
+    if isinstance(layers, (list, tuple)):  # ModifiedResNet: a stem conv of width/2 channels
+        probe["visual.conv1.weight"] = (vision.get("width", 64) // 2, 3, 3, 3)
+        return "resnet", probe
+    patch = vision.get("patch_size", 16)
+    probe["visual.conv1.weight"] = (vision.get("width", 768), 3, patch, patch)
+    return "vit", probe
+
+
+def fitting_archs(shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """The built-in open_clip architectures (and fif's) whose state dict has exactly these keys and shapes.
+
+    Candidates passing a cheap filter on the config (:func:`_config_probe`) are built on the ``meta`` device
+    (no memory, no weights) and compared in full. Architectures that differ only in their function
+    (``-quickgelu`` twins) all fit. Architectures with Hugging Face text towers are not tried.
+    """
+    register_fif_models()
+    import open_clip  # heavy: every fif command would pay for it at start
+    from open_clip.model import convert_to_custom_text_state_dict  # open_clip's own key renaming on load
+
+    custom = convert_to_custom_text_state_dict(dict(shapes))  # the keys a CustomTextCLIP loads them as
+    kind = _vision_kind(shapes)
+    fits = []
+    for arch in open_clip.list_models():
+        cfg = open_clip.get_model_config(arch) or {}
+        probe = _config_probe(cfg)
+        want = custom if cfg.get("custom_text") else shapes
+        if probe is None or probe[0] != kind or any(want.get(k) != v for k, v in probe[1].items()):
+            continue
+        with _quiet_open_clip(), torch.device("meta"):
+            model = open_clip.create_model(arch, device="meta")
+        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == want:
+            fits.append(arch)
+    return fits
+
+
+def infer_arch(path: str | Path, prefer: str | None = None) -> str:
+    """The open_clip architecture a plain state dict file (one without fif's ``arch`` metadata) was made for.
+
+    Args:
+        path: a ``.safetensors`` or torch weights file.
+        prefer: the architecture to take when several fit and it is one of them (e.g. a preset's).
+
+    Raises:
+        ModelLoadError: no architecture fits, or several do and ``prefer`` is not among them (naming them).
+    """
+    fits = fitting_archs(checkpoint_shapes(path))
+    if len(fits) == 1 or (fits and prefer in fits):
+        return fits[0] if len(fits) == 1 else prefer  # type: ignore[return-value]
+    if not fits:
+        raise ModelLoadError(
+            f"{path}: its tensor shapes fit none of open_clip's built-in architectures (those with Hugging Face "
+            "text towers are not tried); name the architecture with --arch NAME (model.arch=NAME)"
+        )
+    raise ModelLoadError(
+        f"{path}: its tensor shapes fit {len(fits)} architectures: {', '.join(fits)}; name the one it was trained "
+        f"as with --arch NAME (model.arch=NAME; -quickgelu variants differ only in the activation, e.g. OpenAI's "
+        "weights use QuickGELU)"
+    )
+
+
+class _quiet_open_clip(logging.Filter):
+    """Context manager: drop the root-logger warnings open_clip logs while candidate models are built
+    ("No pretrained weights loaded ...", once per candidate)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "open_clip" not in record.pathname
+
+    def __enter__(self) -> "_quiet_open_clip":
+        logging.getLogger().addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeFilter(self)
 
 
 ATTENTION_CHOICES = ("default", "custom")

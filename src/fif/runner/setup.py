@@ -35,7 +35,7 @@ from fif.eval.concepts import ModelScorer
 from fif.eval.zeroshot import Evaluator
 from fif.methods import build_method, freeze_all_but
 from fif.methods.finetune import Finetune
-from fif.model.clip import Clip, build_clip
+from fif.model.clip import Clip, build_clip, resolve_weights
 from fif.results.events import EventLog
 from fif.runner.folder import RunLock, StopSignals
 from fif.runner.merger import HISTORY_DIR, FollowerMerger, TemporalMerger
@@ -169,6 +169,8 @@ def setup(
     orderings = ordering_options(cfg.stream, cfg.eval.batch_size, precision)
     needs_model = cfg.stream.ordering in MODEL_ORDERINGS
     tasks = None if needs_model else _tasks(cfg, benchmark, None, orderings)
+    if cfg.model.pretrained != MINI_BASE:  # an unusable model source (not cached, offline) fails in seconds
+        resolve_weights(cfg.model.arch, cfg.model.pretrained)
     clip = load_model(cfg, device, on_event if main else None, progress and main)
     if needs_model:  # the similarity and easy-to-hard orderings embed and score with the base model
         tasks = _tasks(cfg, benchmark, ModelScorer(clip, device, orderings), orderings)
