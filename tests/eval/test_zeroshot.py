@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from fif.eval.zeroshot import (
     Evaluator,
     class_embeddings,
+    encode_images,
     retrieval_recall,
     stratified_subset,
     subset_size,
@@ -142,3 +143,56 @@ def test_bf16_evaluation_scores_every_dataset(toy, clip):
     for a, b in zip(fp32, bf16):
         assert 0.0 <= b.score <= 100.0 and b.seconds > 0
         assert {"top1", "top5"} <= set(a.metrics) if a.kind == "classification" else {"i2t_r10", "t2i_r10"} <= set(a.metrics)
+
+
+def jpeg_benchmark(folder) -> "Benchmark":
+    """A classification set and a retrieval set of real JPEG files (decoded on demand, as FiF's are)."""
+    from PIL import Image
+
+    from fif.data.registry import Benchmark
+    from fif.data.sources.common import ImageFileSplit
+    from fif.data.specs import DatasetSpec
+
+    specs = {
+        "jpg_c": DatasetSpec("jpg_c", "classification", "adaptation", ("red", "green", "blue"), "a {} thing"),
+        "jpg_r": DatasetSpec("jpg_r", "retrieval", "eval_only"),
+    }
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(30):
+        path = folder / f"{i:03d}.jpg"
+        pixels = rng.integers(0, 256, size=(40 + i % 7, 48, 3), dtype=np.uint8)  # odd sizes: resize + crop differ
+        pixels[..., i % 3] = 255
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(str(path))
+
+    def loader(spec, split):
+        targets = np.arange(30) % 3 if spec.kind == "classification" else np.full(30, -1)
+        return ImageFileSplit(spec, split, paths, [[f"image {i}", f"picture {i}"] for i in range(30)], targets, "test")
+
+    return Benchmark("jpg", specs, loader)
+
+
+def test_scores_are_the_same_with_any_number_of_workers(clip, tmp_path):
+    bench = jpeg_benchmark(tmp_path)
+    scores = {}
+    for workers in (0, 2):
+        ev = Evaluator(bench, batch_size=8, min_samples=4, num_workers=workers)
+        try:
+            scores[workers] = [ev.run(clip, torch.device("cpu"), subset=s) for s in (False, True)]  # one worker pool
+            if workers:
+                assert ev._loader is not None and ev._loader._loader._iterator is not None  # workers kept for the next run
+        finally:
+            ev.close()
+    for ours, theirs in zip(scores[0], scores[2], strict=True):
+        assert [(s.dataset, s.samples, s.score, s.metrics) for s in ours] == [
+            (s.dataset, s.samples, s.score, s.metrics) for s in theirs]
+    assert scores[0][0][0].samples == 30 and scores[0][0][0].kind == "classification"
+    data, idx = bench.load("jpg_c", "test"), np.arange(30)
+    ev = Evaluator(bench, batch_size=8, num_workers=2)
+    try:
+        decoded = ev.image_batches([data], [idx], clip.image_size, torch.device("cpu"))
+        from_workers = encode_images(clip, data, idx, 8, torch.device("cpu"), images=decoded)
+    finally:
+        ev.close()
+    assert torch.equal(from_workers, encode_images(clip, data, idx, 8, torch.device("cpu")))  # bit for bit

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fif.config.schema import StreamConfig, TrainConfig
+from fif.config.schema import DataConfig, EvalConfig, StreamConfig, TrainConfig
 from fif.data.stream import OrderingOptions
 from fif.model.loss import ClipLoss
 from fif.train.schedules import ScheduleSpec
@@ -46,3 +46,8 @@ def ordering_options(stream: StreamConfig, batch_size: int = 256, precision: str
         difficulty_split=stream.difficulty_split, difficulty_samples=stream.difficulty_samples,
         batch_size=batch_size, precision=precision,
     )
+
+
+def eval_workers(eval_cfg: EvalConfig, data_cfg: DataConfig) -> int:
+    """Worker processes that decode evaluation images: ``eval.num_workers``, else ``data.num_workers``."""
+    return data_cfg.num_workers if eval_cfg.num_workers is None else eval_cfg.num_workers

@@ -64,7 +64,10 @@ class DataConfig:
         "fif: the folder holding FiF's dataset folders; a YAML benchmark: the base of relative locations.", None
     )
     options: dict = _help("Benchmark-specific options (e.g. mini sizes).", factory=dict)
-    num_workers: int = _help("DataLoader workers for file-backed data (0 = in the main process).", 0)
+    num_workers: int = _help(
+        "DataLoader worker processes that build training batches ahead, started once per run (0 = in the main "
+        "process). Batches do not depend on it.", 0
+    )
     max_bad_samples: int = _help(
         "Unreadable images (undecodable or missing, in a dataset or the pool) a run skips, each replaced by the "
         "next readable sample of its class, warned about and counted in events.jsonl and summary.json; one more "
@@ -170,6 +173,10 @@ class EvalConfig:
         "gap; logged as eval_step events. 0 = off.", 0
     )
     precision: str = _help("Evaluation autocast: 'auto' (= the training precision), 'fp32', 'bf16', 'fp16'.", "auto")
+    num_workers: int | None = _help(
+        "DataLoader worker processes that decode evaluation images ahead, started once per run (null = "
+        "data.num_workers; 0 = in the main process). Scores do not depend on it.", None
+    )
 
 
 @dataclass

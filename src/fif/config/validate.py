@@ -84,6 +84,9 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"eval.every_steps: {e.every_steps} must be >= 0 (0 = no evaluation inside tasks)")
     if e.precision not in ("auto", "fp32", "bf16", "fp16"):
         p.append(f"eval.precision: {e.precision!r} is not one of auto, fp32, bf16, fp16")
+    for key, workers in (("data.num_workers", cfg.data.num_workers), ("eval.num_workers", e.num_workers)):
+        if workers is not None and workers < 0:
+            p.append(f"{key}: {workers} must be >= 0 (0 = in the main process)")
     if cfg.log.wandb_mode not in ("offline", "online", "disabled"):
         p.append(f"log.wandb_mode: {cfg.log.wandb_mode!r} is not one of offline, online, disabled")
     if cfg.run.threads < 0:

@@ -7,9 +7,10 @@ classification, and for retrieval the mean of image→text and text→image Reca
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from fif.core.device import autocast_context
 from fif.core.seeding import rng_for
+from fif.data.loader import PersistentLoader, SplitImages
 from fif.data.registry import Benchmark
 from fif.data.specs import DatasetSpec, SplitData
 from fif.model.clip import Clip
@@ -71,14 +73,22 @@ def encode_texts(clip: Clip, texts: Sequence[str], batch_size: int, device: torc
 
 @torch.no_grad()
 def encode_images(
-    clip: Clip, data: SplitData, indices: np.ndarray, batch_size: int, device: torch.device, precision: str = "fp32"
+    clip: Clip, data: SplitData, indices: np.ndarray, batch_size: int, device: torch.device, precision: str = "fp32",
+    images: Iterable[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """L2-normalised image embeddings (N, D) in fp32 (test-time transform)."""
+    """L2-normalised image embeddings (N, D) in fp32 (test-time transform).
+
+    ``images``: the decoded batches of ``indices`` in chunks of ``batch_size`` (e.g. from worker processes,
+    :meth:`Evaluator.run`); None decodes them here.
+    """
+    if images is None:
+        images = (data.images(indices[i : i + batch_size], clip.image_size, train=False)
+                  for i in range(0, len(indices), batch_size))
     out = []
-    for i in range(0, len(indices), batch_size):
-        images = data.images(indices[i : i + batch_size], clip.image_size, train=False).to(device)
+    for batch in images:
+        batch = batch.to(device, non_blocking=True)  # asynchronous from pinned memory (workers on CUDA)
         with autocast_context(device, precision):
-            out.append(clip.model.encode_image(clip.normalize(images)).float())
+            out.append(clip.model.encode_image(clip.normalize(batch)).float())
     return F.normalize(torch.cat(out), dim=-1)
 
 
@@ -193,14 +203,15 @@ def evaluate_dataset(
     ensemble: bool = False,
     class_emb: torch.Tensor | None = None,
     classifiers: ClassifierCache | None = None,
+    images: Iterable[torch.Tensor] | None = None,
 ) -> DatasetScore:
     """Score one dataset on the samples ``indices`` of its test split.
 
     The zero-shot classifier is ``class_emb`` if given, else taken from (or added to) ``classifiers``,
-    else built here.
+    else built here. ``images``: the decoded image batches, as :func:`encode_images` takes them.
     """
     t0 = time.perf_counter()
-    image_emb = encode_images(clip, data, indices, batch_size, device, precision)
+    image_emb = encode_images(clip, data, indices, batch_size, device, precision, images)
     if spec.kind == "classification":
         if class_emb is None:
             cache = classifiers if classifiers is not None else ClassifierCache()
@@ -224,7 +235,9 @@ class Evaluator:
     """Evaluates a model on a benchmark's adaptation and eval-only datasets.
 
     Subsets (FiF rule, class-stratified) are drawn once from the evaluation seed and reused at every
-    evaluation, so scores along the stream are comparable.
+    evaluation, so scores along the stream are comparable. With ``num_workers`` > 0, images are decoded
+    ahead in worker processes that start at the first evaluation and serve every later one (call
+    :meth:`close` when done); the scores are the same with any number of workers.
     """
 
     def __init__(
@@ -237,6 +250,7 @@ class Evaluator:
         ensemble: bool = False,
         seed: int = 0,
         split: str = "test",
+        num_workers: int = 0,
     ):
         self.benchmark = benchmark
         names = list(datasets) or [s.name for s in benchmark.datasets.values() if s.role in ("adaptation", "eval_only")]
@@ -248,6 +262,8 @@ class Evaluator:
         self.subset_frac, self.min_samples, self.seed = subset_frac, min_samples, seed
         self._subsets: dict[str, np.ndarray] = {}
         self.last_cache = ClassifierCache()
+        self.num_workers = num_workers
+        self._loader: PersistentLoader | None = None
 
     def indices(self, spec: DatasetSpec, subset: bool) -> np.ndarray:
         data = self.benchmark.load(spec.name, self.split)
@@ -269,15 +285,39 @@ class Evaluator:
         clip.model.eval()
         self.last_cache = ClassifierCache()
         try:
+            splits = [self.benchmark.load(spec.name, self.split) for spec in self.specs]
+            indices = [self.indices(spec, subset) for spec in self.specs]
+            batches = self.image_batches(splits, indices, clip.image_size, device)  # every dataset's, in order
             return [
                 evaluate_dataset(
-                    clip, spec, self.benchmark.load(spec.name, self.split), self.indices(spec, subset),
-                    self.batch_size, device, precision, self.ensemble, classifiers=self.last_cache,
+                    clip, spec, data, idx, self.batch_size, device, precision, self.ensemble,
+                    classifiers=self.last_cache, images=itertools.islice(batches, -(-len(idx) // self.batch_size)),
                 )
-                for spec in self.specs
+                for spec, data, idx in zip(self.specs, splits, indices)
             ]
         finally:
             clip.model.train(was_training)
+
+    def image_batches(
+        self, splits: Sequence[SplitData], indices: Sequence[np.ndarray], image_size: int, device: torch.device
+    ) -> Iterator[torch.Tensor]:
+        """The test-time images of every dataset's ``indices`` in chunks of ``batch_size``, dataset after
+        dataset: decoded ahead by the evaluator's workers (started at the first call), or here."""
+        if self._loader is None:
+            self._loader = PersistentLoader(self.num_workers, pin_memory=device.type == "cuda")
+        served = self._loader.dataset
+        same = served is not None and served.image_size == image_size and len(served.splits) == len(splits) and all(
+            a is b for a, b in zip(served.splits, splits))  # the workers hold copies of the splits they started with
+        if not same:
+            self._loader.start(SplitImages(splits, image_size))
+        keys = [(d, idx[i : i + self.batch_size]) for d, idx in enumerate(indices)
+                for i in range(0, len(idx), self.batch_size)]
+        return self._loader.iterate(keys)
+
+    def close(self) -> None:
+        """Stop the evaluation workers (a later evaluation starts new ones)."""
+        if self._loader is not None:
+            self._loader.close()
 
 
 @dataclass

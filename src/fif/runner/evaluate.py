@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from fif.config.components import eval_workers
 from fif.core.device import resolve_device, resolve_precision
 from fif.data.registry import benchmark_options, get_benchmark
 from fif.eval.metrics import stream_point
@@ -29,11 +30,14 @@ def evaluate_config(cfg, subset: bool = False, on_event=None) -> EvalResult:
     benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
     evaluator = Evaluator(
         benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
-        cfg.eval.ensemble, seed=cfg.run.seed,
+        cfg.eval.ensemble, seed=cfg.run.seed, num_workers=eval_workers(cfg.eval, cfg.data),
     )
     clip = load_model(cfg, device, on_event)
     t0 = time.perf_counter()
-    scores = evaluator.run(clip, device, subset=subset, precision=precision)
+    try:
+        scores = evaluator.run(clip, device, subset=subset, precision=precision)
+    finally:
+        evaluator.close()
     seconds = time.perf_counter() - t0
     point = stream_point({s.dataset: s.score for s in scores}, {s.dataset: s.role for s in scores})
     return EvalResult(

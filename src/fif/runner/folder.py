@@ -36,8 +36,10 @@ FIXED_ON_RESUME = (
     "budget.", "train.batch_size", "train.grad_accum_steps", "train.grad_checkpointing", "train.precision",
 )
 # Overrides that cannot change results: accepted with a notice.
-NEUTRAL_ON_RESUME = ("run.out", "run.threads", "run.cache_dir", "run.device", "data.num_workers", "data.max_bad_samples",
-                     "checkpoint.")
+NEUTRAL_ON_RESUME = (
+    "run.out", "run.threads", "run.cache_dir", "run.device", "data.num_workers", "eval.num_workers",
+    "data.max_bad_samples", "checkpoint.",
+)
 
 
 class RunFolderInUseError(FileExistsError):

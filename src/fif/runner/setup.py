@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 from fif.budget import Ledger, mafs_per_step, measure_step_cost, run_budget_mafs
 from fif.budget.mafs import steps_for_task
 from fif.config import Config
-from fif.config.components import clip_loss_from_config, ordering_options
+from fif.config.components import clip_loss_from_config, eval_workers, ordering_options
 from fif.core.device import resolve_device, resolve_precision
 from fif.core.version import __version__
 from fif.data.bad_samples import BadSampleLog
+from fif.data.loader import PersistentLoader
 from fif.data.mixture import Pool
 from fif.data.pool import load_pool
 from fif.data.registry import Benchmark, benchmark_options, get_benchmark
@@ -188,7 +189,7 @@ def setup(
         steps_for_task(min(t.budget_mafs for t in ledger.tasks), mafs_per_step(step_cost, reference_cost))
     evaluator = Evaluator(
         benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
-        cfg.eval.ensemble, seed=cfg.run.seed,
+        cfg.eval.ensemble, seed=cfg.run.seed, num_workers=eval_workers(cfg.eval, cfg.data),
     )
     merger = TemporalMerger(
         cfg.merge, out_dir / HISTORY_DIR, clip.model, method.deploy_weights,
@@ -198,7 +199,7 @@ def setup(
     events = RunEvents(path, EventLog(path), on_event) if main else RunEvents(path, None)
     spec = RunSpec(
         cfg, out_dir, device, precision, benchmark, clip, method, tuple(tasks), evaluator, pretraining_pool, merger,
-        events, ranks, stop, progress and main,
+        events, ranks, stop, progress and main, PersistentLoader(cfg.data.num_workers, pin_memory=device.type == "cuda"),
     )
     return spec, RunState(ledger, step_cost, reference_cost, bad_samples=BadSampleLog(cfg.data.max_bad_samples))
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from fif.config import Config
+from fif.data.loader import PersistentLoader
 from fif.data.mixture import Pool
 from fif.data.registry import Benchmark
 from fif.data.stream import Task
@@ -78,6 +79,8 @@ class RunSpec:
         ranks: this process's place in the world; :class:`Solo` for one process.
         stop: the SIGINT/SIGTERM handler of ``run``/``resume`` (None when the caller drives tasks itself).
         progress: show tqdm bars (rank 0 only).
+        feed: the worker processes that build the training batches (``data.num_workers``; started at the
+            first task, they serve every task); None builds them in this process.
     """
 
     cfg: Config
@@ -95,6 +98,7 @@ class RunSpec:
     ranks: Ranks | Solo
     stop: StopSignals | None = None
     progress: bool = False
+    feed: PersistentLoader | None = None
 
     def emit(self, event: dict[str, Any]) -> None:
         """Log ``event`` (see :class:`RunEvents`)."""

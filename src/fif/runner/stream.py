@@ -47,6 +47,7 @@ from fif.runner.task import (  # noqa: F401  (re-exported, as above)
     _Rollback,
     batch_iterator,
     buffer_pool,
+    close_workers,
     deployed_weights,
     eval_precision,
     evaluate_deployed,
@@ -239,10 +240,14 @@ def start_stream(spec: RunSpec, state: RunState) -> RunResult:
         "step_gflops": state.step_cost.flops / 1e9, "mafs_per_step": mafs_per_step(state.step_cost, state.reference_cost),
         "budget_total_mafs": state.ledger.total_budget_mafs, "device": str(spec.device), "precision": spec.precision,
     })
-    evaluate_deployed(spec, -1, full=cfg.eval.full_at_ends)
-    samples.collect(spec, state, -1)  # unreadable test images the zero-shot evaluation replaced
-    position = Position(0)
-    save_run_checkpoint(spec, state, position)
+    try:
+        evaluate_deployed(spec, -1, full=cfg.eval.full_at_ends)
+        samples.collect(spec, state, -1)  # unreadable test images the zero-shot evaluation replaced
+        position = Position(0)
+        save_run_checkpoint(spec, state, position)
+    except BaseException:
+        close_workers(spec)  # the evaluation's
+        raise
     return run_stream(spec, state, position, None)
 
 
@@ -261,6 +266,8 @@ def run_stream(spec: RunSpec, state: RunState, position: Position, current: Task
     except BaseException:
         close_sinks(spec)
         raise
+    finally:
+        close_workers(spec)  # the run's data workers (training batches, evaluation)
 
 
 def open_sinks(spec: RunSpec) -> None:

@@ -27,6 +27,7 @@ from fif.core.io import CheckpointError
 from fif.core.optim import OptimConfig, carry_optimizer_state
 from fif.core.seeding import restore_rng, rng_for
 from fif.data.batch import Batch
+from fif.data.loader import StreamBatches
 from fif.data.mixture import (
     MixedBatches,
     MixtureSampler,
@@ -204,12 +205,30 @@ def task_batches(spec: RunSpec, task: Task, steps: int) -> MixedBatches:
     return MixedBatches(sampler, spec.clip.tokenize, spec.clip.normalize, spec.clip.image_size, steps)
 
 
-def batch_iterator(batches: MixedBatches, start: int, num_workers: int):
-    """Batches ``start..`` in order; with workers, prefetched in background processes."""
-    if num_workers <= 0:
-        return (batches[i] for i in range(start, len(batches)))
-    subset = torch.utils.data.Subset(batches, range(start, len(batches)))
-    return iter(torch.utils.data.DataLoader(subset, batch_size=None, num_workers=num_workers, persistent_workers=False))
+def stream_batches(spec: RunSpec, first: int) -> StreamBatches:
+    """The training batches of task ``first`` and of every later task (this rank's rows), as one dataset for
+    the run's workers: they copy what they serve when they start, so every remaining task is planned now,
+    exactly as :func:`task_batches` plans it when the task comes (its buffer is the earlier tasks' data)."""
+    return StreamBatches({t.index: spec.ranks.shard(task_batches(spec, t, 0)) for t in spec.tasks[first:]})
+
+
+def batch_iterator(spec: RunSpec, task: Task, batches: MixedBatches, start: int) -> Iterator[Batch]:
+    """Batches ``start..`` of the task in order (this rank's rows): prefetched by the run's workers when
+    ``data.num_workers`` > 0 (started at the first task that needs them, then kept), else built here."""
+    feed = spec.feed
+    if feed is None or feed.num_workers <= 0:
+        rows = spec.ranks.shard(batches)
+        return (rows[i] for i in range(start, len(batches)))
+    if not isinstance(feed.dataset, StreamBatches) or task.index not in feed.dataset.per_task:  # or rolled back before
+        feed.start(stream_batches(spec, task.index))
+    return feed.iterate((task.index, step) for step in range(start, len(batches)))
+
+
+def close_workers(spec: RunSpec) -> None:
+    """Stop the run's data workers (training batches and evaluation); a later task or evaluation restarts them."""
+    if spec.feed is not None:
+        spec.feed.close()
+    spec.evaluator.close()
 
 
 def start_task(spec: RunSpec, state: RunState, task: Task) -> TaskRun:
@@ -343,11 +362,11 @@ def train_steps(
     if spec.stop is not None:
         spec.stop.deferred = True  # a signal now stops after the current step, with a checkpoint
     # DDP over this rank's rows of each global batch (built now: it broadcasts rank 0's weights); as is in one process
-    model, feed = ranks.wrap(spec.clip.model), ranks.shard(batches)
+    model = ranks.wrap(spec.clip.model)
     try:
         tlog = train_task(
             model, spec.method, state.optimizer,
-            samples.watch(spec, state, batch_iterator(feed, current.log.steps, cfg.data.num_workers), task.index),
+            samples.watch(spec, state, batch_iterator(spec, task, batches, current.log.steps), task.index),
             lambda s: float(lr_curve[s]) * state.guard.lr_scale, steps, spec.device, spec.precision,
             cfg.train.grad_clip, cfg.train.log_every, on_log=on_log, grad_accum_steps=cfg.train.grad_accum_steps,
             log=current.log, on_step=on_step, max_bad_steps=cfg.guard.max_bad_steps,

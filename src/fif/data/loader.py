@@ -1,0 +1,119 @@
+"""DataLoader workers that start once and serve a whole run: the training feed across tasks and the
+evaluation images across evaluations.
+
+A :class:`PersistentLoader` wraps a map-style dataset whose items are named by keys (``(task, step)`` for
+training batches, ``(split, sample indices)`` for evaluation images). Each pass asks for an explicit list
+of keys, in order (:meth:`PersistentLoader.iterate`); the workers, started at the first pass, prefetch
+``prefetch_factor`` items each and keep running between passes (torch's ``persistent_workers``). An item
+is ``dataset[key]`` wherever it is computed, and every random draw in fif's items derives from its key, so
+what a pass yields does not depend on the number of workers (0 = computed in this process, on demand).
+
+The workers copy the dataset when they start (fork), so it must already hold everything any later pass
+asks for: :class:`StreamBatches` holds every remaining task's batches, :class:`SplitImages` every split an
+evaluation reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fif.data.specs import SplitData
+
+
+class KeyPlan(torch.utils.data.Sampler):
+    """The keys the next pass of a :class:`PersistentLoader` asks for (replaced before each pass)."""
+
+    def __init__(self) -> None:
+        self.keys: list[Any] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class PersistentLoader:
+    """Items of a dataset by key, computed ahead in worker processes that serve every pass until the next
+    :meth:`start` or :meth:`close`.
+
+    Args:
+        num_workers: worker processes (0: every item is computed in this process when it is asked for).
+        dataset: a map-style dataset (``dataset[key]``) to :meth:`start` with now, if any.
+        prefetch_factor: items each worker computes ahead.
+        pin_memory: return items in page-locked memory (for asynchronous copies to a CUDA device).
+    """
+
+    def __init__(self, num_workers: int, dataset: Any = None, prefetch_factor: int = 2, pin_memory: bool = False):
+        self.num_workers, self.prefetch_factor, self.pin_memory = num_workers, prefetch_factor, pin_memory
+        self.dataset: Any = None
+        self._plan = KeyPlan()
+        self._loader: torch.utils.data.DataLoader | None = None
+        if dataset is not None:
+            self.start(dataset)
+
+    def start(self, dataset: Any) -> None:
+        """Serve ``dataset`` from now on (its workers start at the next pass and copy it then)."""
+        self.close()
+        self.dataset = dataset
+        if self.num_workers > 0:
+            self._loader = torch.utils.data.DataLoader(
+                dataset, batch_size=None, sampler=self._plan, num_workers=self.num_workers, persistent_workers=True,
+                prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
+                # The workers' base seed comes from this generator, not from torch's global RNG, which a run's
+                # training draws from: with the default, starting workers would change the run's random stream.
+                generator=torch.Generator().manual_seed(0),
+            )
+
+    def iterate(self, keys: Iterable[Any]) -> Iterator[Any]:
+        """``dataset[key]`` for each key, in order. A new pass may start before the last one is used up:
+        the items still in flight are dropped (torch drains them when the next pass starts).
+
+        Raises:
+            RuntimeError: no dataset was started.
+        """
+        if self.dataset is None:
+            raise RuntimeError("PersistentLoader.iterate before start(dataset)")
+        keys = list(keys)
+        if self._loader is None:
+            return (self.dataset[k] for k in keys)
+        self._plan.keys = keys
+        return iter(self._loader)  # persistent_workers: the same worker processes, a new pass over the plan
+
+    def close(self) -> None:
+        """Stop the worker processes and forget the dataset (idempotent)."""
+        if self._loader is not None:
+            # DataLoader has no public close(); its persistent iterator shuts its workers down.
+            iterator = getattr(self._loader, "_iterator", None)
+            if iterator is not None:
+                iterator._shutdown_workers()
+                self._loader._iterator = None
+        self._loader, self.dataset = None, None
+
+
+class StreamBatches(torch.utils.data.Dataset):
+    """Item ``(task, step)`` is ``per_task[task][step]``: every remaining task's training batches in one
+    dataset, so one set of workers serves the whole stream."""
+
+    def __init__(self, per_task: Mapping[int, Any]):
+        self.per_task = dict(per_task)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        task, step = key
+        return self.per_task[task][step]
+
+
+class SplitImages(torch.utils.data.Dataset):
+    """Item ``(split, indices)`` is the test-time images of those samples of ``splits[split]``: float
+    (len(indices), 3, size, size) in [0, 1], as ``SplitData.images(indices, size, train=False)`` gives them."""
+
+    def __init__(self, splits: Sequence[SplitData], image_size: int):
+        self.splits, self.image_size = list(splits), image_size
+
+    def __getitem__(self, key: tuple[int, np.ndarray]) -> torch.Tensor:
+        split, indices = key
+        return self.splits[split].images(indices, self.image_size, train=False)

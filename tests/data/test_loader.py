@@ -1,0 +1,77 @@
+"""Persistent DataLoader workers: the same items with 0 or 2 workers, one set of worker processes for every
+pass, and torch's global RNG left alone."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from fif.data.loader import PersistentLoader, SplitImages, StreamBatches
+from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
+
+
+class WhoServes(torch.utils.data.Dataset):
+    """Item k is (k, the process that computed it)."""
+
+    def __getitem__(self, key: int) -> tuple[int, int]:
+        return key, os.getpid()
+
+
+def test_workers_persist_across_passes_and_keep_the_order():
+    loader = PersistentLoader(2, WhoServes())
+    try:
+        first = list(loader.iterate(range(6)))
+        second = list(loader.iterate([9, 3, 7]))
+        abandoned = loader.iterate(range(100, 110))
+        next(abandoned)  # a pass left unfinished: its prefetched items must not leak into the next one
+        third = list(loader.iterate([1, 2]))
+    finally:
+        loader.close()
+    assert [k for k, _ in first] == list(range(6)) and [k for k, _ in second] == [9, 3, 7]
+    assert [k for k, _ in third] == [1, 2]
+    workers = {pid for _, pid in first}
+    assert len(workers) == 2 and os.getpid() not in workers
+    assert {pid for _, pid in second + third} <= workers  # the same processes served every pass
+    assert [k for k, _ in PersistentLoader(0, WhoServes()).iterate([4, 5])] == [4, 5]
+
+
+def test_starting_workers_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    loader = PersistentLoader(2, WhoServes())
+    list(loader.iterate(range(4)))
+    list(loader.iterate(range(4)))
+    loader.close()
+    assert torch.equal(torch.rand(3), expected)  # a DataLoader without its own generator draws its seed here
+
+
+def toy_task_batches(toy, task: int, buffer: Pool | None) -> MixedBatches:
+    update = Pool([(toy.load("toy_a" if task == 0 else "toy_b", "train"), np.arange(12))])
+    pool = Pool([(toy.load("toy_pool", "train"), np.arange(40))])
+    counts = batch_counts(8, 0.25, 0.5, 0.25, buffer_empty=buffer is None)
+    sampler = MixtureSampler(counts, update, buffer, pool, seed=3, task=task)
+    return MixedBatches(sampler, lambda texts: torch.tensor([[len(t)] for t in texts]), lambda x: x * 2 - 1, 8, 5)
+
+
+def test_stream_batches_are_the_same_with_and_without_workers(toy):
+    first = toy_task_batches(toy, 0, None)
+    second = toy_task_batches(toy, 1, Pool(first.sampler.pools["update"].segments))
+    keys = [(0, s) for s in range(5)] + [(1, s) for s in range(2, 5)]
+    seen = {}
+    for workers in (0, 2):
+        loader = PersistentLoader(workers, StreamBatches({0: first, 1: second}))
+        seen[workers] = list(loader.iterate(keys[:5])) + list(loader.iterate(keys[5:]))  # two tasks, one pool
+        loader.close()
+    for a, b in zip(seen[0], seen[2], strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.tokens, b.tokens) and torch.equal(a.source, b.source)
+    assert torch.equal(seen[0][5].images, second[2].images)
+
+
+def test_split_images_are_the_test_time_images(toy):
+    split = toy.load("toy_e", "test")
+    images = SplitImages([toy.load("toy_a", "test"), split], image_size=8)
+    torch.testing.assert_close(images[(1, np.array([3, 1]))], split.images(np.array([3, 1]), 8, train=False),
+                               rtol=0, atol=0)
