@@ -40,6 +40,14 @@ class Batch:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def pin_memory(self) -> "Batch":
+        """A copy in page-locked memory, for asynchronous copies to a GPU (a DataLoader with
+        ``pin_memory=True`` calls this on every batch its workers return)."""
+        return Batch(
+            self.images.pin_memory(), self.tokens.pin_memory(), self.source.pin_memory(),
+            None if self.labels is None else self.labels.pin_memory(),
+        )
+
     def split(self, parts: int) -> list["Batch"]:
         """Micro-batches for gradient accumulation."""
         size = -(-len(self) // parts)
