@@ -75,3 +75,33 @@ def test_split_images_are_the_test_time_images(toy):
     images = SplitImages([toy.load("toy_a", "test"), split], image_size=8)
     torch.testing.assert_close(images[(1, np.array([3, 1]))], split.images(np.array([3, 1]), 8, train=False),
                                rtol=0, atol=0)
+
+
+class SignalDispositions(torch.utils.data.Dataset):
+    def __getitem__(self, key: int) -> tuple[bool, bool]:
+        import signal
+
+        return signal.getsignal(signal.SIGINT) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def test_workers_leave_group_signals_to_the_main_process():
+    loader = PersistentLoader(1, SignalDispositions())
+    try:
+        assert [list(item) for item in loader.iterate([0])] == [[True, True]]  # a group SIGTERM: tests/runner/test_task.py
+    finally:
+        loader.close()
+
+
+def test_a_loader_left_open_does_not_hang_the_exit():
+    """Workers ignore SIGTERM, which multiprocessing's exit hook relies on: fif closes them first (it hung)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\nfrom fif.data.loader import PersistentLoader\n"
+        "class D(torch.utils.data.Dataset):\n    def __getitem__(self, k):\n        return k\n"
+        "LOADER = PersistentLoader(2, D())\nprint(list(LOADER.iterate(range(3))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and done.stdout.strip() == "[0, 1, 2]", done.stderr

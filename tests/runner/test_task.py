@@ -5,8 +5,14 @@ without workers."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import dataloader
@@ -50,3 +56,26 @@ def test_workers_start_once_per_run_and_change_nothing(tmp_path, monkeypatch):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     steps = [json.loads(line) for line in (tmp_path / "workers" / "events.jsonl").read_text().splitlines()]
     assert sum(e["event"] == "eval_step" for e in steps) >= 1
+
+
+@pytest.mark.slow  # two CLI runs in subprocesses: ~1 min on 2 loaded cores
+def test_a_group_sigterm_stops_a_run_with_workers_cleanly_and_it_resumes(tmp_path):
+    """A cluster job's end sends SIGTERM to every process: the workers must end without torch raising in the
+    main process before it writes its stop checkpoint (it did: a traceback from inside save_checkpoint)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    args = [*SMALL_RUN, "budget.ft_steps=40", "checkpoint.every_steps=3", "data.num_workers=2", "eval.num_workers=2"]
+    proc = subprocess.Popen([sys.executable, "-m", "fif", "run", "--no-progress", "--out", str(out), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = out / "events.jsonl"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not (log.is_file() and log.read_text().count('"event": "train"') >= 3):
+        assert time.monotonic() < deadline, "the run never trained"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group: the run and its data workers
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err and "checkpoint saved" in err, err
+    done = subprocess.run([sys.executable, "-m", "fif", "run", "--no-progress", "--resume", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["final"]["task"] == 1

@@ -15,6 +15,9 @@ evaluation reads.
 
 from __future__ import annotations
 
+import atexit
+import signal
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -67,6 +70,7 @@ class PersistentLoader:
                 # The workers' base seed comes from this generator, not from torch's global RNG, which a run's
                 # training draws from: with the default, starting workers would change the run's random stream.
                 generator=torch.Generator().manual_seed(0),
+                worker_init_fn=_worker_signals,
             )
 
     def iterate(self, keys: Iterable[Any]) -> Iterator[Any]:
@@ -82,6 +86,7 @@ class PersistentLoader:
         if self._loader is None:
             return (self.dataset[k] for k in keys)
         self._plan.keys = keys
+        _LIVE.add(self)
         return iter(self._loader)  # persistent_workers: the same worker processes, a new pass over the plan
 
     def close(self) -> None:
@@ -93,6 +98,28 @@ class PersistentLoader:
                 iterator._shutdown_workers()
                 self._loader._iterator = None
         self._loader, self.dataset = None, None
+
+
+def _worker_signals(worker_id: int) -> None:
+    """Workers ignore SIGINT and SIGTERM: they outlive many passes, and a signal sent to the whole process
+    group (Ctrl-C; the end of a cluster job) must reach only the main process, which stops the run at a
+    step boundary, writes its checkpoint and then shuts the workers down. A worker that died of the signal
+    would make torch raise in the main process mid-step, before the checkpoint; one inheriting the run's
+    stop handler would raise inside the worker. Without their parent, workers exit on their own (torch's
+    watchdog, within seconds)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # loaders whose workers may be running
+
+
+@atexit.register
+def _close_live_loaders() -> None:
+    """Shut down workers still running at exit (a loader nobody closed). Registered after multiprocessing's
+    own exit hook, so it runs first: that hook would SIGTERM the workers (ignored) and wait for them."""
+    for loader in list(_LIVE):
+        loader.close()
 
 
 class StreamBatches(torch.utils.data.Dataset):
