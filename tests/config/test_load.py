@@ -94,3 +94,14 @@ def test_recipe_knobs_reach_the_schedule_spec():
     spec = schedule_from_config(cfg.train)
     assert (spec.decay_frac, spec.anneal_shape, spec.cooldown_frac) == (0.3, "sqrt", 0.1)
     assert cfg.train.fixed_logit_scale == 30.0
+
+
+def test_worker_counts_default_and_are_checked():
+    from fif.config.components import eval_workers
+
+    cfg = load_config("mini", ["data.num_workers=3"])
+    assert cfg.eval.num_workers is None and eval_workers(cfg.eval, cfg.data) == 3  # evaluation follows data
+    cfg = load_config("mini", ["data.num_workers=3", "eval.num_workers=0"])
+    assert eval_workers(cfg.eval, cfg.data) == 0
+    with pytest.raises(ConfigError, match=r"(?s)data.num_workers: -1 must be >= 0.*eval.num_workers: -2 must be >= 0"):
+        load_config("mini", ["data.num_workers=-1", "eval.num_workers=-2"])
