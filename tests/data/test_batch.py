@@ -17,8 +17,8 @@ def test_pin_memory_pins_every_field(monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
     batch = Batch(torch.rand(2, 3, 4, 4), torch.ones(2, 5, dtype=torch.long), torch.zeros(2, dtype=torch.int8),
-                  torch.tensor([0, 1]))
+                  torch.tensor([0, 1]), bad=(("pool", "a.tar (sample 3)"),))
     out = pin_memory(batch)  # what DataLoader(pin_memory=True) does with each item
-    assert isinstance(out, Batch) and len(pinned) == 4
+    assert isinstance(out, Batch) and len(pinned) == 4 and out.bad == batch.bad  # the unreadable files ride along
     assert all(torch.equal(getattr(out, f), getattr(batch, f)) for f in ("images", "tokens", "source", "labels"))
     assert len(pin_memory(Batch(batch.images, batch.tokens, batch.source)).images) == 2 and len(pinned) == 7

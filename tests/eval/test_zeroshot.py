@@ -145,7 +145,7 @@ def test_bf16_evaluation_scores_every_dataset(toy, clip):
         assert {"top1", "top5"} <= set(a.metrics) if a.kind == "classification" else {"i2t_r10", "t2i_r10"} <= set(a.metrics)
 
 
-def jpeg_benchmark(folder) -> "Benchmark":
+def jpeg_benchmark(folder) -> "Benchmark":  # noqa: F821 (imported inside: the test module loads no data code)
     """A classification set and a retrieval set of real JPEG files (decoded on demand, as FiF's are)."""
     from PIL import Image
 
@@ -158,6 +158,7 @@ def jpeg_benchmark(folder) -> "Benchmark":
         "jpg_r": DatasetSpec("jpg_r", "retrieval", "eval_only"),
     }
     rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
     paths = []
     for i in range(30):
         path = folder / f"{i:03d}.jpg"
@@ -165,6 +166,7 @@ def jpeg_benchmark(folder) -> "Benchmark":
         pixels[..., i % 3] = 255
         Image.fromarray(pixels).save(path, quality=90)
         paths.append(str(path))
+    (folder / "004.jpg").write_bytes(b"\xff\xd8 truncated")  # an unreadable image: replaced and reported
 
     def loader(spec, split):
         targets = np.arange(30) % 3 if spec.kind == "classification" else np.full(30, -1)
@@ -174,9 +176,9 @@ def jpeg_benchmark(folder) -> "Benchmark":
 
 
 def test_scores_are_the_same_with_any_number_of_workers(clip, tmp_path):
-    bench = jpeg_benchmark(tmp_path)
     scores = {}
     for workers in (0, 2):
+        bench = jpeg_benchmark(tmp_path / str(workers))
         ev = Evaluator(bench, batch_size=8, min_samples=4, num_workers=workers)
         try:
             scores[workers] = [ev.run(clip, torch.device("cpu"), subset=s) for s in (False, True)]  # one worker pool
@@ -184,10 +186,14 @@ def test_scores_are_the_same_with_any_number_of_workers(clip, tmp_path):
                 assert ev._loader is not None and ev._loader._loader._iterator is not None  # workers kept for the next run
         finally:
             ev.close()
+        # what the workers' copies of the splits met reaches this process's splits, where a run collects it
+        assert sorted(bench.bad_samples()) == [("jpg_c", str(tmp_path / str(workers) / "004.jpg")),
+                                                ("jpg_r", str(tmp_path / str(workers) / "004.jpg"))]
     for ours, theirs in zip(scores[0], scores[2], strict=True):
         assert [(s.dataset, s.samples, s.score, s.metrics) for s in ours] == [
             (s.dataset, s.samples, s.score, s.metrics) for s in theirs]
     assert scores[0][0][0].samples == 30 and scores[0][0][0].kind == "classification"
+    bench = jpeg_benchmark(tmp_path / "direct")
     data, idx = bench.load("jpg_c", "test"), np.arange(30)
     ev = Evaluator(bench, batch_size=8, num_workers=2)
     try:

@@ -91,6 +91,11 @@ class GuardedSplit:
         fresh, self._fresh = self._fresh, []
         return fresh
 
+    def report(self, files: Sequence[str]) -> None:
+        """Bad files a copy of this split met in another process (a DataLoader worker): the next
+        :meth:`drain` of this one hands them on."""
+        self._fresh.extend(f for f in files if f not in self._fresh)
+
     def _mark(self, e: BadSampleError) -> None:
         if e.index >= 0 and e.index not in self._bad:
             self._bad[e.index] = e.where or str(e)
@@ -155,6 +160,12 @@ def guard(split: SplitData) -> SplitData:
 def drain(split: SplitData) -> list[str]:
     """The bad files a (possibly guarded) split found since the last call."""
     return split.drain() if isinstance(split, GuardedSplit) else []
+
+
+def report(split: SplitData, files: Sequence[str]) -> None:
+    """Hand ``files``, which a worker's copy of ``split`` found (its :func:`drain`), to ``split`` itself."""
+    if files and isinstance(split, GuardedSplit):
+        split.report(files)
 
 
 @dataclass

@@ -3,6 +3,7 @@ shapes (for counting a step's FLOPs and memory without data)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,9 +44,9 @@ class Batch:
     def pin_memory(self) -> "Batch":
         """A copy in page-locked memory, for asynchronous copies to a GPU (a DataLoader with
         ``pin_memory=True`` calls this on every batch its workers return)."""
-        return Batch(
-            self.images.pin_memory(), self.tokens.pin_memory(), self.source.pin_memory(),
-            None if self.labels is None else self.labels.pin_memory(),
+        return dataclasses.replace(
+            self, images=self.images.pin_memory(), tokens=self.tokens.pin_memory(), source=self.source.pin_memory(),
+            labels=None if self.labels is None else self.labels.pin_memory(),
         )
 
     def split(self, parts: int) -> list["Batch"]:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fif.data.bad_samples import drain, report
 from fif.data.specs import SplitData
 
 
@@ -135,12 +136,23 @@ class StreamBatches(torch.utils.data.Dataset):
 
 
 class SplitImages(torch.utils.data.Dataset):
-    """Item ``(split, indices)`` is the test-time images of those samples of ``splits[split]``: float
-    (len(indices), 3, size, size) in [0, 1], as ``SplitData.images(indices, size, train=False)`` gives them."""
+    """Item ``(split, indices)`` is the test-time images of those samples of ``splits[split]`` (float
+    (len(indices), 3, size, size) in [0, 1], as ``SplitData.images(indices, size, train=False)`` gives them)
+    and the unreadable files that read met (each replaced; :mod:`fif.data.bad_samples`): a worker's copy of
+    the split learns of them, so they travel back with the images (:func:`delivered` hands them on)."""
 
     def __init__(self, splits: Sequence[SplitData], image_size: int):
         self.splits, self.image_size = list(splits), image_size
 
-    def __getitem__(self, key: tuple[int, np.ndarray]) -> torch.Tensor:
+    def __getitem__(self, key: tuple[int, np.ndarray]) -> tuple[torch.Tensor, tuple[str, ...]]:
         split, indices = key
-        return self.splits[split].images(indices, self.image_size, train=False)
+        images = self.splits[split].images(indices, self.image_size, train=False)
+        return images, tuple(drain(self.splits[split]))
+
+
+def delivered(items: Iterable[tuple[torch.Tensor, Sequence[str]]], splits: Sequence[SplitData]) -> Iterator[torch.Tensor]:
+    """The images of :class:`SplitImages` items, each item's unreadable files reported to ``splits[i]`` (the
+    split the i-th item was read from), in this process, where a run collects them."""
+    for (images, files), split in zip(items, splits):
+        report(split, files)
+        yield images

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from fif.core.device import autocast_context
 from fif.core.seeding import rng_for
-from fif.data.loader import PersistentLoader, SplitImages
+from fif.data.loader import PersistentLoader, SplitImages, delivered
 from fif.data.registry import Benchmark
 from fif.data.specs import DatasetSpec, SplitData
 from fif.model.clip import Clip
@@ -312,7 +312,7 @@ class Evaluator:
             self._loader.start(SplitImages(splits, image_size))
         keys = [(d, idx[i : i + self.batch_size]) for d, idx in enumerate(indices)
                 for i in range(0, len(idx), self.batch_size)]
-        return self._loader.iterate(keys)
+        return delivered(self._loader.iterate(keys), [splits[d] for d, _ in keys])  # unreadable files reach the run
 
     def close(self) -> None:
         """Stop the evaluation workers (a later evaluation starts new ones)."""
