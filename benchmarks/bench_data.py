@@ -100,6 +100,7 @@ def measure(name: str, workers: int, make_iter, images_per_item) -> dict:
 def fif_pipelines(folder: Path, shards: Path, batch_size: int, workers: int, steps: int) -> list[dict]:
     import open_clip
 
+    from fif.data.bad_samples import guard
     from fif.data.loader import PersistentLoader, StreamBatches
     from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
     from fif.data.registry import Benchmark
@@ -109,9 +110,9 @@ def fif_pipelines(folder: Path, shards: Path, batch_size: int, workers: int, ste
     from fif.eval.zeroshot import Evaluator
 
     spec = DatasetSpec("jpegs", "classification", "adaptation", tuple(class_folders(folder)), source="folder")
-    data = read_folder(spec, "train", folder)
-    pool = read_shards(DatasetSpec("pool", "retrieval", "pretraining", source="wds"), "train", str(shards),
-                       index_dir=folder.parent / "index")
+    data = guard(read_folder(spec, "train", folder))  # as a run reads them: unreadable images replaced
+    pool = guard(read_shards(DatasetSpec("pool", "retrieval", "pretraining", source="wds"), "train", str(shards),
+                             index_dir=folder.parent / "index"))
     half = len(data) // 2  # current task: one half, buffer: the other
     counts = batch_counts(batch_size, 0.33, 0.34, 0.33)
     sampler = MixtureSampler(counts, Pool([(data, np.arange(half))]), Pool([(data, np.arange(half, len(data)))]),
@@ -158,7 +159,7 @@ def torchvision_pipelines(folder: Path, batch_size: int, workers: int, images: i
         subset = torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
         loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=workers,
                                              persistent_workers=workers > 0)
-        out.append(measure(name, workers, lambda: iter(loader), lambda item: len(item[0])))
+        out.append(measure(name, workers, lambda loader=loader: iter(loader), lambda item: len(item[0])))
         del loader
     return out
 
