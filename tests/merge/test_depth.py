@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from fif.merge import block_depths, lines_scale, lines_scales
+from fif.merge import LinesOptions, MergeError, apply_lines, block_depths, lines_scale, lines_scales
 
 
 def open_clip_keys(arch: str) -> list[str]:
@@ -31,7 +32,9 @@ def test_modified_resnet_counts_bottlenecks_across_stages():
     assert depths["visual.layer2.0.conv1.weight"] == (3, 16)
     assert depths["visual.layer3.5.bn3.num_batches_tracked"] == (12, 16)
     assert depths["visual.layer4.2.conv3.weight"] == (15, 16)
-    assert depths["visual.attnpool.q_proj.weight"] is None
+    assert depths["visual.attnpool.q_proj.weight"] == (15, 16)  # on top of the last bottleneck
+    assert depths["visual.attnpool.positional_embedding"] == (15, 16)
+    assert depths["visual.conv1.weight"] is None
 
 
 def test_mini_model_depths():
@@ -59,3 +62,28 @@ def test_lines_scale():
     assert lines_scale((0, 1), 0.3, 0.5) == pytest.approx(0.8)
     scales = lines_scales(["transformer.resblocks.0.w", "transformer.resblocks.1.w", "logit_scale"], 0.0, 1.0)
     assert scales == {"transformer.resblocks.0.w": 0.0, "transformer.resblocks.1.w": 1.0, "logit_scale": 0.0}
+
+
+def test_lines_depth_schedules():
+    # α + β·(l/(L − 1))^p at l/(L − 1) = 1/4: linear ¼, quadratic 1/16, sqrt ½
+    assert lines_scale((1, 5), 0.2, 0.8) == pytest.approx(0.4)
+    assert lines_scale((1, 5), 0.2, 0.8, "linear") == pytest.approx(0.4)
+    assert lines_scale((1, 5), 0.2, 0.8, "quadratic") == pytest.approx(0.25)
+    assert lines_scale((1, 5), 0.2, 0.8, "sqrt") == pytest.approx(0.6)
+    assert lines_scale((4, 5), 0.2, 0.8, "quadratic") == pytest.approx(1.0)
+    assert lines_scale(None, 0.2, 0.8, "sqrt") == 0.2
+    with pytest.raises(MergeError, match="Valid: linear, quadratic, sqrt"):
+        lines_scale((1, 5), 0.2, 0.8, "cubic")
+    with pytest.raises(MergeError, match="schedule"):
+        LinesOptions(0.5, 0.5, "cubic")
+
+
+def test_apply_lines_uses_the_schedule():
+    base = {"transformer.resblocks.0.w": torch.zeros(2), "transformer.resblocks.1.w": torch.zeros(2),
+            "transformer.resblocks.2.w": torch.zeros(2), "proj": torch.zeros(2)}
+    tuned = {k: torch.ones(2) for k in base}
+    out = apply_lines(tuned, base, alpha=0.0, beta=1.0, schedule="quadratic")
+    assert [out[f"transformer.resblocks.{i}.w"][0].item() for i in range(3)] == pytest.approx([0.0, 0.25, 1.0])
+    out = apply_lines(tuned, base, alpha=0.0, beta=1.0, schedule="sqrt")
+    assert out["transformer.resblocks.1.w"][0].item() == pytest.approx(0.5**0.5)
+    assert out["proj"][0].item() == 0.0

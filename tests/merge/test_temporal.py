@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -17,6 +19,14 @@ from fif.merge import HISTORY_SCHEMES, MergeError, ema_update_, history_weights,
         ("quadratic", [1, 4, 9]),
         ("exponential", [1, 2, 4]),
         ("reversed", [3, 2, 1]),
+        ("cubic", [1, 8, 27]),
+        ("fifth", [1, 32, 243]),
+        ("tenth", [1, 1024, 59049]),
+        ("log", [math.log(2), math.log(3), math.log(4)]),
+        ("linear_reversed", [3, 2, 1]),
+        ("cubic_reversed", [27, 8, 1]),
+        ("exponential_reversed", [4, 2, 1]),
+        ("log_reversed", [math.log(4), math.log(3), math.log(2)]),
     ],
 )
 def test_history_weights(scheme, raw):
@@ -27,8 +37,11 @@ def test_history_weights_cover_every_scheme_and_reject_bad_input():
     for scheme in HISTORY_SCHEMES:
         assert sum(history_weights(scheme, 200)) == pytest.approx(1.0)
     assert history_weights("exponential", 1) == [1.0]
-    with pytest.raises(MergeError, match="Valid: uniform, linear, sqrt, quadratic, exponential, reversed"):
-        history_weights("cubic", 3)
+    assert {f"{s}_reversed" for s in ("linear", "sqrt", "quadratic", "cubic", "fifth", "tenth", "exponential", "log")} < set(
+        HISTORY_SCHEMES
+    )
+    with pytest.raises(MergeError, match="Valid: uniform, linear, sqrt, quadratic, cubic"):
+        history_weights("septic", 3)
     with pytest.raises(MergeError, match="at least one"):
         history_weights("uniform", 0)
 

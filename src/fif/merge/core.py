@@ -142,7 +142,7 @@ def _plan(
     scales = None
     if lines is not None:
         lines = lines if isinstance(lines, LinesOptions) else LinesOptions(**lines)
-        scales = lines_scales(keys, lines.alpha, lines.beta)
+        scales = lines_scales(keys, lines.alpha, lines.beta, lines.schedule)
     unused = [p for p in copy_keys if not any(fnmatch.fnmatchcase(k, p) for k in keys)]
     if unused:
         log.warning("merge: copy_keys pattern(s) %s match no key", ", ".join(map(repr, unused)))
@@ -252,7 +252,7 @@ def merge(
         models: state dicts, modules, ``.safetensors`` paths or :class:`StateSource` s, all with the same
             keys and shapes. Files and sources are read one tensor at a time.
         base: θ_0 for task-vector operators (required by them, rejected by the others).
-        lines: LiNeS options (``LinesOptions`` or ``{"alpha": .., "beta": ..}``) to scale the merged task
+        lines: LiNeS options (``LinesOptions`` or ``{"alpha": .., "beta": .., "schedule": ..}``) to scale the merged task
             vector per residual block; task-vector operators only.
         copy_keys: ``fnmatch`` patterns of float keys to copy from the base (or first model) unmerged.
         **options: the operator's options (see its options dataclass, e.g. ``TiesOptions``).
@@ -267,9 +267,12 @@ def merge(
     return dict(iter_merge(operator, models, base, lines=lines, copy_keys=copy_keys, **options))
 
 
-def apply_lines(model: SourceLike, base: SourceLike, alpha: float = 0.5, beta: float = 0.5) -> dict[str, Tensor]:
-    """LiNeS on one fine-tuned model: θ = θ_0 + s(key)·(θ − θ_0), s = α + β·l/(L − 1) per block.
+def apply_lines(
+    model: SourceLike, base: SourceLike, alpha: float = 0.5, beta: float = 0.5, schedule: str = "linear"
+) -> dict[str, Tensor]:
+    """LiNeS on one fine-tuned model: θ = θ_0 + s(key)·(θ − θ_0), s = α + β·(l/(L − 1))^p per block
+    (p = 1, 2, ½ for the linear, quadratic, sqrt schedules).
 
     See :mod:`fif.merge.depth`; Wang et al. 2024, arXiv 2410.17146.
     """
-    return merge("task_arithmetic", [model], base, lines=LinesOptions(alpha, beta), lam=1.0)
+    return merge("task_arithmetic", [model], base, lines=LinesOptions(alpha, beta, schedule), lam=1.0)

@@ -22,14 +22,29 @@ from fif.merge.core import build_options, get_operator, merge
 from fif.merge.depth import LinesOptions
 from fif.merge.sources import MergeError, SourceLike
 
-# Unnormalised weight of checkpoint i = 1..n (1 oldest, n newest) under each scheme.
-_SCHEMES: dict[str, Callable[[int, int], float]] = {
+# Unnormalised weight of checkpoint i = 1..n (1 oldest, n newest) under each scheme (the reference's
+# offline-merge schemes: polynomial powers, base-2 exponential and log, each also reversed).
+_BASE_SCHEMES: dict[str, Callable[[int, int], float]] = {
     "uniform": lambda i, n: 1.0,
     "linear": lambda i, n: float(i),
     "sqrt": lambda i, n: math.sqrt(i),
-    "quadratic": lambda i, n: float(i * i),
+    "quadratic": lambda i, n: float(i**2),
+    "cubic": lambda i, n: float(i**3),
+    "fifth": lambda i, n: float(i**5),
+    "tenth": lambda i, n: float(i**10),
     "exponential": lambda i, n: 2.0 ** (i - n),  # each checkpoint counts twice its predecessor
-    "reversed": lambda i, n: float(n - i + 1),  # linear, oldest heaviest
+    "log": lambda i, n: math.log1p(i),  # ln(1 + i): ln(i) would give the oldest checkpoint weight 0
+}
+
+
+def _reversed(scheme: Callable[[int, int], float]) -> Callable[[int, int], float]:
+    return lambda i, n: scheme(n - i + 1, n)  # the same weights, oldest heaviest
+
+
+_SCHEMES: dict[str, Callable[[int, int], float]] = {
+    **_BASE_SCHEMES,
+    **{f"{name}_reversed": _reversed(f) for name, f in _BASE_SCHEMES.items() if name != "uniform"},
+    "reversed": _reversed(_BASE_SCHEMES["linear"]),  # the older name of linear_reversed
 }
 
 HISTORY_SCHEMES = tuple(_SCHEMES)
@@ -38,8 +53,10 @@ HISTORY_SCHEMES = tuple(_SCHEMES)
 def history_weights(scheme: str, n: int) -> list[float]:
     """Interpolation weights for a history of n checkpoints, oldest first, summing to 1.
 
-    With i = 1..n (n the newest): uniform 1; linear i; sqrt √i; quadratic i²; exponential 2^(i−n)
-    (each checkpoint twice the weight of the one before); reversed n − i + 1 (oldest heaviest).
+    With i = 1..n (n the newest): uniform 1; linear i; sqrt √i; quadratic i²; cubic i³; fifth i⁵;
+    tenth i¹⁰; exponential 2^(i−n) (each checkpoint twice the weight of the one before); log ln(1 + i).
+    ``<scheme>_reversed`` gives checkpoint i the weight of checkpoint n − i + 1 (oldest heaviest);
+    ``reversed`` is ``linear_reversed``.
 
     Raises:
         MergeError: unknown scheme (with the valid ones) or n < 1.
