@@ -201,7 +201,7 @@ def test_ema_merge_chain_by_hand(tmp_path):
 def test_zeroshot_init_and_all_deploy_stream_from_history_files(tmp_path):
     model = small_model()
     theta0 = {k: v.clone() for k, v in model.state_dict().items()}
-    m = make(tmp_path, model, preset="zs_merge", weights="uniform")
+    m = make(tmp_path, model, init="zeroshot", deploy="all", weights="uniform")
     history = tmp_path / "history"
     assert (history / ZEROSHOT_FILE).is_file()
     ends = []
@@ -353,14 +353,36 @@ def test_default_equals_no_merging_and_writes_no_history(tmp_path, recorded):
     assert history == sorted([ZEROSHOT_FILE, history_file(0), history_file(1)])
 
 
-def test_zs_merge_run_trains_every_task_from_theta0_and_deploys_the_mean(tmp_path, recorded):
+def test_zs_merge_run_trains_every_task_from_theta0_and_deploys_the_unrolled_merge(tmp_path, recorded):
     result = run(tmp_path, "zs", "merge.preset=zs_merge")
     (s0, e0), (s1, e1) = recorded
     assert all(torch.equal(s1[k], s0[k]) for k in s0)  # task 2 started from θ0, not from task 1's end
+    # unrolled: r ← θ0; r ← ½θ_1 + ½r; r ← ½θ_2 + ½r, i.e. ½θ_2 + ¼θ_1 + ¼θ0 (not the mean of θ_1, θ_2)
+    unrolled = merge("interpolation", [e1, merge("interpolation", [e0, s0])])
+    got = final(result.out_dir)
+    for k in unrolled:
+        if unrolled[k].is_floating_point():
+            torch.testing.assert_close(got[k], 0.5 * e1[k] + 0.25 * e0[k] + 0.25 * s0[k], rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(got[k], unrolled[k]) for k in unrolled)
+
+
+def test_offline_merge_run_trains_every_task_from_theta0_and_deploys_one_merge(tmp_path, recorded):
+    result = run(tmp_path, "off", "merge.preset=offline_merge", "merge.weights=quadratic")
+    (s0, e0), (s1, e1) = recorded
+    assert all(torch.equal(s1[k], s0[k]) for k in s0)  # task 2 started from θ0, not from task 1's end
+    got = final(result.out_dir)
+    for k in e0:
+        if e0[k].is_floating_point():  # quadratic weights 1, 4 over two checkpoints
+            torch.testing.assert_close(got[k], 0.2 * e0[k] + 0.8 * e1[k], rtol=1e-5, atol=1e-6)
     history = result.out_dir / "history"
     assert all(torch.equal(load_file(str(history / history_file(0)))[k], e0[k]) for k in e0)
-    expected = merge("interpolation", [e0, e1])
-    assert all(torch.equal(final(result.out_dir)[k], expected[k]) for k in expected)
+    with_zs = run(tmp_path, "off0", "merge.preset=offline_merge", "merge.weights=linear_reversed",
+                  "merge.include_zero_shot=true")
+    got = final(with_zs.out_dir)
+    (z0, f0), (_, f1) = recorded[2:]
+    for k in f0:
+        if f0[k].is_floating_point():  # θ0 the oldest of three: reversed linear weights 3, 2, 1
+            torch.testing.assert_close(got[k], (3 * z0[k] + 2 * f0[k] + f1[k]) / 6, rtol=1e-5, atol=1e-6)
 
 
 def test_ft_merge_run_deploys_merge_of_latest_and_theta0_exactly(tmp_path, recorded):
@@ -392,23 +414,29 @@ def test_online_ema_run_matches_the_per_step_formula(tmp_path, monkeypatch):
         steps.append({k: v.clone() for k, v in self.clip.model.state_dict().items()})
 
     monkeypatch.setattr(Finetune, "after_step", after_step)
-    theta0 = {}
+    theta0, starts, seen = {}, [], []
     original = fif.runner.task.train_task
 
     def spy(model, *args, **kwargs):
         if not theta0:
             theta0.update({k: v.clone() for k, v in model.state_dict().items()})
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return original(model, *args, **kwargs)
 
     monkeypatch.setattr(fif.runner.task, "train_task", spy)
     result = run(tmp_path, "online", "merge.preset=online_ema", "merge.ema_decay=0.8")
     assert len(steps) == 8
     ema = dict(theta0)
-    for theta in steps:
+    for i, theta in enumerate(steps):
+        if i == 4:  # task 2 starts from the EMA weights (the reference's ema_online_paint)
+            starts.append(ema)
         ema = {k: 0.8 * ema[k] + 0.2 * theta[k] if theta[k].is_floating_point() else theta[k] for k in ema}
     got = final(result.out_dir)
     for k, v in ema.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
+    for k, v in starts[0].items():  # the weights task 2 trained from = the EMA after task 1
+        if v.is_floating_point():
+            torch.testing.assert_close(seen[1][k], v, rtol=1e-5, atol=1e-6)
 
 
 def test_adapter_methods_merge_on_the_deploy_side_and_refuse_merged_init(tmp_path):
@@ -416,8 +444,10 @@ def test_adapter_methods_merge_on_the_deploy_side_and_refuse_merged_init(tmp_pat
     deployed = final(result.out_dir)  # the running merge lives in the deployed (plain) architecture
     assert deployed and not any("lora" in k for k in deployed)
     assert set(result.clip.model.state_dict()) == set(deployed)
-    with pytest.raises(ConfigError, match="merge.init=ema loads merged weights"):
+    with pytest.raises(ConfigError, match="merge.init=ema: method 'lora' owns the weights each task starts from"):
         run(tmp_path, "lora-init", "method.name=lora", "merge.init=ema")
+    with pytest.raises(ConfigError, match="merge.deploy=online_ema averages the weights being trained"):
+        run(tmp_path, "lora-online", "method.name=lora", "merge.preset=online_ema")
     assert not (tmp_path / "lora-init").exists()
 
 
@@ -497,7 +527,7 @@ def test_fif_merge_errors(history_run, tmp_path):
         (["merge", a, "-o", a], "is one of the inputs"),
         (["merge", str(tmp_path / "nope.safetensors"), "-o", out], "does not exist"),
         (["merge", "--run", str(tmp_path), "-o", out], "merge.save_history=true"),
-        (["merge", a, a, "-o", out, "--weights", "cubic"], "give a scheme"),
+        (["merge", a, a, "-o", out, "--weights", "septic"], "give a scheme"),
         (["merge", a, a, "-o", out, "--weights", "1,2,3"], "one per checkpoint"),
         (["merge", a, "-o", out, "--operator", "ties", "--base", a, "--weights", "linear"], "interpolation operator"),
         (["merge", a, "eval.batch_size=8", "-o", out], "only apply with --eval"),

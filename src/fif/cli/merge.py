@@ -30,9 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="operator option, repeatable (e.g. --option k=0.2 --option lam=1.0)")
     p.add_argument("--base", help="θ0 (.safetensors) for task-vector operators")
-    p.add_argument("--weights", help="interpolation weights: a scheme (uniform, linear, sqrt, quadratic, exponential, "
-                   "reversed; newest = last) or one number per checkpoint (0.2,0.3,0.5)")
-    p.add_argument("--lines", metavar="alpha=A,beta=B", help="LiNeS depth scaling of the merged task vector")
+    p.add_argument("--weights", help="interpolation weights: a scheme (uniform, linear, sqrt, quadratic, cubic, fifth, tenth, "
+                   "exponential, log, or <scheme>_reversed; newest = last) or one number per checkpoint (0.2,0.3,0.5)")
+    p.add_argument("--lines", metavar="alpha=A,beta=B[,schedule=S]",
+                   help="LiNeS depth scaling of the merged task vector (schedule: linear, quadratic, sqrt)")
     p.add_argument("--copy-keys", action="append", default=[], metavar="PATTERN",
                    help="fnmatch pattern of float keys copied from the base (or first model) unmerged, repeatable")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -145,7 +146,9 @@ def write_merge(args: argparse.Namespace, paths: list[Path], base: Path | None, 
         try:
             LinesOptions(**lines)
         except TypeError:
-            raise CliError(f"--lines {args.lines!r}: give alpha=A,beta=B (e.g. alpha=0.5,beta=0.5)") from None
+            raise CliError(
+                f"--lines {args.lines!r}: give alpha=A,beta=B[,schedule=linear|quadratic|sqrt] (e.g. alpha=0.5,beta=0.5)"
+            ) from None
     merged = merge(args.operator, paths, base, lines=lines, copy_keys=args.copy_keys, **options)
     info = {
         "operator": args.operator, "options": options, "lines": lines, "base": str(base) if base else None,

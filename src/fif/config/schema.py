@@ -193,13 +193,15 @@ class MethodConfig:
     options: dict = _help("Method options, checked against the method's own config.", factory=dict)
 
 
+# The reference's recipes (facts §10, docs/merging.md). "ema" is the unrolled running merge
+# r ← merge(θ_t, r) from r_0 = θ0 (½/½ at merge.alpha=0.5), "all" one merge of every task checkpoint.
 MERGE_PRESETS: dict[str, dict[str, Any]] = {
     "none": {"init": "last", "deploy": "last"},
-    "zs_merge": {"init": "zeroshot", "deploy": "all"},  # FiF ZS-merge
-    "ft_merge": {"init": "last", "deploy": "last_zeroshot"},  # FiF FT-merge: merge(latest, θ0)
-    "ema_merge": {"init": "ema", "deploy": "ema"},  # FiF EMA-merge = TIME's best: r ← merge(θ_t, r)
-    "online_ema": {"init": "last", "deploy": "online_ema"},  # per-step θ_ema ← d·θ_ema + (1 − d)·θ
-    "offline_merge": {"init": "last", "deploy": "all"},  # weighted by merge.weights
+    "zs_merge": {"init": "zeroshot", "deploy": "ema"},  # ZS-merge (zs_paint): tasks from θ0, deploy unrolled
+    "ft_merge": {"init": "last", "deploy": "last_zeroshot"},  # FT-merge (ft_paint): merge(latest, θ0)
+    "ema_merge": {"init": "ema", "deploy": "ema"},  # EMA-merge (ema_paint) = TIME's best
+    "online_ema": {"init": "online_ema", "deploy": "online_ema"},  # ema_online_paint: θ_ema ← d·θ_ema + (1 − d)·θ
+    "offline_merge": {"init": "zeroshot", "deploy": "all"},  # tasks from θ0, one merge by merge.weights
 }
 
 
@@ -207,7 +209,8 @@ MERGE_PRESETS: dict[str, dict[str, Any]] = {
 class MergeConfig:
     preset: str | None = _help(
         "Shorthand for the axes: none, zs_merge, ft_merge, ema_merge, online_ema, offline_merge; keys set "
-        "explicitly win over the preset's.", None
+        "explicitly win over the preset's. A method that owns its start weights (gdumb, ewc, ...) keeps them "
+        "over the preset's init.", None
     )
     init: str | None = _help(
         "What each task trains from: zeroshot (θ0), last (the previous task's end; no merging), ema (the "
@@ -224,7 +227,10 @@ class MergeConfig:
     options: dict = _help("The operator's options (e.g. {k: 0.2, lam: 1.0} for ties).", factory=dict)
     weights: str = _help(
         "init/deploy=all with interpolation: weighting of the checkpoints: uniform, linear, sqrt, quadratic, "
-        "exponential, reversed (newest heaviest except reversed).", "uniform"
+        "cubic, fifth, tenth, exponential, log (newest heaviest), or <scheme>_reversed (oldest heaviest).", "uniform"
+    )
+    include_zero_shot: bool = _help(
+        "init/deploy=all: merge θ0 too, as the oldest checkpoint (the reference's offline merge option).", False
     )
     alpha: float = _help(
         "Weight of the newest model when two are interpolated (or slerped): ema r ← α·θ_t + (1 − α)·r; "
@@ -233,7 +239,8 @@ class MergeConfig:
     ema_decay: float = _help("online_ema: θ_ema ← d·θ_ema + (1 − d)·θ after every optimizer step (FiF: 0.999).",
                              0.999)
     lines: dict | None = _help(
-        "LiNeS depth scaling {alpha, beta} of every merge's task vector (task-vector operators only); null = off.",
+        "LiNeS depth scaling {alpha, beta, schedule: linear|quadratic|sqrt} of every merge's task vector "
+        "(task-vector operators only); null = off.",
         None
     )
     save_history: bool = _help(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 
+from fif.config.composition import composition_problems
 from fif.config.schema import (
     OPTIMIZER_IMPLS,
     OPTIMIZERS,
@@ -94,6 +95,7 @@ def validate(cfg: Config) -> list[str]:
     p.extend(_validate_reliability(cfg.checkpoint, cfg.guard))
     p.extend(_validate_method(cfg))
     p.extend(_validate_merge(cfg.merge))
+    p.extend(composition_problems(cfg.merge, cfg.method.name))
     return p
 
 

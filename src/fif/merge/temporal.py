@@ -175,8 +175,10 @@ def merge_config_problems(config: Any) -> list[str]:
             try:
                 LinesOptions(**config.lines)
             except (TypeError, MergeError) as e:
-                p.append(f"merge.lines: {e} (give {{alpha: 0.5, beta: 0.5}})")
+                p.append(f"merge.lines: {e} (give {{alpha: 0.5, beta: 0.5, schedule: linear}})")
     axes = {config.init, config.deploy}
+    if config.include_zero_shot and "all" not in axes:
+        p.append("merge.include_zero_shot: merges θ0 into init/deploy=all; neither axis is all (e.g. merge.preset=offline_merge)")
     if "all" in axes and op.max_models is not None:
         p.append(
             f"merge.operator: {op.name!r} merges at most {op.max_models} models, but init/deploy=all merges every "

@@ -232,6 +232,9 @@ class BaseMethod:
 
     Config: ClassVar[type] = NoOptions
     name: ClassVar[str] = ""
+    # Why the method decides the weights each task trains from ("" = it does not): a merge preset's
+    # ``merge.init`` then yields to it and an explicit one is refused (fif.config.composition).
+    owns_start_weights: ClassVar[str] = ""
     clip_loss: ClipLoss = ClipLoss()  # replaced by the runner's (build_method); read it when the loss runs
 
     def __init__(self, clip: Clip, config: Any):

@@ -152,6 +152,7 @@ class Lwf(BaseMethod):
     """
 
     Config = LwfConfig
+    owns_start_weights = "its teacher is the weights the previous task ended with, where the next task starts"
 
     def __init__(self, clip: Clip, config: LwfConfig):
         super().__init__(clip, config)
@@ -245,6 +246,7 @@ class Zscl(BaseMethod):
     """
 
     Config = ZsclConfig
+    owns_start_weights = "its weight ensemble (ensemble=wise/average) sets the weights each task starts from"
 
     def __init__(self, clip: Clip, config: ZsclConfig):
         super().__init__(clip, config)

@@ -75,6 +75,7 @@ class TemporalMerger:
         self.op = get_operator(config.operator)
         self.options = dict(config.options)
         self.weights_scheme, self.alpha, self.ema_decay = config.weights, config.alpha, config.ema_decay
+        self.include_zero_shot = bool(config.include_zero_shot)
         self.lines = dict(config.lines) if config.lines is not None else None
         self.history_dir = Path(history_dir)
         self.metadata = dict(metadata or {})
@@ -84,6 +85,7 @@ class TemporalMerger:
         self.writes_history = "all" in axes or bool(config.save_history)
         self.reads_zeroshot = (
             self.init == "zeroshot" or self.deploy == "last_zeroshot" or (self.op.task_vectors and bool(axes & {"ema", "all"}))
+            or (self.include_zero_shot and "all" in axes)
         )
         self.tasks_done = 0
         self.running: dict[str, Tensor] | None = None
@@ -228,9 +230,11 @@ class TemporalMerger:
         return self._merge_pair(latest, self.zeroshot_path)
 
     def _merge_history(self) -> dict[str, Tensor]:
-        """The merge of every task checkpoint so far, streamed from the history files."""
-        n = self.tasks_done
-        paths = [self.task_path(t) for t in range(n)]
+        """The merge of every task checkpoint so far (θ0 first with ``include_zero_shot``), streamed from the
+        history files."""
+        paths = [self.zeroshot_path] if self.include_zero_shot else []
+        paths += [self.task_path(t) for t in range(self.tasks_done)]
+        n = len(paths)
         if n < self.op.min_models:  # e.g. Model Stock with one checkpoint: that checkpoint
             return merge("interpolation", paths[-1:])
         if self.op.name == "interpolation":

@@ -24,6 +24,7 @@ from fif.budget import Ledger, mafs_per_step, measure_step_cost, run_budget_mafs
 from fif.budget.mafs import steps_for_task
 from fif.config import Config
 from fif.config.components import clip_loss_from_config, eval_workers, ordering_options
+from fif.config.composition import merge_for_method
 from fif.core.device import resolve_device, resolve_precision
 from fif.core.version import __version__
 from fif.data.bad_samples import BadSampleLog
@@ -191,8 +192,11 @@ def setup(
         benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
         cfg.eval.ensemble, seed=cfg.run.seed, num_workers=eval_workers(cfg.eval, cfg.data),
     )
+    merge_cfg, note = merge_for_method(cfg.merge, cfg.method.name)  # a method's own start weights win
+    if note is not None and main:
+        log.warning(note)
     merger = TemporalMerger(
-        cfg.merge, out_dir / HISTORY_DIR, clip.model, method.deploy_weights,
+        merge_cfg, out_dir / HISTORY_DIR, clip.model, method.deploy_weights,
         {"fif_version": __version__, "arch": cfg.model.arch, "seed": str(cfg.run.seed)},
     ) if main else FollowerMerger()
     path = out_dir / EVENTS_FILE

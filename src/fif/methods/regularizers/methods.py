@@ -60,6 +60,7 @@ class Ewc(BaseMethod):
     """
 
     Config = EwcConfig
+    owns_start_weights = "its anchor θ* is the weights the previous task ended with, where the next task starts"
 
     def __init__(self, clip: Clip, config: EwcConfig):
         super().__init__(clip, config)
@@ -137,6 +138,7 @@ class Mas(BaseMethod):
     """
 
     Config = MasConfig
+    owns_start_weights = "its anchor θ* is the weights the previous task ended with, where the next task starts"
 
     def __init__(self, clip: Clip, config: MasConfig):
         super().__init__(clip, config)
@@ -206,6 +208,7 @@ class Si(BaseMethod):
     """
 
     Config = SiConfig
+    owns_start_weights = "its anchor θ* is the weights the previous task ended with, where the next task starts"
 
     def __init__(self, clip: Clip, config: SiConfig):
         super().__init__(clip, config)

@@ -129,6 +129,7 @@ class Gdumb(BaseMethod):
     """
 
     Config = GdumbConfig
+    owns_start_weights = "GDumb retrains every task from θ0"
 
     def __init__(self, clip: Clip, config: GdumbConfig):
         super().__init__(clip, config)
