@@ -102,8 +102,7 @@ class TemporalMerger:
             raise ConfigError([
                 f"{what} loads merged weights into the model being trained, but this method deploys another "
                 f"architecture (e.g. adapters merged into the base weights); use merge.init=last with a deploy-side "
-                f"merge (merge.deploy=ema, all or last_zeroshot), or merge.preset=none for no merging (the mini preset's "
-                f"recipe is merge.preset=ema_merge, which trains from the running merge)"
+                f"merge (merge.deploy=ema, all or last_zeroshot), or merge.preset=none for no merging"
             ])
         zeroshot = own if own is not None else state
         if (self.reads_zeroshot or config.save_history) and not self.zeroshot_path.is_file():
