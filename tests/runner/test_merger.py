@@ -78,6 +78,11 @@ def test_merge_config_errors_come_all_at_once_with_nearest_names():
     with pytest.raises(ConfigError, match="LiNeS scales task vectors"):
         load_config("mini", ["merge.lines={alpha: 0.5, beta: 0.5}"])
     load_config("mini", ["merge.operator=ties", "merge.lines={alpha: 0.5, beta: 0.5}", "merge.deploy=all"])
+    with pytest.raises(ConfigError, match="merge.include_zero_shot: merges θ0 into init/deploy=all"):
+        load_config("mini", ["merge.include_zero_shot=true"])
+    with pytest.raises(ConfigError, match="schedule 'cubic' is unknown"):
+        load_config("mini", ["merge.operator=ties", "merge.lines={alpha: 0.5, beta: 0.5, schedule: cubic}", "merge.deploy=all"])
+    load_config("mini", ["merge.operator=ties", "merge.lines={alpha: 0.5, beta: 0.5, schedule: sqrt}", "merge.deploy=all"])
 
 
 # ----------------------------------------------------------------------------------------------
