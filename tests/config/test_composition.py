@@ -21,7 +21,6 @@ OWNERS = {"gdumb", "ewc", "si", "mas", "lwf", "zscl"}  # their own start weights
 ADAPTERS = {"lora", "dora", "vera"}  # train adapters, deploy them merged into the base weights
 TINY = [
     *SMALL_RUN,
-    "budget.ft_steps=4",
     "train.log_every=1",
     "eval.min_samples=10",
     "eval.datasets=[mini_digits]",
@@ -78,14 +77,24 @@ def test_the_mini_preset_default_and_docs_first_example_validate():
 # Through the runner
 
 
-def starts_and_ends(monkeypatch) -> list[tuple[dict, dict]]:
+def held_reference(method) -> dict | None:
+    """What the method holds to stay near at the task's start: EWC/SI/MAS's anchor θ*, LwF's teacher."""
+    if method.name in ("ewc", "si", "mas") and method.state.anchor is not None:
+        return {k: v.clone() for k, v in method.state.anchor.items()}
+    if method.name == "lwf":
+        return {k: v.clone() for k, v in method.teacher.module.state_dict().items()}
+    return None
+
+
+def starts_and_ends(monkeypatch) -> list[tuple[dict, dict, dict | None]]:
     calls = []
     original = fif.runner.task.train_task
 
-    def spy(model, *args, **kwargs):
+    def spy(model, method, *args, **kwargs):
         start = {k: v.clone() for k, v in model.state_dict().items()}
-        out = original(model, *args, **kwargs)
-        calls.append((start, {k: v.clone() for k, v in model.state_dict().items()}))
+        held = held_reference(method)
+        out = original(model, method, *args, **kwargs)
+        calls.append((start, {k: v.clone() for k, v in model.state_dict().items()}, held))
         return out
 
     monkeypatch.setattr(fif.runner.task, "train_task", spy)
@@ -106,13 +115,15 @@ def check_run(tmp_path, monkeypatch, method: str, preset: str) -> None:
         return
     result = fif.run(load_config("mini", overrides), out_dir=tmp_path / f"{method}-{preset}")
     assert (result.out_dir / "final.safetensors").is_file()
-    (s0, e0), (s1, _) = calls
+    (s0, e0, _), (s1, _, held) = calls
     assert not equal(e0, s0)  # task 1 trained
     init = MERGE_PRESETS[preset]["init"]
     if method == "gdumb":
         assert equal(s1, s0)  # GDumb's θ0 restart, whatever the preset
     elif method in OWNERS | ADAPTERS and method != "zscl":
         assert equal(s1, e0)  # anchors / teacher / adapters: the next task starts where the last one ended
+        if held is not None:  # and θ* (EWC, SI, MAS) or the teacher (LwF) is exactly that start
+            assert all(torch.equal(held[k], s1[k]) for k in held)
     elif method in OWNERS:
         pass  # zscl: its ensemble option decides (none by default: continues), checked in its own tests
     elif init == "zeroshot":
