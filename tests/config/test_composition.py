@@ -25,8 +25,10 @@ TINY = [
     "eval.min_samples=10",
     "eval.datasets=[mini_digits]",
     "run.threads=1",
-    "data.options={pool_size: 100, train_per_class: 4, test_per_class: 2, eval_size: 20, retrieval_train: 10, "
-    "retrieval_test: 10}",
+    (
+        "data.options={pool_size: 100, train_per_class: 4, test_per_class: 2, eval_size: 20, retrieval_train: 10, "
+        "retrieval_test: 10}"
+    ),
 ]
 # Cheap options so every method runs in the tiny world (small importance passes, a small memory).
 OPTIONS = {
