@@ -17,7 +17,7 @@ See docs/merging.md for the operator reference and memory figures.
 """
 
 from fif.merge.core import apply_lines, build_options, get_operator, iter_merge, merge, operator_names
-from fif.merge.depth import LinesOptions, block_depths, lines_scale, lines_scales
+from fif.merge.depth import LINES_SCHEDULES, LinesOptions, block_depths, lines_scale, lines_scales
 from fif.merge.operators import (
     OPERATORS,
     BreadcrumbsOptions,
@@ -57,6 +57,7 @@ __all__ = [
     "DareOptions",
     "DictSource",
     "InterpolationOptions",
+    "LINES_SCHEDULES",
     "LinesOptions",
     "MagMaxOptions",
     "MergeError",
