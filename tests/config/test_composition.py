@@ -35,6 +35,7 @@ OPTIONS = {
     "ewc": ["method.fisher_samples=16", "method.fisher_batch_size=8"],
     "mas": ["method.importance_samples=16", "method.importance_batch_size=8"],
     "gdumb": ["method.memory_size=16"],
+    "zscl": ["method.reference_size=16", "method.reference_per_step=8"],
     "lora": ["method.rank=2"], "dora": ["method.rank=2"], "vera": ["method.rank=2"], "galore": ["method.rank=2"],
 }
 
