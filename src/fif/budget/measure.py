@@ -26,7 +26,7 @@ from fif.budget.mafs import BudgetError, StepCost
 from fif.core.flops import flop_counting, meta_copy
 from fif.core.optim import OptimConfig
 from fif.data.batch import Batch, synthetic_batch
-from fif.methods.base import BuildsOptimizer, UpdateMethod, optimizer_state_bytes_of
+from fif.methods.base import BuildsOptimizer, UpdateMethod, freeze_batchnorm_statistics, optimizer_state_bytes_of
 from fif.model.clip import Clip, build_clip
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def _training_only(model: nn.Module, trainable_ids: set[int]) -> Iterator[None]:
     try:
         for p in params:
             p.requires_grad_(id(p) in trainable_ids)
+        freeze_batchnorm_statistics(model)  # frozen BatchNorm layers run in eval mode, as in training
         model.train()
         yield
     finally:
@@ -187,6 +188,7 @@ def run_real_steps(clip: Clip, method: UpdateMethod, batch_size: int, device: to
         p.requires_grad_(name in names)
         if name in names:
             trainable.append(p)
+    freeze_batchnorm_statistics(model)
     model.train()
     if isinstance(method, BuildsOptimizer):  # the method's own optimizer (GaLore), else AdamW
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

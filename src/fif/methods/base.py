@@ -284,8 +284,37 @@ class BaseMethod:
 
 
 def freeze_all_but(model: nn.Module, trainable: list[tuple[str, nn.Parameter]]) -> int:
-    """Set requires_grad so that exactly ``trainable`` get gradients; returns their element count."""
+    """Set requires_grad so that exactly ``trainable`` get gradients, and keep the running statistics of
+    frozen BatchNorm layers frozen (:func:`freeze_batchnorm_statistics`); returns the trainable element count."""
     keep = {id(p) for _, p in trainable}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
+    freeze_batchnorm_statistics(model)
     return sum(p.numel() for _, p in trainable)
+
+
+def batchnorm_is_frozen(module: nn.Module) -> bool:
+    """True for a BatchNorm layer with a parameter that gets no gradient (a locked tower, BitFit's frozen
+    scale, LoRA's base model): its running statistics are part of the frozen model and must not move."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and any(
+        not p.requires_grad for p in module.parameters(recurse=False)
+    )
+
+
+def _eval_if_frozen(module: nn.Module, inputs: Any) -> None:
+    if module.training and batchnorm_is_frozen(module):
+        module.training = False
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Make every frozen BatchNorm layer of ``model`` run in eval mode (running statistics used, never
+    updated), whatever ``model.train()`` says.
+
+    A forward pre-hook decides at each call from the layer's ``requires_grad`` flags, so the rule holds
+    wherever ``train()`` is called (the training loop, a pass that restores ``train(was_training)``), in
+    copies of the model (``deepcopy`` keeps hooks) and after the flags change. Idempotent.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not getattr(module, "_fif_bn_hook", False):
+            module.register_forward_pre_hook(_eval_if_frozen)
+            module._fif_bn_hook = True
