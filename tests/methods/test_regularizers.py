@@ -425,18 +425,36 @@ def test_si_omega_is_non_negative_in_expectation_with_noisy_gradients():
     assert si.omega["theta"].mean() > 0
 
 
-def test_si_sees_the_clipped_gradient_the_optimizer_used():
-    clip, si = quadratic_si(torch.tensor([3.0, 4.0]))
+@pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
+def test_si_integrates_the_loss_gradient_before_clipping_under_adamw(loss_scale):
+    """Zenke et al.: ω = −Σ ∂L/∂θ·Δθ with the loss's own gradient; clipping (and fp16's loss scale) change
+    the update Δθ, not the g that multiplies it. Hand value: AdamW's update written out, L = ½‖θ‖²."""
+    theta0, lr, wd, steps, max_norm = torch.tensor([3.0, 4.0]), 0.1, 0.01, 3, 1.0
+    clip, si = quadratic_si(theta0)
     theta = clip.model.theta
-    opt = torch.optim.SGD([theta], lr=0.1)
-    si.begin_task(TaskInfo(0, 1, [], steps=1))
-    (0.5 * (theta**2).sum()).backward()  # g = (3, 4), |g| = 5
-    torch.nn.utils.clip_grad_norm_([theta], 1.0)  # in place: g = (0.6, 0.8)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    si.after_step(None, 0)
-    clipped = torch.tensor([0.6, 0.8])
-    assert torch.allclose(si.omega["theta"], 0.1 * clipped**2, rtol=1e-4)
+    opt = torch.optim.AdamW([theta], lr=lr, weight_decay=wd, eps=1e-8)
+    si.begin_task(TaskInfo(0, 1, [], steps=steps))
+    want, t, m, v = torch.zeros(2), theta0.clone(), torch.zeros(2), torch.zeros(2)
+    for step in range(steps):
+        loss = 0.5 * (theta**2).sum()
+        si.watch_loss(loss)  # what si.loss does with the loss it returns
+        (loss_scale * loss).backward()  # GradScaler.scale(loss).backward()
+        theta.grad.div_(loss_scale)  # GradScaler.unscale_
+        torch.nn.utils.clip_grad_norm_([theta], max_norm)  # in place, as the loop does
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        si.after_step(None, step)
+        g = t.clone()  # ∂L/∂θ, unclipped
+        gc = g * min(1.0, max_norm / g.norm().item())
+        m, v = 0.9 * m + 0.1 * gc, 0.999 * v + 0.001 * gc**2
+        update = (m / (1 - 0.9 ** (step + 1))) / ((v / (1 - 0.999 ** (step + 1))).sqrt() + 1e-8)
+        new = t * (1 - lr * wd) - lr * update
+        want += -g * (new - t)
+        t = new
+    assert torch.allclose(theta.detach(), t, rtol=1e-5)
+    assert torch.allclose(si.omega["theta"], want, rtol=1e-4)
+    # the clipped gradient would give a path integral several times smaller (|g| = 5, clipped to 1)
+    assert (si.omega["theta"] > 2 * want / 5).all()
 
 
 def test_si_skips_non_finite_steps():

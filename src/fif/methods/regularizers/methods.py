@@ -193,12 +193,15 @@ class SiConfig:
 class Si(BaseMethod):
     """SI (Zenke et al. 2017): penalty c·Σ Ω(θ−θ*)², Ω from the path integral of the loss along training.
 
-    The path integral ω = −Σ_steps g·Δθ needs each step's gradient g and update Δθ. The runner frees the
-    gradients (``zero_grad(set_to_none=True)``) before ``after_step``, so ``begin_task`` registers a
-    ``post_accumulate_grad`` hook on each trainable parameter that keeps a reference to its final ``.grad``
-    (the tensor that loss scaling's unscale and gradient clipping then modify in place, so ``after_step``
-    sees the gradient the optimizer used) and a copy of the weights before the step. ``after_step`` adds
-    −g·(θ − θ_before) to ω on the device (non-finite terms of skipped steps count 0) and drops the
+    The path integral ω = −Σ_steps g·Δθ needs each step's gradient g = ∂L/∂θ and update Δθ (Zenke et al.
+    2017: the gradient of the loss, before any clipping). The runner frees the gradients
+    (``zero_grad(set_to_none=True)``) before ``after_step``, so ``begin_task`` registers a
+    ``post_accumulate_grad`` hook on each trainable parameter that keeps a reference to its final ``.grad``,
+    the squared norm it has when backward leaves it, and a copy of the weights before the step. Loss
+    scaling's unscale and gradient clipping then scale that tensor in place by one factor for all
+    parameters, and the loss's own backward hook sees the loss scale S (1 without fp16), so ``after_step``
+    recovers ∂L/∂θ = g_final · ‖g_raw‖ / (S·‖g_final‖) without a copy of the gradients, adds
+    −∂L/∂θ·(θ − θ_before) to ω on the device (non-finite terms of skipped steps count 0) and drops the
     references. g is the gradient of the whole training loss, penalty included (as in most SI ports; the
     original used the unregularized loss, which would need a second backward).
 
@@ -213,10 +216,22 @@ class Si(BaseMethod):
         self.omega: dict[str, torch.Tensor] | None = None  # the running path integral (during a task)
         self._before: dict[str, torch.Tensor] = {}  # θ before the step (filled by the gradient hooks)
         self._grads: dict[str, torch.Tensor] = {}  # references to this step's final gradients
+        self._raw_sq: dict[str, torch.Tensor] = {}  # their squared norms as backward left them (before clipping)
+        self._loss_scale: torch.Tensor | None = None  # d(backpropagated root)/d(loss): fp16's loss scale, else 1
         self._hooked: set[int] = set()
 
     def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
-        return _loss_with_penalty(super().loss(batch, model), self.state.penalty(), self.config.strength)
+        out = _loss_with_penalty(super().loss(batch, model), self.state.penalty(), self.config.strength)
+        self.watch_loss(out.total)
+        return out
+
+    def watch_loss(self, total: torch.Tensor) -> None:
+        """Record the factor the backward applies to ``total`` (GradScaler's S; 1 without loss scaling)."""
+        if self.omega is not None and total.requires_grad and total.device.type != "meta":
+            total.register_hook(self._record_scale)
+
+    def _record_scale(self, grad: torch.Tensor) -> None:
+        self._loss_scale = grad.detach().float()
 
     # --- the path integral ----------------------------------------------------------------------
     def _track(self) -> None:
@@ -237,6 +252,7 @@ class Si(BaseMethod):
             if name not in self._grads:  # first accumulation of this step: the weights before the step
                 self._before[name].copy_(p.detach())
             self._grads[name] = p.grad
+            self._raw_sq[name] = p.grad.detach().float().square().sum()  # the last accumulation's is final
 
         return capture
 
@@ -250,10 +266,20 @@ class Si(BaseMethod):
         if self.omega is None:
             return
         with torch.no_grad():
+            factor = self._unclip_factor()
             for n, g in self._grads.items():
-                term = g.float() * (self.state.params[n].detach().float() - self._before[n].float())
+                term = (g.float() * factor) * (self.state.params[n].detach().float() - self._before[n].float())
                 self.omega[n].sub_(torch.nan_to_num(term, nan=0.0, posinf=0.0, neginf=0.0))
-        self._grads = {}  # drop the references: the gradients' memory is freed here
+        self._grads, self._raw_sq, self._loss_scale = {}, {}, None  # drop the references: gradients freed here
+
+    def _unclip_factor(self) -> torch.Tensor | float:
+        """‖g_raw‖ / (S·‖g_final‖): turns the gradient the optimizer used back into ∂L/∂θ (device scalar)."""
+        if not self._grads:
+            return 1.0
+        raw = torch.stack([self._raw_sq[n] for n in self._grads]).sum()
+        final = torch.stack([g.detach().float().square().sum() for g in self._grads.values()]).sum()
+        ratio = torch.where(final > 0, (raw / final).sqrt(), torch.ones_like(raw))
+        return ratio / self._loss_scale if self._loss_scale is not None else ratio
 
     def end_task(self, task: TaskInfo) -> None:
         """Ω += max(ω/(Δ² + ξ), 0) with Δ = θ − θ*; then θ* ← θ and ω is reset."""
@@ -266,7 +292,7 @@ class Si(BaseMethod):
                     new[n] = (self.omega[n] / (delta.square() + self.config.xi)).clamp_(min=0.0)
             self.state.accumulate(new, 1.0)
         self.state.set_anchor()
-        self.omega, self._before, self._grads = None, {}, {}
+        self.omega, self._before, self._grads, self._raw_sq = None, {}, {}, {}
 
     # --- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
