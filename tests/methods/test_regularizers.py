@@ -193,19 +193,36 @@ def test_penalty_is_zero_right_after_end_task_and_grows_as_weights_move():
     assert torch.isclose(large, 4 * small, rtol=1e-3)
 
 
-def test_online_gamma_accumulation():
-    clip = tiny_clip()
-    ewc = build("ewc", clip, gamma=0.5)
-    task = task_with(tiny_batches(8))
-    ewc.end_task(task)
-    first = {n: f.clone() for n, f in ewc.state.importance.items()}
-    ewc.end_task(task)  # same weights, same data: F_2 = F_1
-    for n, f in ewc.state.importance.items():
-        assert torch.allclose(f, 1.5 * first[n]), n
-    once = build("ewc", tiny_clip(), gamma=0.0)
-    once.end_task(task)
-    once.end_task(task)
-    assert all(torch.allclose(f, first[n]) for n, f in once.state.importance.items())
+@pytest.mark.parametrize("name, gamma", [("ewc", 0.5), ("ewc", 0.0), ("mas", 0.25)])
+def test_online_accumulation_decays_the_old_importance_and_adds_the_new(name, gamma):
+    """Ω ← γ·Ω₁ + Ω₂ with Ω₂ ≠ Ω₁ (other data), so a wrong γ or a swapped order is seen."""
+    method = build(name, tiny_clip(), gamma=gamma)
+    first_task, second_task = task_with(tiny_batches(8, seed=0), 0), task_with(tiny_batches(8, seed=1), 0)
+    method.end_task(first_task)
+    first = {n: f.clone() for n, f in method.state.importance.items()}
+    fresh = build(name, tiny_clip())  # Ω₂ alone, at the same weights
+    fresh.end_task(second_task)
+    second = fresh.state.importance
+    assert not torch.allclose(first["visual.weight"], second["visual.weight"])
+    method.end_task(second_task)
+    for n, f in method.state.importance.items():
+        assert torch.allclose(f, gamma * first[n] + second[n], atol=1e-7), n
+
+
+def test_ewc_refuses_a_fisher_batch_of_one():
+    with pytest.raises(ValueError, match="fisher_batch_size=1.*0 for a batch of 1"):
+        build("ewc", tiny_clip(), fisher_batch_size=1)
+
+
+@pytest.mark.parametrize("name", ["ewc", "mas"])
+def test_the_last_tasks_pass_is_skipped_and_not_charged(name):
+    task = task_with(tiny_batches(8), index=0)
+    last = TaskInfo(1, 2, task.concepts, steps=1, num_samples=task.num_samples, data=task.data)
+    on_mini = build(name, build_clip("fif-mini-rn32"))  # the cost is traced with the architecture's batch
+    assert on_mini.extra_cost(task).flops > 0 and on_mini.extra_cost(last).flops == 0
+    method = build(name, tiny_clip())
+    method.end_task(last)
+    assert method.state.importance is None  # no pass ran
 
 
 def test_fisher_samples_caps_the_pass():
@@ -353,16 +370,6 @@ def test_mas_larger_batches_take_the_mean_gradient():
     W, x = clip.model.visual.weight.detach(), batch.images
     want = torch.stack([2 * torch.outer(W @ xi, xi) for xi in x]).mean(0).abs()
     assert seen == 6 and torch.allclose(omega["visual.weight"], want, atol=1e-6)
-
-
-def test_mas_online_accumulation():
-    clip = tiny_clip()
-    mas = build("mas", clip, gamma=0.25)
-    task = task_with(tiny_batches(6))
-    mas.end_task(task)
-    first = mas.state.importance["visual.weight"].clone()
-    mas.end_task(task)
-    assert torch.allclose(mas.state.importance["visual.weight"], 1.25 * first)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -545,7 +552,8 @@ def test_ewc_run_charges_its_fisher_pass_and_reads_the_task_data(tmp_path):
     cfg = fif.load_config("mini", [*RUN, "method.name=ewc", "method.fisher_samples=16", "method.fisher_batch_size=8"])
     fif.run(cfg, out_dir=tmp_path / "ewc", on_event=events.append)
     # finetune gets 16 / 2 = 8 steps per task; the Fisher pass costs two steps' FLOPs (16 samples at batch 8)
-    assert _task_steps(events) == [6, 6]
+    # the last task's pass is skipped (no later task reads it) and not charged: 8 steps
+    assert _task_steps(events) == [6, 8]
     after_first = next(path for p, path in list_checkpoints(tmp_path / "ewc" / CHECKPOINT_DIR) if p.task == 1)
     state = load_checkpoint(after_first).state["method"]
     assert sum(float(f.sum()) for f in state["importance"].values()) > 0

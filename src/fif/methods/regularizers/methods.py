@@ -29,6 +29,11 @@ from fif.model.loss import clip_features
 log = logging.getLogger(__name__)
 
 
+def is_last(task: TaskInfo) -> bool:
+    """True for the stream's last task: an importance pass at its end would serve no later task."""
+    return task.index == task.num_tasks - 1
+
+
 @dataclass
 class EwcConfig:
     strength: float = field(
@@ -50,6 +55,11 @@ class EwcConfig:
         _check_gamma(self.gamma)
         check_positive("fisher_samples", self.fisher_samples, integer=True)
         check_positive("fisher_batch_size", self.fisher_batch_size, integer=True)
+        if self.fisher_batch_size < 2:  # one sample is its own only negative: the CLIP loss and its gradient are 0
+            raise ValueError(
+                f"method.fisher_batch_size={self.fisher_batch_size}: the Fisher pass takes the CLIP loss's gradient, "
+                "which is 0 for a batch of 1 (no negatives); use >= 2 (default 16)"
+            )
 
 
 @register_method("ewc")
@@ -78,7 +88,9 @@ class Ewc(BaseMethod):
     def end_task(self, task: TaskInfo) -> None:
         """F ← γ·F + Fisher of this task at the current weights; θ* ← the current weights."""
         named = list(self.state.params.items())
-        if task.data is None:
+        if is_last(task):  # no later task is penalised: the pass would be wasted (and is not charged)
+            pass
+        elif task.data is None:
             log.warning("ewc: task %d came without its data (TaskInfo.data); the Fisher is not updated", task.index)
         else:
             cfg = self.config
@@ -90,7 +102,9 @@ class Ewc(BaseMethod):
         self.state.set_anchor()
 
     def extra_cost(self, task: TaskInfo) -> HookCost:
-        """The Fisher pass: forward + backward over ``min(fisher_samples, task size)`` samples."""
+        """The Fisher pass: forward + backward over ``min(fisher_samples, task size)`` samples; 0 on the last task."""
+        if is_last(task):
+            return HookCost()
         return self._cost(pass_samples(self.config.fisher_samples, task), self.config.fisher_batch_size)
 
     def state_dict(self) -> dict[str, Any]:
@@ -150,7 +164,9 @@ class Mas(BaseMethod):
     def end_task(self, task: TaskInfo) -> None:
         """Ω ← γ·Ω + importance of this task at the current weights; θ* ← the current weights."""
         named = list(self.state.params.items())
-        if task.data is None:
+        if is_last(task):  # no later task is penalised: the pass would be wasted (and is not charged)
+            pass
+        elif task.data is None:
             log.warning("mas: task %d came without its data (TaskInfo.data); Ω is not updated", task.index)
         else:
             cfg = self.config
@@ -162,7 +178,10 @@ class Mas(BaseMethod):
         self.state.set_anchor()
 
     def extra_cost(self, task: TaskInfo) -> HookCost:
-        """The importance pass: forward + backward over ``min(importance_samples, task size)`` samples."""
+        """The importance pass: forward + backward over ``min(importance_samples, task size)`` samples; 0 on the
+        last task."""
+        if is_last(task):
+            return HookCost()
         return self._cost(pass_samples(self.config.importance_samples, task), self.config.importance_batch_size)
 
     def state_dict(self) -> dict[str, Any]:
