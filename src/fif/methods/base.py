@@ -82,10 +82,15 @@ class LossOutput:
 
 @dataclass
 class HookCost:
-    """Compute a task hook spends outside the training steps (charged to the budget)."""
+    """Compute a task hook spends outside the training steps (charged to the budget).
+
+    ``samples``: the samples a pass over task data reads (0 = not such a pass); the paper's accounting
+    charges such a pass per step as ceil(samples / batch) training steps (FiF Tab. 4's EWC).
+    """
 
     flops: float = 0.0
     peak_memory_bytes: float = 0.0
+    samples: int = 0
 
 
 @dataclass
@@ -205,6 +210,37 @@ def optimizer_state_bytes_of(method: UpdateMethod) -> float | None:
     return method.optimizer_state_bytes() if isinstance(method, BuildsOptimizer) else None
 
 
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the distinct tensors in ``value`` (nested dicts, lists and tuples; anything else counts 0)."""
+    found: dict[int, int] = {}
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            found[id(v)] = v.numel() * v.element_size()
+        elif isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                walk(item)
+
+    walk(value)
+    return sum(found.values())
+
+
+def method_state_bytes(method: UpdateMethod) -> float:
+    """Device bytes a method holds beyond the model, its gradients and optimizer state (Fisher/Ω and
+    anchors, SI's path integral, teachers, replay buffers), in the steady state of a run (after a task).
+
+    The method's own ``state_bytes()`` where it defines one (state that appears only after the first task,
+    or is not in its checkpoint state, such as a teacher rebuilt from θ0), else the tensors of its
+    ``state_dict()``. Counted into a step's peak memory, so into the MAF memory multiplier (FiF Tab. 4:
+    EWC 1.0132, SI 1.0013).
+    """
+    own = getattr(method, "state_bytes", None)
+    return float(own() if callable(own) else tensor_bytes(method.state_dict()))
+
+
 def deploy_model_for(method: UpdateMethod, model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
     """A new model holding ``weights`` (from ``deploy_weights`` or a merge of them), to evaluate and ship.
 
@@ -232,6 +268,8 @@ class BaseMethod:
 
     Config: ClassVar[type] = NoOptions
     name: ClassVar[str] = ""
+    # Options that differ from the defaults in FiF's own runs (`fif budget --accounting paper`, the fif preset)
+    paper_options: ClassVar[dict[str, Any]] = {}
     clip_loss: ClipLoss = ClipLoss()  # replaced by the runner's (build_method); read it when the loss runs
 
     def __init__(self, clip: Clip, config: Any):

@@ -36,7 +36,7 @@ from torch import nn
 from fif.core.flops import count_flops, meta_copy
 from fif.core.seeding import seeded_generator
 from fif.data.batch import Batch
-from fif.methods.base import BaseMethod, HookCost, LossOutput, TaskInfo
+from fif.methods.base import BaseMethod, HookCost, LossOutput, TaskInfo, tensor_bytes
 from fif.methods.common import check_choice, check_positive, stand_in
 from fif.methods.registry import register_method
 from fif.model.clip import Clip
@@ -407,6 +407,12 @@ class Zscl(BaseMethod):
         return self._consolidated() if self._pending else None
 
     # --- resume --------------------------------------------------------------------------------------
+    def state_bytes(self) -> float:
+        """The θ0 teacher, the weight ensemble's running average (one more copy of the model from the
+        first task's end on) and the reference captions with their cached teacher features."""
+        model = tensor_bytes(self.teacher.state_dict())
+        return float(2 * model + tensor_bytes([self.reference_tokens, self._teacher_reference]))
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "reference_tokens": self.reference_tokens,

@@ -70,6 +70,7 @@ class Ewc(BaseMethod):
     """
 
     Config = EwcConfig
+    paper_options = {"fisher_samples": 50_000}  # FiF §4 / Tab. 4
 
     def __init__(self, clip: Clip, config: EwcConfig):
         super().__init__(clip, config)
@@ -100,6 +101,11 @@ class Ewc(BaseMethod):
             )
             self.state.accumulate(fisher, cfg.gamma)
         self.state.set_anchor()
+
+    def state_bytes(self) -> float:
+        """The Fisher (fp32) and the anchor θ*, held from the first task's end on."""
+        fp32, native = self.state.bytes_per_copy()
+        return float(fp32 + native)
 
     def extra_cost(self, task: TaskInfo) -> HookCost:
         """The Fisher pass: forward + backward over ``min(fisher_samples, task size)`` samples; 0 on the last task."""
@@ -176,6 +182,11 @@ class Mas(BaseMethod):
             )
             self.state.accumulate(omega, cfg.gamma)
         self.state.set_anchor()
+
+    def state_bytes(self) -> float:
+        """Ω (fp32) and the anchor θ*, held from the first task's end on."""
+        fp32, native = self.state.bytes_per_copy()
+        return float(fp32 + native)
 
     def extra_cost(self, task: TaskInfo) -> HookCost:
         """The importance pass: forward + backward over ``min(importance_samples, task size)`` samples; 0 on the
@@ -312,6 +323,11 @@ class Si(BaseMethod):
             self.state.accumulate(new, 1.0)
         self.state.set_anchor()
         self.omega, self._before, self._grads, self._raw_sq = None, {}, {}, {}
+
+    def state_bytes(self) -> float:
+        """Ω and ω (fp32), the anchor θ* and θ before the step: held during every task after the first."""
+        fp32, native = self.state.bytes_per_copy()
+        return float(2 * fp32 + 2 * native)
 
     # --- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
