@@ -94,7 +94,8 @@ def test_repeated_step_cost_adds_flops_not_memory():
 def test_budget_row_has_exactly_the_cli_fields():
     total = run_budget_mafs(28_400, None, FT)
     row = budget_row("finetune", FT, FT, total, {20: 0.0, 200: 0.0})
-    fields = ["method", "gflops_per_step", "peak_memory_gib", "memory_multiplier", "mafs_per_step", "steps_per_task"]
+    fields = ["method", "accounting", "trainable_params", "gflops_per_step", "peak_memory_gib", "memory_multiplier",
+              "mafs_per_step", "steps_per_task"]
     assert list(row) == fields
     assert row["steps_per_task"] == {"20": 1420, "200": 142}
     assert row["gflops_per_step"] == pytest.approx(FT.flops / 1e9)
@@ -106,3 +107,14 @@ def test_budget_row_has_exactly_the_cli_fields():
 def test_step_cost_round_trips_through_a_dict():
     cost = StepCost(1.0, 2.0, "estimate", 0.5, 8, {"parameters": 2.0})
     assert StepCost.from_dict(cost.to_dict()) == cost
+
+
+def test_paper_step_cost_charges_a_pass_per_step_as_whole_training_steps():
+    from fif.budget import paper_step_cost
+    from fif.methods import HookCost
+
+    step = StepCost(flops=100.0, peak_memory_bytes=1.0, memory_source="estimate", batch_size=512)
+    paper = paper_step_cost(step, HookCost(flops=12345.0, samples=50_000))
+    assert paper.flops == 100.0 * (1 + 98) and paper.accounting == "paper"  # ceil(50000 / 512) = 98
+    assert paper_step_cost(step, HookCost(flops=7.0)).flops == 107.0
+    assert paper_step_cost(step, HookCost()).flops == 100.0

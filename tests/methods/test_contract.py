@@ -56,7 +56,20 @@ STEPS = (1, 2)  # steps of task 0 and task 1; the checkpoint is taken after the 
 @pytest.fixture(scope="module")
 def base_clip():
     torch.manual_seed(0)
-    return build_clip(ARCH)
+    clip = build_clip(ARCH)
+    # Calibrate the BatchNorm running statistics, as pretrained weights come: methods that freeze them
+    # (locked towers, BitFit, PEFT) run BatchNorm in eval mode, where a fresh init's statistics (mean 0,
+    # variance 1) make every image's features the same.
+    with torch.no_grad():
+        for mod in clip.model.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.momentum = None  # cumulative average over the calibration batches
+        for seed in range(4):
+            clip.model.encode_image(_batch(clip, 8, seed=seed).images)
+        for mod in clip.model.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.momentum = 0.1
+    return clip
 
 
 def _batch(clip, n=8, seed=0, labels=False):

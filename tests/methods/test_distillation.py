@@ -290,7 +290,8 @@ def test_zscl_average_is_the_mean_of_the_sampled_weights():
     clip = tiny_clip()
     zscl = build("zscl", clip, reference="batch", ensemble="average", average_every=2)
     zscl.begin_task(TaskInfo(0, 2, [], steps=6))
-    samples = []
+    assert zscl.training_weights() is None  # the runner asks once, after begin_task
+    samples = [{k: v.clone() for k, v in clip.model.state_dict().items()}]  # the task's start weights count
     for step in range(6):
         nudge_(clip, 0.1, seed=step)
         if (step + 1) % 2 == 0:
@@ -300,11 +301,40 @@ def test_zscl_average_is_the_mean_of_the_sampled_weights():
     zscl.end_task(TaskInfo(0, 2, [], steps=6))
     deployed = zscl.deploy_weights()
     for k in deployed:
-        assert torch.allclose(deployed[k], sum(s[k] for s in samples) / 3, atol=1e-6), k
+        assert torch.allclose(deployed[k], sum(s[k] for s in samples) / 4, atol=1e-6), k
     resumed = build("zscl", copy.deepcopy(clip), reference="batch", ensemble="average", average_every=2)
     resumed.load_state_dict(state)
     resumed.end_task(TaskInfo(0, 2, [], steps=6))
     assert all(torch.equal(resumed.deploy_weights()[k], deployed[k]) for k in deployed)
+
+
+def test_zscl_image_side_reads_theta0s_reference_text_features_not_the_students_text_tower():
+    """Zheng et al.: the image-side logits are student images × θ0's fixed reference text features. Moving
+    only the student's text tower leaves that term at 0 and moves the text side."""
+    clip = tiny_clip()
+    zscl = build("zscl", clip, reference="batch")
+    zscl.begin_task(TaskInfo(0, 2, [], steps=1))
+    with torch.no_grad():
+        clip.model.token_embedding.weight.add_(torch.randn_like(clip.model.token_embedding.weight))
+    parts = zscl.loss(batch_of(), clip.model).parts
+    assert parts["distill_image"].abs() < 1e-6 and parts["distill_text"] > 1e-4
+
+
+def test_zscl_l2_to_start_is_mu_times_the_squared_distance_to_the_tasks_start_weights():
+    clip = tiny_clip()
+    zscl = build("zscl", clip, reference="batch", l2_strength=0.5)
+    zscl.begin_task(TaskInfo(0, 2, [], steps=1))
+    zscl.training_weights()
+    start = {n: p.detach().clone() for n, p in zscl.trainable_parameters()}
+    nudge_(clip, 0.1)
+    out = zscl.loss(batch_of(), clip.model)
+    want = sum((p.detach() - start[n]).square().sum() for n, p in zscl.trainable_parameters())
+    assert torch.allclose(out.parts["l2_to_start"], want)
+    without = build("zscl", copy.deepcopy(clip), reference="batch").loss(batch_of(), clip.model)
+    assert "l2_to_start" not in without.parts
+    resumed = build("zscl", copy.deepcopy(clip), reference="batch", l2_strength=0.5)
+    resumed.load_state_dict(zscl.state_dict())
+    assert torch.allclose(resumed.loss(batch_of(), resumed.clip.model).parts["l2_to_start"], want)
 
 
 def test_zscl_state_round_trip_keeps_the_reference_set():

@@ -386,3 +386,14 @@ def test_run_ships_plain_weights_and_resumes_mid_task_exactly(name, options, tmp
     resume(tmp_path / "b")
     for file in ("final.safetensors", "summary.json"):
         assert (tmp_path / "b" / file).read_bytes() == (tmp_path / "a" / file).read_bytes(), file
+
+
+def test_hugging_face_text_towers_mlp_is_targeted_and_its_attention_output_is_attention():
+    from fif.methods.peft.inject import layer_kind
+
+    block = "text.transformer.encoder.layer.3"
+    assert layer_kind(f"{block}.intermediate.dense") == "mlp"
+    assert layer_kind(f"{block}.output.dense") == "mlp"
+    assert layer_kind(f"{block}.attention.output.dense") == "attn"
+    assert layer_kind(f"{block}.attention.self.query") == "attn"
+    assert layer_kind("visual.transformer.resblocks.0.mlp.c_fc") == "mlp"

@@ -193,19 +193,36 @@ def test_penalty_is_zero_right_after_end_task_and_grows_as_weights_move():
     assert torch.isclose(large, 4 * small, rtol=1e-3)
 
 
-def test_online_gamma_accumulation():
-    clip = tiny_clip()
-    ewc = build("ewc", clip, gamma=0.5)
-    task = task_with(tiny_batches(8))
-    ewc.end_task(task)
-    first = {n: f.clone() for n, f in ewc.state.importance.items()}
-    ewc.end_task(task)  # same weights, same data: F_2 = F_1
-    for n, f in ewc.state.importance.items():
-        assert torch.allclose(f, 1.5 * first[n]), n
-    once = build("ewc", tiny_clip(), gamma=0.0)
-    once.end_task(task)
-    once.end_task(task)
-    assert all(torch.allclose(f, first[n]) for n, f in once.state.importance.items())
+@pytest.mark.parametrize("name, gamma", [("ewc", 0.5), ("ewc", 0.0), ("mas", 0.25)])
+def test_online_accumulation_decays_the_old_importance_and_adds_the_new(name, gamma):
+    """Ω ← γ·Ω₁ + Ω₂ with Ω₂ ≠ Ω₁ (other data), so a wrong γ or a swapped order is seen."""
+    method = build(name, tiny_clip(), gamma=gamma)
+    first_task, second_task = task_with(tiny_batches(8, seed=0), 0), task_with(tiny_batches(8, seed=1), 0)
+    method.end_task(first_task)
+    first = {n: f.clone() for n, f in method.state.importance.items()}
+    fresh = build(name, tiny_clip())  # Ω₂ alone, at the same weights
+    fresh.end_task(second_task)
+    second = fresh.state.importance
+    assert not torch.allclose(first["visual.weight"], second["visual.weight"])
+    method.end_task(second_task)
+    for n, f in method.state.importance.items():
+        assert torch.allclose(f, gamma * first[n] + second[n], atol=1e-7), n
+
+
+def test_ewc_refuses_a_fisher_batch_of_one():
+    with pytest.raises(ValueError, match="fisher_batch_size=1.*0 for a batch of 1"):
+        build("ewc", tiny_clip(), fisher_batch_size=1)
+
+
+@pytest.mark.parametrize("name", ["ewc", "mas"])
+def test_the_last_tasks_pass_is_skipped_and_not_charged(name):
+    task = task_with(tiny_batches(8), index=0)
+    last = TaskInfo(1, 2, task.concepts, steps=1, num_samples=task.num_samples, data=task.data)
+    on_mini = build(name, build_clip("fif-mini-rn32"))  # the cost is traced with the architecture's batch
+    assert on_mini.extra_cost(task).flops > 0 and on_mini.extra_cost(last).flops == 0
+    method = build(name, tiny_clip())
+    method.end_task(last)
+    assert method.state.importance is None  # no pass ran
 
 
 def test_fisher_samples_caps_the_pass():
@@ -355,16 +372,6 @@ def test_mas_larger_batches_take_the_mean_gradient():
     assert seen == 6 and torch.allclose(omega["visual.weight"], want, atol=1e-6)
 
 
-def test_mas_online_accumulation():
-    clip = tiny_clip()
-    mas = build("mas", clip, gamma=0.25)
-    task = task_with(tiny_batches(6))
-    mas.end_task(task)
-    first = mas.state.importance["visual.weight"].clone()
-    mas.end_task(task)
-    assert torch.allclose(mas.state.importance["visual.weight"], 1.25 * first)
-
-
 # ----------------------------------------------------------------------------------------------
 # SI
 
@@ -425,18 +432,36 @@ def test_si_omega_is_non_negative_in_expectation_with_noisy_gradients():
     assert si.omega["theta"].mean() > 0
 
 
-def test_si_sees_the_clipped_gradient_the_optimizer_used():
-    clip, si = quadratic_si(torch.tensor([3.0, 4.0]))
+@pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
+def test_si_integrates_the_loss_gradient_before_clipping_under_adamw(loss_scale):
+    """Zenke et al.: ω = −Σ ∂L/∂θ·Δθ with the loss's own gradient; clipping (and fp16's loss scale) change
+    the update Δθ, not the g that multiplies it. Hand value: AdamW's update written out, L = ½‖θ‖²."""
+    theta0, lr, wd, steps, max_norm = torch.tensor([3.0, 4.0]), 0.1, 0.01, 3, 1.0
+    clip, si = quadratic_si(theta0)
     theta = clip.model.theta
-    opt = torch.optim.SGD([theta], lr=0.1)
-    si.begin_task(TaskInfo(0, 1, [], steps=1))
-    (0.5 * (theta**2).sum()).backward()  # g = (3, 4), |g| = 5
-    torch.nn.utils.clip_grad_norm_([theta], 1.0)  # in place: g = (0.6, 0.8)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    si.after_step(None, 0)
-    clipped = torch.tensor([0.6, 0.8])
-    assert torch.allclose(si.omega["theta"], 0.1 * clipped**2, rtol=1e-4)
+    opt = torch.optim.AdamW([theta], lr=lr, weight_decay=wd, eps=1e-8)
+    si.begin_task(TaskInfo(0, 1, [], steps=steps))
+    want, t, m, v = torch.zeros(2), theta0.clone(), torch.zeros(2), torch.zeros(2)
+    for step in range(steps):
+        loss = 0.5 * (theta**2).sum()
+        si.watch_loss(loss)  # what si.loss does with the loss it returns
+        (loss_scale * loss).backward()  # GradScaler.scale(loss).backward()
+        theta.grad.div_(loss_scale)  # GradScaler.unscale_
+        torch.nn.utils.clip_grad_norm_([theta], max_norm)  # in place, as the loop does
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        si.after_step(None, step)
+        g = t.clone()  # ∂L/∂θ, unclipped
+        gc = g * min(1.0, max_norm / g.norm().item())
+        m, v = 0.9 * m + 0.1 * gc, 0.999 * v + 0.001 * gc**2
+        update = (m / (1 - 0.9 ** (step + 1))) / ((v / (1 - 0.999 ** (step + 1))).sqrt() + 1e-8)
+        new = t * (1 - lr * wd) - lr * update
+        want += -g * (new - t)
+        t = new
+    assert torch.allclose(theta.detach(), t, rtol=1e-5)
+    assert torch.allclose(si.omega["theta"], want, rtol=1e-4)
+    # the clipped gradient would give a path integral several times smaller (|g| = 5, clipped to 1)
+    assert (si.omega["theta"] > 2 * want / 5).all()
 
 
 def test_si_skips_non_finite_steps():
@@ -527,7 +552,8 @@ def test_ewc_run_charges_its_fisher_pass_and_reads_the_task_data(tmp_path):
     cfg = fif.load_config("mini", [*RUN, "method.name=ewc", "method.fisher_samples=16", "method.fisher_batch_size=8"])
     fif.run(cfg, out_dir=tmp_path / "ewc", on_event=events.append)
     # finetune gets 16 / 2 = 8 steps per task; the Fisher pass costs two steps' FLOPs (16 samples at batch 8)
-    assert _task_steps(events) == [6, 6]
+    # the last task's pass is skipped (no later task reads it) and not charged: 8 steps
+    assert _task_steps(events) == [6, 8]
     after_first = next(path for p, path in list_checkpoints(tmp_path / "ewc" / CHECKPOINT_DIR) if p.task == 1)
     state = load_checkpoint(after_first).state["method"]
     assert sum(float(f.sum()) for f in state["importance"].values()) > 0

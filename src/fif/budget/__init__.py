@@ -23,6 +23,7 @@ Typical use by the runner::
 
 from fif.budget.ledger import Ledger, TaskLedger
 from fif.budget.mafs import (
+    ACCOUNTINGS,
     GIB,
     MEMORY_SOURCES,
     BudgetError,
@@ -33,6 +34,7 @@ from fif.budget.mafs import (
     mafs_per_step,
     max_steps,
     memory_multiplier,
+    paper_step_cost,
     repeated_step_cost,
     run_budget_mafs,
     steps_for_task,
@@ -43,6 +45,7 @@ from fif.core.flops import attention_backward_flops, attention_forward_flops, co
 from fif.data.batch import synthetic_batch
 
 __all__ = [
+    "ACCOUNTINGS",
     "GIB",
     "MEMORY_SOURCES",
     "BudgetError",
@@ -64,6 +67,7 @@ __all__ = [
     "memory_multiplier",
     "meta_clip",
     "meta_copy",
+    "paper_step_cost",
     "repeated_step_cost",
     "run_budget_mafs",
     "steps_for_task",

@@ -25,6 +25,10 @@ from fif.methods.base import HookCost
 GIB = 1024**3
 REL_TOL = 1e-9  # float slack when dividing a budget into whole steps and when charging the ledger
 MEMORY_SOURCES = ("cuda_max_allocated", "estimate")
+# exact: what fif computes (attention's math; a task hook charged once per task).
+# paper: FiF Tab. 4's count (a fused attention backward also recomputes QKᵀ; a task hook's pass of n samples
+#   charged per step as ceil(n / batch) training steps, which is why EWC gets 14 steps per task at T = 20).
+ACCOUNTINGS = ("exact", "paper")
 
 
 class BudgetError(ValueError):
@@ -51,6 +55,7 @@ class StepCost:
         forward_flops: the forward part of ``flops``.
         batch_size: samples per step.
         memory_parts: bytes per term of the estimate (empty when measured).
+        accounting: how ``flops`` was counted (:data:`ACCOUNTINGS`).
     """
 
     flops: float
@@ -59,6 +64,7 @@ class StepCost:
     forward_flops: float = 0.0
     batch_size: int = 0
     memory_parts: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
+    accounting: str = "exact"
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "memory_parts": dict(self.memory_parts)}
@@ -178,9 +184,21 @@ def steps_for_task(task_budget_mafs: float, step_mafs: float, hook_mafs: float =
     return steps
 
 
+def paper_step_cost(cost: StepCost, hook: HookCost) -> StepCost:
+    """The step as FiF's Tab. 4 charges it: a task hook's pass over ``hook.samples`` samples added to every
+    step as ceil(samples / batch) training steps (so EWC's step is 1 + ceil(50,000/512) = 99 steps);
+    a hook that is no such pass is added to every step with its FLOPs. Memory is unchanged."""
+    if hook.samples > 0:
+        extra = math.ceil(hook.samples / max(cost.batch_size, 1)) * cost.flops
+    else:
+        extra = hook.flops
+    return dataclasses.replace(cost, flops=cost.flops + extra, accounting="paper")
+
+
 def budget_row(
-    method: str, cost: StepCost, reference: StepCost, total_mafs: float, hook_mafs_by_tasks: Mapping[int, float]
-) -> dict[str, Any]:
+    method: str, cost: StepCost, reference: StepCost, total_mafs: float, hook_mafs_by_tasks: Mapping[int, float],
+    trainable_params: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """One method's line of the `fif budget` table.
 
     Args:
@@ -188,14 +206,18 @@ def budget_row(
         cost, reference: the method's step and full fine-tuning's step (same model and batch).
         total_mafs: the run budget (:func:`run_budget_mafs`).
         hook_mafs_by_tasks: T → MAFs of one task's hooks when the stream has T tasks.
+        trainable_params: elements the method trains (reported as is).
 
     Returns:
-        ``method, gflops_per_step, peak_memory_gib, memory_multiplier, mafs_per_step`` and
-        ``steps_per_task`` ({str(T): floor((total/T − hooks)/step)}, 0 when not even one step fits).
+        ``method, accounting, trainable_params, gflops_per_step, peak_memory_gib, memory_multiplier,
+        mafs_per_step`` and ``steps_per_task`` ({str(T): floor((total/T − hooks)/step)}, 0 when not even
+        one step fits).
     """
     step = mafs_per_step(cost, reference)
     return {
         "method": method,
+        "accounting": cost.accounting,
+        "trainable_params": trainable_params,
         "gflops_per_step": cost.flops / 1e9,
         "peak_memory_gib": cost.peak_memory_bytes / GIB,
         "memory_multiplier": memory_multiplier(cost, reference),

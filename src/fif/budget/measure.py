@@ -22,11 +22,17 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from fif.budget.mafs import BudgetError, StepCost
+from fif.budget.mafs import ACCOUNTINGS, BudgetError, StepCost
 from fif.core.flops import flop_counting, meta_copy
 from fif.core.optim import OptimConfig
 from fif.data.batch import Batch, synthetic_batch
-from fif.methods.base import BuildsOptimizer, UpdateMethod, optimizer_state_bytes_of
+from fif.methods.base import (
+    BuildsOptimizer,
+    UpdateMethod,
+    freeze_batchnorm_statistics,
+    method_state_bytes,
+    optimizer_state_bytes_of,
+)
 from fif.model.clip import Clip, build_clip
 
 log = logging.getLogger(__name__)
@@ -56,11 +62,12 @@ def _storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum({_storage_key(t): t.untyped_storage().nbytes() for t in tensors}.values())
 
 
-def trace_step(model: nn.Module, method: UpdateMethod, batch: Batch) -> StepTrace:
+def trace_step(model: nn.Module, method: UpdateMethod, batch: Batch, recompute_attention: bool = False) -> StepTrace:
     """Run ``method.loss(batch, model)`` forward and backward once, counting FLOPs and saved activations.
 
     Gradients go to the parameters with ``requires_grad`` (via ``torch.autograd.grad``, so no ``.grad``
-    is written). Works on any device, including meta.
+    is written). Works on any device, including meta. ``recompute_attention``: see
+    :func:`fif.core.flops.flop_counting` (paper accounting).
     """
     known = {_storage_key(t) for t in [*model.parameters(), *model.buffers(), batch.images, batch.tokens, batch.source]}
     saved: dict[int, int] = {}
@@ -72,7 +79,7 @@ def trace_step(model: nn.Module, method: UpdateMethod, batch: Batch) -> StepTrac
         return t
 
     params = [p for p in model.parameters() if p.requires_grad]
-    with flop_counting() as counter:
+    with flop_counting(recompute_attention) as counter:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = method.loss(batch, model).total
         forward = counter.get_total_flops()
@@ -92,6 +99,7 @@ def _training_only(model: nn.Module, trainable_ids: set[int]) -> Iterator[None]:
     try:
         for p in params:
             p.requires_grad_(id(p) in trainable_ids)
+        freeze_batchnorm_statistics(model)  # frozen BatchNorm layers run in eval mode, as in training
         model.train()
         yield
     finally:
@@ -116,13 +124,15 @@ def _quadratic_at(points: Mapping[int, int], x: int) -> int:
     return round(total)
 
 
-def _trace_by_extrapolation(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device) -> StepTrace:
+def _trace_by_extrapolation(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device,
+                            recompute_attention: bool = False) -> StepTrace:  # fmt: skip
     """Trace at small batches on ``device`` and extrapolate: FLOPs and activations are quadratic in B.
 
     f(B) = c0 + c1·B + c2·B² (per-sample work is linear, the B×B logits quadratic, B-free extras
     constant); fitted through B ∈ {2, 3, 4} and checked at B = 5.
     """
-    fits = {b: trace_step(clip.model, method, synthetic_batch(clip, b, device)) for b in (*_EXTRAPOLATION_BATCHES, 5)}
+    fits = {b: trace_step(clip.model, method, synthetic_batch(clip, b, device), recompute_attention)
+            for b in (*_EXTRAPOLATION_BATCHES, 5)}  # fmt: skip
     out = {}
     for name in ("flops", "forward_flops", "activation_bytes"):
         points = {b: getattr(fits[b], name) for b in _EXTRAPOLATION_BATCHES}
@@ -145,10 +155,12 @@ def estimate_peak_memory(
     activation_bytes: float,
     batch_bytes: float,
     optimizer_state_bytes: float | None = None,
+    method_state_bytes: float = 0.0,
 ) -> dict[str, float]:
     """The CPU/meta estimate of a step's peak memory, term by term (sum them for the peak).
 
     peak ≈ parameters (all, incl. buffers) + gradients (trainable) + optimizer state
+           + the method's own state (Fisher/Ω and anchors, teachers, replay buffers)
            + activations saved for backward + the batch,
 
     with the optimizer state AdamW's 2 × trainable unless ``optimizer_state_bytes`` is given (a method
@@ -162,6 +174,7 @@ def estimate_peak_memory(
         "parameters": float(param_bytes),
         "gradients": float(trainable_bytes),
         "optimizer_state": 2.0 * trainable_bytes if optimizer_state_bytes is None else float(optimizer_state_bytes),
+        "method_state": float(method_state_bytes),
         "activations": float(activation_bytes),
         "batch": float(batch_bytes),
     }
@@ -187,6 +200,7 @@ def run_real_steps(clip: Clip, method: UpdateMethod, batch_size: int, device: to
         p.requires_grad_(name in names)
         if name in names:
             trainable.append(p)
+    freeze_batchnorm_statistics(model)
     model.train()
     if isinstance(method, BuildsOptimizer):  # the method's own optimizer (GaLore), else AdamW
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -212,7 +226,9 @@ def _cuda_peak_bytes(clip: Clip, method: UpdateMethod, batch_size: int, device: 
     torch.cuda.synchronize(device)  # sync point: read the peak after the kernels ran
     peak = torch.cuda.max_memory_allocated(device) - baseline
     torch.cuda.empty_cache()
-    return float(peak)
+    # The method's state (Fisher, anchors, teachers, buffers) is held on the device all run long, but the
+    # zero-weight copy above does not allocate it (and a real clip's was allocated before the baseline).
+    return float(peak) + method_state_bytes(method)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,6 +242,7 @@ def measure_step_cost(
     device: torch.device | str = "cpu",
     *,
     amp_dtype: torch.dtype | None = None,
+    accounting: str = "exact",
 ) -> StepCost:
     """FLOPs and peak memory of one training step of ``method`` at ``batch_size``.
 
@@ -245,12 +262,17 @@ def measure_step_cost(
         batch_size: samples per optimizer step.
         device: ``"cpu"``/``"meta"`` for the estimate, ``"cuda[:i]"`` to measure the peak.
         amp_dtype: autocast dtype for the CUDA measurement (None = the model's dtype).
+        accounting: ``"exact"`` (what fif computes) or ``"paper"`` (FiF Tab. 4's FLOP count: a fused
+            attention backward also pays for recomputing QKᵀ; see :mod:`fif.budget.mafs` for the rest).
 
     Raises:
-        BudgetError: bad batch size, or a loss that can be traced neither on meta nor on the device.
+        BudgetError: bad batch size or accounting, or a loss that can be traced neither on meta nor on the device.
     """
     if batch_size < 1:
         raise BudgetError(f"batch size must be >= 1, got {batch_size}")
+    if accounting not in ACCOUNTINGS:
+        raise BudgetError(f"budget.accounting={accounting!r}: choose one of {', '.join(ACCOUNTINGS)}")
+    recompute = accounting == "paper"
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BudgetError(f"device {str(device)!r}: CUDA is not available here; use 'cpu' for the memory estimate")
@@ -259,17 +281,18 @@ def measure_step_cost(
         model, params = (clip.model, None) if clip.device.type == "meta" else meta_copy(clip.model)
         meta_ids = trainable_ids if params is None else {id(params[i]) for i in trainable_ids if i in params}
         with _training_only(model, meta_ids):
-            trace = trace_step(model, method, synthetic_batch(clip, batch_size, "meta"))
+            trace = trace_step(model, method, synthetic_batch(clip, batch_size, "meta"), recompute)
     except Exception as e:  # any op without a meta kernel, or a loss that mixes in real tensors
         if clip.device.type == "meta":
             raise BudgetError(f"method {method.name!r}: its loss does not run on the meta device ({e})") from e
         log.info("method %r does not trace on meta (%s); extrapolating from small batches", method.name, e)
         with _training_only(clip.model, trainable_ids):
-            trace = _trace_by_extrapolation(clip, method, batch_size, clip.device)
+            trace = _trace_by_extrapolation(clip, method, batch_size, clip.device, recompute)
 
     if device.type == "cuda":
         peak = _cuda_peak_bytes(clip, method, batch_size, device, trainable_ids, amp_dtype)
-        return StepCost(trace.flops, peak, "cuda_max_allocated", trace.forward_flops, batch_size)
+        return StepCost(trace.flops, peak, "cuda_max_allocated", trace.forward_flops, batch_size,
+                        accounting=accounting)  # fmt: skip
     trainable = [p for p in clip.model.parameters() if id(p) in trainable_ids]
     batch = synthetic_batch(clip, batch_size, "meta")
     parts = estimate_peak_memory(
@@ -278,8 +301,9 @@ def measure_step_cost(
         activation_bytes=trace.activation_bytes,
         batch_bytes=sum(t.numel() * t.element_size() for t in (batch.images, batch.tokens, batch.source)),
         optimizer_state_bytes=optimizer_state_bytes_of(method),
+        method_state_bytes=method_state_bytes(method),
     )
-    return StepCost(trace.flops, sum(parts.values()), "estimate", trace.forward_flops, batch_size, parts)
+    return StepCost(trace.flops, sum(parts.values()), "estimate", trace.forward_flops, batch_size, parts, accounting)
 
 
 def meta_clip(arch: str) -> Clip:

@@ -2,6 +2,7 @@
 
     fif budget --arch ViT-B-16 --batch-size 512 --methods finetune,locked_image,bitfit,lnfit
     fif budget --arch fif-mini-rn32 --batch-size 64 --tasks 20,50 --json
+    fif budget --arch ViT-B-16 --batch-size 512 --methods finetune,lora,ewc,si,bitfit --accounting paper
 
 FLOPs are counted on the meta device (no weights, no data, no GPU). Peak memory is an estimate on
 CPU (parameters + gradients + AdamW state + saved activations + batch) and measured with
@@ -33,6 +34,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--ft-steps", type=float, default=28400, help="run budget in full fine-tuning steps")
     parser.add_argument("--mafs", type=float, default=None, help="run budget in absolute MAFs (overrides --ft-steps)")
     parser.add_argument("--device", default="cpu", help="cpu (memory estimate) or cuda[:i] (measured peak memory)")
+    parser.add_argument(
+        "--accounting", default="exact", choices=["exact", "paper"],
+        help="exact: what fif computes; paper: FiF Tab. 4's count (attention backward recomputes QK^T, task "
+             "passes charged per step, methods at FiF's settings such as EWC's 50,000 Fisher samples)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run_budget)
 
@@ -65,8 +71,15 @@ def _parse_methods(text: str) -> list[str]:
 
 def measure_rows(args: argparse.Namespace) -> dict:
     """Measure every method and build the table (a JSON-able dict with ``rows``)."""
-    from fif.budget import budget_row, hook_cost_mafs, measure_step_cost, meta_clip, run_budget_mafs
-    from fif.methods import TaskInfo, build_method
+    from fif.budget import (
+        budget_row,
+        hook_cost_mafs,
+        measure_step_cost,
+        meta_clip,
+        paper_step_cost,
+        run_budget_mafs,
+    )
+    from fif.methods import TaskInfo, build_method, method_class
     from fif.model.clip import ModelLoadError
 
     tasks, names = _parse_tasks(args.tasks), _parse_methods(args.methods)
@@ -78,16 +91,23 @@ def measure_rows(args: argparse.Namespace) -> dict:
             clip = meta_clip(args.arch)
         except ModelLoadError as e:
             raise CliError(str(e)) from e
-        method = build_method(name, {}, clip)
-        measured[name] = (method, measure_step_cost(clip, method, args.batch_size, args.device))
+        paper = args.accounting == "paper"
+        method = build_method(name, dict(getattr(method_class(name), "paper_options", {})) if paper else {}, clip)
+        cost = measure_step_cost(clip, method, args.batch_size, args.device, accounting=args.accounting)
+        measured[name] = (method, cost, sum(p.numel() for _, p in method.trainable_parameters()))
     reference = measured["finetune"][1]
     total = run_budget_mafs(args.ft_steps, args.mafs, reference)
     rows = []
     for name in names:
-        method, cost = measured[name]
-        hooks = {t: hook_cost_mafs(method.extra_cost(TaskInfo(0, t, [], 0)), reference) for t in tasks}
-        rows.append(budget_row(name, cost, reference, total, hooks))
+        method, cost, trainable = measured[name]
+        if args.accounting == "paper":  # the hook is in every step, not once per task
+            cost = paper_step_cost(cost, method.extra_cost(TaskInfo(0, max(tasks) + 1, [], 0)))
+            hooks = {t: 0.0 for t in tasks}
+        else:
+            hooks = {t: hook_cost_mafs(method.extra_cost(TaskInfo(0, t, [], 0)), reference) for t in tasks}
+        rows.append(budget_row(name, cost, reference, total, hooks, trainable))
     return {
+        "accounting": args.accounting,
         "arch": args.arch,
         "batch_size": args.batch_size,
         "budget_ft_steps": None if args.mafs is not None else args.ft_steps,

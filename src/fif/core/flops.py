@@ -39,8 +39,19 @@ def attention_backward_flops(
     return 2 * attention_forward_flops(query_shape, key_shape, value_shape)
 
 
-def _attention_flop_formulas() -> dict[Any, Callable[..., int]]:
-    """FlopCounterMode overrides: fused attention kernels (CPU and CUDA) → the math convention above."""
+def attention_backward_flops_recomputed(
+    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+) -> int:
+    """Backward FLOPs of a fused attention kernel as torch's FlopCounterMode charges it on CUDA: the math
+    backward plus the recomputation of S = QKᵀ (2·b·h·s_q·s_k·d_qk). The FiF paper's Tab. 4 was counted so."""
+    b, h, s_q, d_qk = _bhsd(query_shape)
+    recompute = 2 * b * h * s_q * _bhsd(key_shape)[2] * d_qk
+    return attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape) + recompute
+
+
+def _attention_flop_formulas(recompute: bool = False) -> dict[Any, Callable[..., int]]:
+    """FlopCounterMode overrides: fused attention kernels (CPU and CUDA) → the math convention above
+    (``recompute``: the backward also pays for recomputing QKᵀ, as the paper's count did)."""
     aten = torch.ops.aten
     forward = ["_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
                "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"]  # fmt: skip
@@ -49,7 +60,8 @@ def _attention_flop_formulas() -> dict[Any, Callable[..., int]]:
         if hasattr(aten, name):
             formulas[getattr(aten, name)] = attention_forward_flops
         if hasattr(aten, name + "_backward"):
-            formulas[getattr(aten, name + "_backward")] = attention_backward_flops
+            backward = attention_backward_flops_recomputed if recompute else attention_backward_flops
+            formulas[getattr(aten, name + "_backward")] = backward
     return formulas
 
 
@@ -94,12 +106,17 @@ def _fused_on_meta(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
 
 
 @contextlib.contextmanager
-def flop_counting() -> Iterator[FlopCounterMode]:
-    """A FlopCounterMode with fif's conventions (see the module docstring); yields the counter."""
+def flop_counting(recompute_attention: bool = False) -> Iterator[FlopCounterMode]:
+    """A FlopCounterMode with fif's conventions (see the module docstring); yields the counter.
+
+    Args:
+        recompute_attention: charge a fused attention backward its QKᵀ recomputation too (the FiF paper's
+            count, ``budget.accounting=paper``); default: the math only.
+    """
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        counter = FlopCounterMode(display=False, custom_mapping=_attention_flop_formulas())
+        counter = FlopCounterMode(display=False, custom_mapping=_attention_flop_formulas(recompute_attention))
         with _meta_attention_as_fused(), counter:
             yield counter
     finally:

@@ -27,6 +27,7 @@ from fif.methods.base import (
     UpdateMethod,
     deploy_model_for,
     freeze_all_but,
+    freeze_batchnorm_statistics,
     optimizer_for,
     optimizer_state_bytes_of,
 )

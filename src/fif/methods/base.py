@@ -82,10 +82,15 @@ class LossOutput:
 
 @dataclass
 class HookCost:
-    """Compute a task hook spends outside the training steps (charged to the budget)."""
+    """Compute a task hook spends outside the training steps (charged to the budget).
+
+    ``samples``: the samples a pass over task data reads (0 = not such a pass); the paper's accounting
+    charges such a pass per step as ceil(samples / batch) training steps (FiF Tab. 4's EWC).
+    """
 
     flops: float = 0.0
     peak_memory_bytes: float = 0.0
+    samples: int = 0
 
 
 @dataclass
@@ -205,6 +210,37 @@ def optimizer_state_bytes_of(method: UpdateMethod) -> float | None:
     return method.optimizer_state_bytes() if isinstance(method, BuildsOptimizer) else None
 
 
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the distinct tensors in ``value`` (nested dicts, lists and tuples; anything else counts 0)."""
+    found: dict[int, int] = {}
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            found[id(v)] = v.numel() * v.element_size()
+        elif isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                walk(item)
+
+    walk(value)
+    return sum(found.values())
+
+
+def method_state_bytes(method: UpdateMethod) -> float:
+    """Device bytes a method holds beyond the model, its gradients and optimizer state (Fisher/Ω and
+    anchors, SI's path integral, teachers, replay buffers), in the steady state of a run (after a task).
+
+    The method's own ``state_bytes()`` where it defines one (state that appears only after the first task,
+    or is not in its checkpoint state, such as a teacher rebuilt from θ0), else the tensors of its
+    ``state_dict()``. Counted into a step's peak memory, so into the MAF memory multiplier (FiF Tab. 4:
+    EWC 1.0132, SI 1.0013).
+    """
+    own = getattr(method, "state_bytes", None)
+    return float(own() if callable(own) else tensor_bytes(method.state_dict()))
+
+
 def deploy_model_for(method: UpdateMethod, model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
     """A new model holding ``weights`` (from ``deploy_weights`` or a merge of them), to evaluate and ship.
 
@@ -235,6 +271,8 @@ class BaseMethod:
     # Why the method decides the weights each task trains from ("" = it does not): a merge preset's
     # ``merge.init`` then yields to it and an explicit one is refused (fif.config.composition).
     owns_start_weights: ClassVar[str] = ""
+    # Options that differ from the defaults in FiF's own runs (`fif budget --accounting paper`, the fif preset)
+    paper_options: ClassVar[dict[str, Any]] = {}
     clip_loss: ClipLoss = ClipLoss()  # replaced by the runner's (build_method); read it when the loss runs
 
     def __init__(self, clip: Clip, config: Any):
@@ -287,8 +325,37 @@ class BaseMethod:
 
 
 def freeze_all_but(model: nn.Module, trainable: list[tuple[str, nn.Parameter]]) -> int:
-    """Set requires_grad so that exactly ``trainable`` get gradients; returns their element count."""
+    """Set requires_grad so that exactly ``trainable`` get gradients, and keep the running statistics of
+    frozen BatchNorm layers frozen (:func:`freeze_batchnorm_statistics`); returns the trainable element count."""
     keep = {id(p) for _, p in trainable}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
+    freeze_batchnorm_statistics(model)
     return sum(p.numel() for _, p in trainable)
+
+
+def batchnorm_is_frozen(module: nn.Module) -> bool:
+    """True for a BatchNorm layer with a parameter that gets no gradient (a locked tower, BitFit's frozen
+    scale, LoRA's base model): its running statistics are part of the frozen model and must not move."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and any(
+        not p.requires_grad for p in module.parameters(recurse=False)
+    )
+
+
+def _eval_if_frozen(module: nn.Module, inputs: Any) -> None:
+    if module.training and batchnorm_is_frozen(module):
+        module.training = False
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Make every frozen BatchNorm layer of ``model`` run in eval mode (running statistics used, never
+    updated), whatever ``model.train()`` says.
+
+    A forward pre-hook decides at each call from the layer's ``requires_grad`` flags, so the rule holds
+    wherever ``train()`` is called (the training loop, a pass that restores ``train(was_training)``), in
+    copies of the model (``deepcopy`` keeps hooks) and after the flags change. Idempotent.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not getattr(module, "_fif_bn_hook", False):
+            module.register_forward_pre_hook(_eval_if_frozen)
+            module._fif_bn_hook = True

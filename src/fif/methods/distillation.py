@@ -36,9 +36,10 @@ from torch import nn
 from fif.core.flops import count_flops, meta_copy
 from fif.core.seeding import seeded_generator
 from fif.data.batch import Batch
-from fif.methods.base import BaseMethod, HookCost, LossOutput, TaskInfo
-from fif.methods.common import check_choice, check_positive, stand_in
+from fif.methods.base import BaseMethod, HookCost, LossOutput, TaskInfo, tensor_bytes
+from fif.methods.common import check_choice, check_non_negative, check_positive, stand_in
 from fif.methods.registry import register_method
+from fif.methods.regularizers.importance import Anchor
 from fif.model.clip import Clip
 from fif.model.loss import clip_features
 
@@ -220,7 +221,11 @@ class ZsclConfig:
                   "trains from, and evaluation sees, the consolidated weights"},
     )
     wise_alpha: float = field(default=0.5, metadata={"help": "α of ensemble=wise: the weight of θ0"})
-    average_every: int = field(default=10, metadata={"help": "steps between the samples of ensemble=average"})
+    average_every: int = field(default=10, metadata={"help": "steps between the samples of ensemble=average (the task's start weights are the first)"})
+    l2_strength: float = field(
+        default=0.0,
+        metadata={"help": "μ of ZSCL's optional L2 term μ·Σ‖θ − θ_start‖² to the task's start weights (0 = off)"},
+    )
 
     def __post_init__(self):
         check_positive("strength", self.strength)
@@ -234,6 +239,7 @@ class ZsclConfig:
         if not 0.0 <= self.wise_alpha <= 1.0:
             raise ValueError(f"method.wise_alpha must be in [0, 1] (0 = no interpolation), got {self.wise_alpha!r}")
         check_positive("average_every", self.average_every, integer=True)
+        check_non_negative("l2_strength", self.l2_strength)
 
 
 @register_method("zscl")
@@ -262,6 +268,7 @@ class Zscl(BaseMethod):
         self._average_count = 0
         self._reference_cost: HookCost | None = None
         self.generator = seeded_generator(self.teacher.device, 0, "zscl-reference")
+        self._to_start = Anchor(self.trainable_parameters()) if config.l2_strength > 0 else None
 
     # --- the reference set ------------------------------------------------------------------------
     def _reference_for(self, device: torch.device) -> torch.Tensor | None:
@@ -330,18 +337,28 @@ class Zscl(BaseMethod):
                 t_ref = self._teacher_text(teacher, tokens, t_img.shape[-1])
                 if rows_ref is not None:
                     t_ref, tokens = t_ref.index_select(0, rows_ref), tokens.index_select(0, rows_ref)
-            t_logits = teacher.logit_scale.exp() * t_img @ t_ref.t()
+            t_scale = teacher.logit_scale.exp()
+            t_logits = t_scale * t_img @ t_ref.t()
+            t_text = t_scale * t_ref @ t_img.t()  # the same product as the student's text side, so 0 at θ0
         s_ref = txt if tokens is None else model.encode_text(tokens, normalize=True)
-        s_logits = scale * img @ s_ref.t()
+        # Image side (Zheng et al.): the student's images against θ0's fixed reference text features, so
+        # the student's own text tower is not in this term (it would distil itself).
+        s_logits = scale * img @ t_ref.t().to(img.dtype)
         image_side = distillation_kl(s_logits, t_logits, cfg.temperature, rows)
-        # Each reference text's distribution over the pretraining images only: other columns masked out.
+        # Text side: the student's reference texts against θ0's image features, over the pretraining
+        # images only (other columns masked out).
+        s_text = scale * s_ref @ t_img.t().to(s_ref.dtype)
         out_cols = (rows == 0)[None, :]
         text_side = distillation_kl(
-            s_logits.t().float().masked_fill(out_cols, _MASKED), t_logits.t().float().masked_fill(out_cols, _MASKED),
+            s_text.float().masked_fill(out_cols, _MASKED), t_text.float().masked_fill(out_cols, _MASKED),
             cfg.temperature,
         )
         total = clip + cfg.strength * (image_side + text_side)
         parts = {"clip": clip.detach(), "distill_image": image_side.detach(), "distill_text": text_side.detach()}
+        l2 = None if self._to_start is None else self._to_start.penalty()
+        if l2 is not None:
+            total = total + cfg.l2_strength * l2
+            parts["l2_to_start"] = l2.detach()
         return LossOutput(total, parts)
 
     # --- hooks -----------------------------------------------------------------------------------
@@ -359,7 +376,11 @@ class Zscl(BaseMethod):
         """ensemble=average: fold the weights into the running mean every ``average_every`` steps (device ops)."""
         if self.config.ensemble != "average" or (step + 1) % self.config.average_every:
             return
-        floats = {k: v for k, v in self.clip.model.state_dict().items() if v.is_floating_point()}
+        self._fold_into_average(self.clip.model.state_dict())
+
+    def _fold_into_average(self, weights: dict[str, torch.Tensor]) -> None:
+        """One more sample of the running mean (the first sample of a task replaces the old mean in place)."""
+        floats = {k: v for k, v in weights.items() if v.is_floating_point()}
         self._average_count += 1
         with torch.no_grad():
             if self._average is None:
@@ -402,13 +423,30 @@ class Zscl(BaseMethod):
         return None
 
     def training_weights(self) -> dict[str, torch.Tensor] | None:
+        """The consolidated weights of the last task (None on the first). ensemble=average: they are also
+        the running mean's first sample (ZSCL's weight consolidation averages from the task's start)."""
         start, self._start = self._start, None
+        if self.config.ensemble == "average" and self._average_count == 0:
+            self._fold_into_average(start if start is not None else self.clip.model.state_dict())
+        if self._to_start is not None:  # θ_start of the L2 term: the weights this task trains from
+            self._to_start.set_anchor()
+            if start is not None:
+                with torch.no_grad():
+                    for n, a in self._to_start.anchor.items():
+                        a.copy_(start[n])
+            self._to_start.importance = {n: torch.ones((), device=a.device) for n, a in self._to_start.anchor.items()}
         return start
 
     def deploy_weights(self) -> dict[str, torch.Tensor] | None:
         return self._consolidated() if self._pending else None
 
     # --- resume --------------------------------------------------------------------------------------
+    def state_bytes(self) -> float:
+        """The θ0 teacher, the weight ensemble's running average (one more copy of the model from the
+        first task's end on) and the reference captions with their cached teacher features."""
+        model = tensor_bytes(self.teacher.state_dict())
+        return float(2 * model + tensor_bytes([self.reference_tokens, self._teacher_reference]))
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "reference_tokens": self.reference_tokens,
@@ -416,10 +454,11 @@ class Zscl(BaseMethod):
             "average": self._average,
             "average_count": self._average_count,
             "generator": None if self.generator is None else self.generator.get_state(),
+            "start": None if self._to_start is None else self._to_start.anchor,  # θ_start of the L2 term
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        keys = {"reference_tokens", "pending", "average", "average_count", "generator"}
+        keys = {"reference_tokens", "pending", "average", "average_count", "generator", "start"}
         if set(state) != keys:
             raise ValueError(f"method 'zscl': checkpoint state must hold {sorted(keys)}, got {sorted(state)}")
         device = self.teacher.device
@@ -439,3 +478,6 @@ class Zscl(BaseMethod):
         self._average_count = int(state["average_count"])
         if state["generator"] is not None and self.generator is not None:
             self.generator.set_state(state["generator"].cpu())
+        if self._to_start is not None and state["start"] is not None:
+            self._to_start.load_state_dict({"anchor": state["start"], "importance": None}, self.name)
+            self._to_start.importance = {n: torch.ones((), device=a.device) for n, a in self._to_start.anchor.items()}

@@ -11,12 +11,19 @@ from fif.methods.registry import register_method
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
+def is_bias(name: str) -> bool:
+    """True for a bias parameter: its last name component is ``bias`` or ends in ``_bias`` (``in_proj_bias``)."""
+    last = name.rsplit(".", 1)[-1]
+    return last == "bias" or last.endswith("_bias")
+
+
 @register_method("bitfit")
 class BitFit(BaseMethod):
-    """Train only bias terms (Ben Zaken et al. 2022)."""
+    """Train only bias terms (Ben Zaken et al. 2022): every ``*.bias`` and every fused bias such as
+    ``nn.MultiheadAttention``'s ``in_proj_bias`` (the q, k and v biases in one tensor)."""
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.clip.model.named_parameters() if n.endswith(".bias") or n == "bias"]
+        return [(n, p) for n, p in self.clip.model.named_parameters() if is_bias(n)]
 
 
 @register_method("lnfit")

@@ -26,12 +26,15 @@ log = logging.getLogger(__name__)
 
 ADAPTER = "default"  # peft's adapter name; fif puts one adapter into a model
 _ATTENTION_PARTS = {"attn", "attnpool", "attention", "self_attn", "attn_pool"}
-_MLP_PARTS = {"mlp"}
+# open_clip names its MLPs ``mlp`` (``c_fc``/``c_proj``); Hugging Face text towers (BERT, RoBERTa, XLM-R)
+# name a block's MLP ``intermediate.dense`` and ``output.dense``. The attention output of those towers is
+# ``attention.output.dense``, which the attention check (first) claims.
+_MLP_PARTS = {"mlp", "intermediate", "output"}
 
 
 def layer_kind(name: str) -> str | None:
     """``"attn"``, ``"mlp"`` or None for a module or parameter name, from its path components."""
-    parts = set(name.split("."))
+    parts = set(name.split("."))  # attention first: HF's ``attention.output.dense`` is attention
     if parts & _ATTENTION_PARTS:
         return "attn"
     if parts & _MLP_PARTS:

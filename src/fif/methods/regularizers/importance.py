@@ -93,6 +93,11 @@ class Anchor:
     def state_dict(self) -> dict[str, Any]:
         return {"importance": self.importance, "anchor": self.anchor}
 
+    def bytes_per_copy(self) -> tuple[int, int]:
+        """(bytes of one fp32 copy, bytes of one copy in the parameters' dtypes) of the trainable weights."""
+        numel = sum(p.numel() for p in self.params.values())
+        return 4 * numel, sum(p.numel() * p.element_size() for p in self.params.values())
+
     def load_state_dict(self, state: dict[str, Any], method: str) -> None:
         """Load importance and anchor onto the parameters' devices; shapes and names must match.
 
@@ -221,7 +226,7 @@ class PassCost:
         flops = full * self.batch_flops(batch_size) if full else 0
         if rest:
             flops += self.batch_flops(rest)
-        return HookCost(flops=float(flops))
+        return HookCost(flops=float(flops), samples=samples)
 
 
 def _check_gamma(gamma: float) -> None:

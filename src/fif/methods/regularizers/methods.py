@@ -29,6 +29,11 @@ from fif.model.loss import clip_features
 log = logging.getLogger(__name__)
 
 
+def is_last(task: TaskInfo) -> bool:
+    """True for the stream's last task: an importance pass at its end would serve no later task."""
+    return task.index == task.num_tasks - 1
+
+
 @dataclass
 class EwcConfig:
     strength: float = field(
@@ -50,6 +55,11 @@ class EwcConfig:
         _check_gamma(self.gamma)
         check_positive("fisher_samples", self.fisher_samples, integer=True)
         check_positive("fisher_batch_size", self.fisher_batch_size, integer=True)
+        if self.fisher_batch_size < 2:  # one sample is its own only negative: the CLIP loss and its gradient are 0
+            raise ValueError(
+                f"method.fisher_batch_size={self.fisher_batch_size}: the Fisher pass takes the CLIP loss's gradient, "
+                "which is 0 for a batch of 1 (no negatives); use >= 2 (default 16)"
+            )
 
 
 @register_method("ewc")
@@ -61,6 +71,7 @@ class Ewc(BaseMethod):
 
     Config = EwcConfig
     owns_start_weights = "its anchor θ* is the weights the previous task ended with, where the next task starts"
+    paper_options = {"fisher_samples": 50_000}  # FiF §4 / Tab. 4
 
     def __init__(self, clip: Clip, config: EwcConfig):
         super().__init__(clip, config)
@@ -79,7 +90,9 @@ class Ewc(BaseMethod):
     def end_task(self, task: TaskInfo) -> None:
         """F ← γ·F + Fisher of this task at the current weights; θ* ← the current weights."""
         named = list(self.state.params.items())
-        if task.data is None:
+        if is_last(task):  # no later task is penalised: the pass would be wasted (and is not charged)
+            pass
+        elif task.data is None:
             log.warning("ewc: task %d came without its data (TaskInfo.data); the Fisher is not updated", task.index)
         else:
             cfg = self.config
@@ -90,8 +103,15 @@ class Ewc(BaseMethod):
             self.state.accumulate(fisher, cfg.gamma)
         self.state.set_anchor()
 
+    def state_bytes(self) -> float:
+        """The Fisher (fp32) and the anchor θ*, held from the first task's end on."""
+        fp32, native = self.state.bytes_per_copy()
+        return float(fp32 + native)
+
     def extra_cost(self, task: TaskInfo) -> HookCost:
-        """The Fisher pass: forward + backward over ``min(fisher_samples, task size)`` samples."""
+        """The Fisher pass: forward + backward over ``min(fisher_samples, task size)`` samples; 0 on the last task."""
+        if is_last(task):
+            return HookCost()
         return self._cost(pass_samples(self.config.fisher_samples, task), self.config.fisher_batch_size)
 
     def state_dict(self) -> dict[str, Any]:
@@ -152,7 +172,9 @@ class Mas(BaseMethod):
     def end_task(self, task: TaskInfo) -> None:
         """Ω ← γ·Ω + importance of this task at the current weights; θ* ← the current weights."""
         named = list(self.state.params.items())
-        if task.data is None:
+        if is_last(task):  # no later task is penalised: the pass would be wasted (and is not charged)
+            pass
+        elif task.data is None:
             log.warning("mas: task %d came without its data (TaskInfo.data); Ω is not updated", task.index)
         else:
             cfg = self.config
@@ -163,8 +185,16 @@ class Mas(BaseMethod):
             self.state.accumulate(omega, cfg.gamma)
         self.state.set_anchor()
 
+    def state_bytes(self) -> float:
+        """Ω (fp32) and the anchor θ*, held from the first task's end on."""
+        fp32, native = self.state.bytes_per_copy()
+        return float(fp32 + native)
+
     def extra_cost(self, task: TaskInfo) -> HookCost:
-        """The importance pass: forward + backward over ``min(importance_samples, task size)`` samples."""
+        """The importance pass: forward + backward over ``min(importance_samples, task size)`` samples; 0 on the
+        last task."""
+        if is_last(task):
+            return HookCost()
         return self._cost(pass_samples(self.config.importance_samples, task), self.config.importance_batch_size)
 
     def state_dict(self) -> dict[str, Any]:
@@ -195,12 +225,15 @@ class SiConfig:
 class Si(BaseMethod):
     """SI (Zenke et al. 2017): penalty c·Σ Ω(θ−θ*)², Ω from the path integral of the loss along training.
 
-    The path integral ω = −Σ_steps g·Δθ needs each step's gradient g and update Δθ. The runner frees the
-    gradients (``zero_grad(set_to_none=True)``) before ``after_step``, so ``begin_task`` registers a
-    ``post_accumulate_grad`` hook on each trainable parameter that keeps a reference to its final ``.grad``
-    (the tensor that loss scaling's unscale and gradient clipping then modify in place, so ``after_step``
-    sees the gradient the optimizer used) and a copy of the weights before the step. ``after_step`` adds
-    −g·(θ − θ_before) to ω on the device (non-finite terms of skipped steps count 0) and drops the
+    The path integral ω = −Σ_steps g·Δθ needs each step's gradient g = ∂L/∂θ and update Δθ (Zenke et al.
+    2017: the gradient of the loss, before any clipping). The runner frees the gradients
+    (``zero_grad(set_to_none=True)``) before ``after_step``, so ``begin_task`` registers a
+    ``post_accumulate_grad`` hook on each trainable parameter that keeps a reference to its final ``.grad``,
+    the squared norm it has when backward leaves it, and a copy of the weights before the step. Loss
+    scaling's unscale and gradient clipping then scale that tensor in place by one factor for all
+    parameters, and the loss's own backward hook sees the loss scale S (1 without fp16), so ``after_step``
+    recovers ∂L/∂θ = g_final · ‖g_raw‖ / (S·‖g_final‖) without a copy of the gradients, adds
+    −∂L/∂θ·(θ − θ_before) to ω on the device (non-finite terms of skipped steps count 0) and drops the
     references. g is the gradient of the whole training loss, penalty included (as in most SI ports; the
     original used the unregularized loss, which would need a second backward).
 
@@ -216,10 +249,22 @@ class Si(BaseMethod):
         self.omega: dict[str, torch.Tensor] | None = None  # the running path integral (during a task)
         self._before: dict[str, torch.Tensor] = {}  # θ before the step (filled by the gradient hooks)
         self._grads: dict[str, torch.Tensor] = {}  # references to this step's final gradients
+        self._raw_sq: dict[str, torch.Tensor] = {}  # their squared norms as backward left them (before clipping)
+        self._loss_scale: torch.Tensor | None = None  # d(backpropagated root)/d(loss): fp16's loss scale, else 1
         self._hooked: set[int] = set()
 
     def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
-        return _loss_with_penalty(super().loss(batch, model), self.state.penalty(), self.config.strength)
+        out = _loss_with_penalty(super().loss(batch, model), self.state.penalty(), self.config.strength)
+        self.watch_loss(out.total)
+        return out
+
+    def watch_loss(self, total: torch.Tensor) -> None:
+        """Record the factor the backward applies to ``total`` (GradScaler's S; 1 without loss scaling)."""
+        if self.omega is not None and total.requires_grad and total.device.type != "meta":
+            total.register_hook(self._record_scale)
+
+    def _record_scale(self, grad: torch.Tensor) -> None:
+        self._loss_scale = grad.detach().float()
 
     # --- the path integral ----------------------------------------------------------------------
     def _track(self) -> None:
@@ -240,6 +285,7 @@ class Si(BaseMethod):
             if name not in self._grads:  # first accumulation of this step: the weights before the step
                 self._before[name].copy_(p.detach())
             self._grads[name] = p.grad
+            self._raw_sq[name] = p.grad.detach().float().square().sum()  # the last accumulation's is final
 
         return capture
 
@@ -253,10 +299,20 @@ class Si(BaseMethod):
         if self.omega is None:
             return
         with torch.no_grad():
+            factor = self._unclip_factor()
             for n, g in self._grads.items():
-                term = g.float() * (self.state.params[n].detach().float() - self._before[n].float())
+                term = (g.float() * factor) * (self.state.params[n].detach().float() - self._before[n].float())
                 self.omega[n].sub_(torch.nan_to_num(term, nan=0.0, posinf=0.0, neginf=0.0))
-        self._grads = {}  # drop the references: the gradients' memory is freed here
+        self._grads, self._raw_sq, self._loss_scale = {}, {}, None  # drop the references: gradients freed here
+
+    def _unclip_factor(self) -> torch.Tensor | float:
+        """‖g_raw‖ / (S·‖g_final‖): turns the gradient the optimizer used back into ∂L/∂θ (device scalar)."""
+        if not self._grads:
+            return 1.0
+        raw = torch.stack([self._raw_sq[n] for n in self._grads]).sum()
+        final = torch.stack([g.detach().float().square().sum() for g in self._grads.values()]).sum()
+        ratio = torch.where(final > 0, (raw / final).sqrt(), torch.ones_like(raw))
+        return ratio / self._loss_scale if self._loss_scale is not None else ratio
 
     def end_task(self, task: TaskInfo) -> None:
         """Ω += max(ω/(Δ² + ξ), 0) with Δ = θ − θ*; then θ* ← θ and ω is reset."""
@@ -269,7 +325,12 @@ class Si(BaseMethod):
                     new[n] = (self.omega[n] / (delta.square() + self.config.xi)).clamp_(min=0.0)
             self.state.accumulate(new, 1.0)
         self.state.set_anchor()
-        self.omega, self._before, self._grads = None, {}, {}
+        self.omega, self._before, self._grads, self._raw_sq = None, {}, {}, {}
+
+    def state_bytes(self) -> float:
+        """Ω and ω (fp32), the anchor θ* and θ before the step: held during every task after the first."""
+        fp32, native = self.state.bytes_per_copy()
+        return float(2 * fp32 + 2 * native)
 
     # --- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
