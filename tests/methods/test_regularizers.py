@@ -330,7 +330,8 @@ def test_extra_cost_counts_the_pass_and_leaves_fewer_steps(name, mini_clip):
     task_budget = 20 * reference.flops
     plain = max_steps(task_budget, mafs_per_step(reference, reference))
     with_pass = max_steps(task_budget, mafs_per_step(step, reference), hook_cost_mafs(cost, reference))
-    assert plain == 20 and with_pass == 16
+    # the pass costs 4 steps; the Fisher/importance and anchor copies the method holds raise its memory multiplier
+    assert plain == 20 and with_pass == {"ewc": 11, "mas": 11}[name], with_pass
 
 
 def test_si_costs_no_extra_flops(mini_clip):
