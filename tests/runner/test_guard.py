@@ -82,6 +82,64 @@ def test_a_run_of_bad_steps_is_counted_across_log_intervals():
     assert log.rollback and log.steps == 8
 
 
+def test_a_task_shorter_than_max_bad_steps_rolls_back_when_every_step_was_skipped():
+    log, _ = toy_run(set(range(8)), max_bad_steps=10, log_every=50)
+    assert log.rollback and log.diverged == "steps" and log.steps == 8
+    log, _ = toy_run(set(range(1, 8)), max_bad_steps=10, log_every=50)  # step 0 learnt: skipped, not rolled back
+    assert not log.rollback and log.nonfinite_steps == 7
+
+
+class BreakWeights(ToyMethod):
+    """Finite losses, but after step ``at`` the weights (or the optimizer's moments) hold NaN/inf: what a huge
+    learning rate or eps=0 does (the loss and gradient checks cannot see it)."""
+
+    def __init__(self, at: int, where: str, optimizer=None):
+        super().__init__(set())
+        self.at, self.where, self.optimizer, self.model = at, where, optimizer, None
+
+    def loss(self, batch, model):
+        self.model = model
+        return super().loss(batch, model)
+
+    def after_step(self, batch, step):
+        if step != self.at:
+            return
+        with torch.no_grad():
+            if self.where == "weights":
+                self.model.weight[0, 0] = float("inf")
+            else:
+                next(iter(self.optimizer.state.values()))["exp_avg_sq"].view(-1)[0] = float("nan")
+
+
+@pytest.mark.parametrize("where", ["weights", "optimizer"])
+def test_nonfinite_weights_or_optimizer_state_stop_the_task_at_the_next_log(where):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = build_optimizer(list(model.named_parameters()), 1e-2, OptimConfig(impl="foreach"))
+    seen = []
+    log = train_task(model, BreakWeights(5, where, opt), opt, toy_batches(12), lambda s: 1e-2, 12, CPU, log_every=4,
+                     on_step=lambda lg: seen.append(lg.steps), max_bad_steps=0)  # even when only skipping
+    assert log.rollback and log.diverged == "weights" and log.steps == 8
+    assert seen == list(range(1, 8))  # on_step (which checkpoints) never saw the broken step 8
+
+
+def test_the_guard_adds_no_host_sync_between_logs():
+    """The weights check rides on the logging interval's one read: no extra .item()/.tolist() per step."""
+    calls = {"n": 0}
+    real = torch.Tensor.tolist
+
+    def counting(t):
+        calls["n"] += 1
+        return real(t)
+
+    torch.Tensor.tolist = counting
+    try:
+        toy_run(set(), steps=8, log_every=4)
+    finally:
+        torch.Tensor.tolist = real
+    assert calls["n"] == 2
+
+
 def test_resumed_task_log_continues_the_interval_exactly():
     full, _ = toy_run(set(), steps=8, log_every=4)
     torch.manual_seed(0)

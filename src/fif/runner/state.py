@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from fif.budget import Ledger, StepCost
+from fif.core.finite import all_finite, checked_tensors, optimizer_tensors
 from fif.core.io import CheckpointError, atomic_write_json
 from fif.core.seeding import capture_rng
 from fif.data.bad_samples import BadSampleLog
@@ -40,6 +41,18 @@ from fif.runner.spec import RunSpec
 from fif.train.loop import TaskLog
 
 log = logging.getLogger(__name__)
+
+
+class _Rollback(Exception):
+    """Raised out of a task to return to the newest valid checkpoint (the stream loop catches it).
+
+    ``reason``: ``"steps"`` (``guard.max_bad_steps`` consecutive non-finite steps, or every step of a
+    shorter task) or ``"weights"`` (non-finite weights, buffers or optimizer state).
+    """
+
+    def __init__(self, task: int, step: int, reason: str = "steps"):
+        super().__init__(f"task {task} step {step}: {reason}")
+        self.task, self.step, self.reason = task, step, reason
 
 
 @dataclass
@@ -111,11 +124,18 @@ def save_run_checkpoint(
 
     Returns:
         The checkpoint's folder (None on ranks other than 0).
+
+    Raises:
+        _Rollback: the weights or the optimizer state hold NaN/inf (nothing is written: a checkpoint is a
+            rollback target and must never hold a diverged model).
     """
-    if not spec.ranks.is_main:
-        return None
     keeps_optimizer = position.started or not spec.cfg.train.optimizer_reset
     optimizer = state.optimizer if keeps_optimizer else None
+    # every rank checks (the weights are the same on all), so all of them roll back together
+    if not bool(all_finite([*checked_tensors(spec.clip.model.state_dict()), *optimizer_tensors(optimizer)])):  # sync
+        raise _Rollback(position.task, position.step, "weights")
+    if not spec.ranks.is_main:
+        return None
     events = spec.events.path.read_bytes() if spec.events.path.is_file() else b""
     saved = {
         "ledger": state.ledger.to_dict(),
@@ -130,7 +150,8 @@ def save_run_checkpoint(
         "rng": capture_rng(),
     }
     cfg = spec.cfg
-    meta = {"seed": cfg.run.seed, "method": cfg.method.name, "arch": cfg.model.arch, "tasks": len(spec.tasks)}
+    meta = {"seed": cfg.run.seed, "method": cfg.method.name, "arch": cfg.model.arch, "tasks": len(spec.tasks),
+            "config": cfg.to_dict()}  # what resume trusts over a config.yaml edited since
     root = spec.out_dir / CHECKPOINT_DIR
     path = save_checkpoint(root, position, spec.clip.model.state_dict(), saved, meta)
     prune(root, cfg.checkpoint.keep_last)

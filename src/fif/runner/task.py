@@ -45,19 +45,11 @@ from fif.runner import samples
 from fif.runner.checkpoint import CHECKPOINT_DIR, Checkpoint, Position, latest_valid, remove_after
 from fif.runner.folder import RunInterrupted, TrainingDivergedError
 from fif.runner.spec import RunSpec
-from fif.runner.state import GuardState, RunState, TaskRun, save_run_checkpoint
+from fif.runner.state import GuardState, RunState, TaskRun, _Rollback, save_run_checkpoint
 from fif.train.loop import STAT_RUN, TaskLog, fix_temperature_, to_device, train_task
 from fif.train.schedules import task_curve
 
 log = logging.getLogger(__name__)
-
-
-class _Rollback(Exception):
-    """Raised out of a task when ``guard.max_bad_steps`` consecutive steps were non-finite."""
-
-    def __init__(self, task: int, step: int):
-        super().__init__(f"task {task} step {step}")
-        self.task, self.step = task, step
 
 
 def latest_weights(spec: RunSpec) -> dict[str, torch.Tensor]:
@@ -294,7 +286,7 @@ def run_task(spec: RunSpec, state: RunState, task: Task, current: TaskRun | None
     batches = task_batches(spec, task, steps)
     tlog, eval_seconds = train_steps(spec, state, task, current, batches)
     if tlog.rollback:
-        raise _Rollback(task.index, tlog.steps)
+        raise _Rollback(task.index, tlog.steps, tlog.diverged)
     if ranks.agree(spec.stop is not None and spec.stop.requested):  # signalled after the last step's check
         path = save_run_checkpoint(spec, state, Position(task.index, True, tlog.steps), tlog)
         raise RunInterrupted(spec.stop.signum, spec.out_dir, path)
@@ -437,8 +429,12 @@ def restore_run_state(
     return state, current
 
 
-def roll_back(spec: RunSpec, state: RunState, task: int, step: int) -> tuple[Position, RunState, TaskRun | None]:
+def roll_back(
+    spec: RunSpec, state: RunState, task: int, step: int, reason: str = "steps"
+) -> tuple[Position, RunState, TaskRun | None]:
     """Return to the newest valid checkpoint with the learning rate scaled by ``guard.lr_factor``.
+
+    ``reason`` is the :class:`~fif.runner.state._Rollback`'s: ``"steps"`` or ``"weights"``.
 
     Returns:
         The checkpoint's position, the run's state there (with the guard's new lr scale and rollback count)
@@ -448,7 +444,9 @@ def roll_back(spec: RunSpec, state: RunState, task: int, step: int) -> tuple[Pos
         TrainingDivergedError: ``guard.max_rollbacks`` are used up, or no checkpoint verifies.
     """
     g, guard = spec.cfg.guard, state.guard
-    what = f"task {task}: {g.max_bad_steps} consecutive non-finite steps (loss or gradient) by step {step}"
+    what = (f"task {task}: non-finite weights or optimizer state by step {step}" if reason == "weights" else
+            f"task {task}: {g.max_bad_steps} consecutive non-finite steps (loss or gradient), or every step of "
+            f"the task, by step {step}")
     if guard.rollbacks >= g.max_rollbacks:
         raise TrainingDivergedError(
             f"{what}, after {guard.rollbacks} rollbacks (lr x{guard.lr_scale:g}). Lower train.lr, check the "
@@ -466,7 +464,7 @@ def roll_back(spec: RunSpec, state: RunState, task: int, step: int) -> tuple[Pos
     state.bad_samples = met
     spec.emit({
         "event": "rollback", "task": task, "step": step, "to_task": ckpt.position.task,
-        "to_step": ckpt.position.step, "lr_scale": guard.lr_scale, "rollbacks": guard.rollbacks,
+        "to_step": ckpt.position.step, "lr_scale": guard.lr_scale, "rollbacks": guard.rollbacks, "reason": reason,
     })
     log.warning(f"{what}; rolled back to {ckpt.path.name} with lr x{guard.lr_scale:g}")
     return ckpt.position, state, current

@@ -20,11 +20,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fif.core.device import autocast_context
+from fif.core.finite import all_finite, checked_tensors, optimizer_tensors
 from fif.data.batch import Batch
 from fif.methods.base import LossOutput, UpdateMethod
 from fif.model.clip import clamp_logit_scale_
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training produced non-finite weights or kept producing non-finite steps after the allowed
+    rollbacks; nothing diverged was written (the message says what to try)."""
 
 
 @dataclass
@@ -41,7 +47,8 @@ class TaskLog:
     seconds: float = 0.0
     nonfinite_steps: int = 0  # steps skipped for a non-finite loss or gradient (counted at log intervals)
     skips: list[tuple[int, int]] = field(default_factory=list)  # (step, steps skipped in the interval ending there)
-    rollback: bool = False  # ``max_bad_steps`` consecutive skipped steps: the caller should roll back
+    rollback: bool = False  # the caller should roll back (why: ``diverged``)
+    diverged: str = ""  # "steps": ``max_bad_steps`` consecutive skipped steps; "weights": non-finite weights/state
     stats: torch.Tensor | None = None
 
     def state_dict(self) -> dict:
@@ -52,7 +59,7 @@ class TaskLog:
     @classmethod
     def from_state_dict(cls, state: dict) -> "TaskLog":
         return cls(state["steps"], [tuple(x) for x in state["losses"]], 0.0, state["nonfinite_steps"],
-                   [tuple(x) for x in state["skips"]], False, state["stats"])
+                   [tuple(x) for x in state["skips"]], False, "", state["stats"])
 
 
 STAT_LOSS, STAT_FINITE, STAT_SKIPPED, STAT_RUN, STAT_LONGEST = range(5)
@@ -305,8 +312,10 @@ def train_task(
         log: the task's log so far, to continue it (resume, rollback); its ``steps`` overrides ``start_step``.
         on_step: called with the log after every step (e.g. to checkpoint); it must not sync the device
             unless it acts.
-        max_bad_steps: stop with ``log.rollback`` set once this many consecutive steps were skipped for a
-            non-finite loss or gradient (seen at the next log interval); 0 = only skip them.
+        max_bad_steps: stop with ``log.rollback`` set once this many consecutive steps (or every step of a
+            shorter task) were skipped for a non-finite loss or gradient (seen at the next log interval);
+            0 = only skip them. Non-finite weights, buffers or optimizer state (checked at every log
+            interval) always stop the loop with ``log.rollback`` set (``log.diverged == "weights"``).
 
     Returns:
         A :class:`TaskLog`.
@@ -318,7 +327,7 @@ def train_task(
     amp = functools.partial(autocast_context, device, precision)
     result = log if log is not None else TaskLog(steps=start_step)
     start_step = result.steps
-    result.rollback = False
+    result.rollback, result.diverged = False, ""
     if result.stats is None:
         result.stats = torch.zeros(5)
     result.stats = result.stats.to(device)
@@ -344,7 +353,10 @@ def train_task(
         _record_step_(result.stats, loss, bad)
         result.steps = step + 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            loss_sum, finite, skipped, _, longest = result.stats.tolist()  # sync: one host read per logging interval
+            # the weights, buffers and optimizer state, reduced on the device with the interval's stats
+            healthy = all_finite([*checked_tensors(model.state_dict()), *optimizer_tensors(optimizer)])
+            stats = torch.cat([result.stats, healthy.to(result.stats)[None]])
+            loss_sum, finite, skipped, _, longest, healthy = stats.tolist()  # sync: one host read per logging interval
             mean_loss = loss_sum / finite if finite else math.nan
             result.losses.append((step + 1, mean_loss))
             if skipped:
@@ -354,8 +366,12 @@ def train_task(
                 on_log(step + 1, mean_loss)
             result.stats[:STAT_RUN] = 0
             result.stats[STAT_LONGEST] = result.stats[STAT_RUN]  # a run of skipped steps goes on across logs
-            if max_bad_steps and longest >= max_bad_steps:
-                result.rollback = True
+            if not healthy:  # skipping steps cannot mend broken weights: always roll back
+                result.rollback, result.diverged = True, "weights"
+                break
+            # a task shorter than max_bad_steps rolls back when every one of its steps was skipped
+            if max_bad_steps and longest >= min(max_bad_steps, steps):
+                result.rollback, result.diverged = True, "steps"
                 break
         if on_step is not None:
             on_step(result)

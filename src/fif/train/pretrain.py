@@ -25,7 +25,7 @@ from fif.data.mixture import MixedBatches, MixtureCounts, MixtureSampler, Pool
 from fif.data.registry import Benchmark, get_benchmark
 from fif.methods.finetune import Finetune
 from fif.model.clip import build_clip, register_fif_models
-from fif.train.loop import train_task
+from fif.train.loop import TrainingDivergedError, train_task
 from fif.train.schedules import ScheduleSpec, task_curve
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def pretrain(
 
     Raises:
         ValueError: the benchmark has no pretraining pool.
+        TrainingDivergedError: the weights became non-finite.
     """
     if not benchmark.pretraining_pool:
         raise ValueError(f"benchmark {benchmark.name!r} has no pretraining pool to build a base model from")
@@ -90,7 +91,7 @@ def pretrain(
     schedule = ScheduleSpec(name="cosine", lr=spec.lr, lr_min_ratio=0.01, warmup_frac=min(spec.warmup_steps, spec.steps - 1) / spec.steps)
     lr_curve = task_curve(schedule, 0, spec.steps, 1)
     optimizer = build_optimizer(method.trainable_parameters(), spec.lr, OptimConfig(weight_decay=spec.weight_decay))
-    train_task(
+    tlog = train_task(
         clip.model,
         method,
         optimizer,
@@ -101,6 +102,11 @@ def pretrain(
         log_every=50,
         on_log=on_log,
     )
+    if tlog.rollback:  # non-finite weights: never cache a broken base model
+        raise TrainingDivergedError(
+            f"building the base model {spec.arch} diverged (non-finite weights by step {tlog.steps}); nothing was "
+            f"cached. Report this with your benchmark options."
+        )
     return {k: v.detach().cpu().contiguous() for k, v in clip.model.state_dict().items()}
 
 
