@@ -35,15 +35,20 @@ def read_yaml(path: str | Path) -> dict:
     """Parse a YAML mapping safely (no code execution).
 
     Raises:
-        ConfigError: the file is missing, not YAML, or not a mapping.
+        ConfigError: the file is missing, empty, not YAML (or not text), or not a mapping.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file {str(path)!r} does not exist"])
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError([f"{path}: not valid YAML: {e}"]) from e
+    if data is None:  # an empty file is a mistake, not "the built-in defaults"
+        raise ConfigError([
+            f"{path}: the file is empty; a config needs at least one section (run, model, data, ...). "
+            "Start from a preset: fif run --print-config --preset mini > my.yaml"
+        ])
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections (run, model, data, ...)"])
     return data

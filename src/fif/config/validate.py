@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 
+import torch
+
 from fif.config.composition import composition_problems
 from fif.config.schema import (
     OPTIMIZER_IMPLS,
@@ -21,6 +23,7 @@ from fif.config.schema import (
     StreamConfig,
     TrainConfig,
 )
+from fif.core.deps import missing_dependency_problems
 from fif.data.stream import DIFFICULTY_SPLITS, ORDERINGS, REFERENCES
 from fif.merge.temporal import merge_config_problems
 from fif.methods import method_config_problems
@@ -59,6 +62,11 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.warmup_frac: {t.warmup_frac} must be in [0, 1)")
     if t.weight_decay < 0:
         p.append("train.weight_decay: must be >= 0")
+    for key, beta in (("beta1", t.beta1), ("beta2", t.beta2)):
+        if not 0 <= beta < 1:
+            p.append(f"train.{key}: {beta} must be in [0, 1) (AdamW's moment decay; sgd's momentum is beta1)")
+    if t.eps <= 0:
+        p.append(f"train.eps: {t.eps} must be > 0 (AdamW divides by sqrt(v) + eps; FiF: 1e-8)")
     if t.grad_clip is not None and t.grad_clip <= 0:
         p.append("train.grad_clip: must be > 0 or null")
     if t.schedule not in schedule_names():
@@ -90,12 +98,34 @@ def validate(cfg: Config) -> list[str]:
             p.append(f"{key}: {workers} must be >= 0 (0 = in the main process)")
     if cfg.log.wandb_mode not in ("offline", "online", "disabled"):
         p.append(f"log.wandb_mode: {cfg.log.wandb_mode!r} is not one of offline, online, disabled")
-    if cfg.run.threads < 0:
-        p.append("run.threads: must be >= 0")
+    p.extend(_validate_run(cfg))
     p.extend(_validate_reliability(cfg.checkpoint, cfg.guard))
     p.extend(_validate_method(cfg))
     p.extend(_validate_merge(cfg.merge))
     p.extend(composition_problems(cfg.merge, cfg.method.name))
+    return p
+
+
+def _validate_run(cfg: Config) -> list[str]:
+    """The run section, the data loader, and the optional packages the log section needs."""
+    r, p = cfg.run, []
+    if r.threads < 0:
+        p.append("run.threads: must be >= 0")
+    if not 0 <= r.seed < 2**32:
+        p.append(f"run.seed: {r.seed} must be in [0, 2**32) (numpy's seed range)")
+    if r.device != "auto":
+        try:
+            torch.device(r.device)
+        except (RuntimeError, ValueError):
+            p.append(f"run.device: {r.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if cfg.data.num_workers < 0:
+        p.append(f"data.num_workers: {cfg.data.num_workers} must be >= 0 (0 = load in the main process)")
+    if cfg.eval.min_samples < 0:
+        p.append(f"eval.min_samples: {cfg.eval.min_samples} must be >= 0")
+    if cfg.log.tensorboard:
+        p += missing_dependency_problems("log.tensorboard=true", ("tensorboard",), "set log.tensorboard=false")
+    if cfg.log.wandb:
+        p += missing_dependency_problems("log.wandb=true", ("wandb",), "set log.wandb=false")
     return p
 
 

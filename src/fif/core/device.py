@@ -28,7 +28,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):  # torch lists every backend it knows; the user needs four
+        raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"run.device={name!r} but no CUDA device is available; use run.device=cpu or auto")
     return device

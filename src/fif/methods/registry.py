@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 from typing import Callable
 
+from fif.core.deps import missing_dependency_problems
 from fif.core.typed import ConfigError, from_dict
 from fif.methods.base import CAPABILITIES, UpdateMethod, capability_members
 from fif.model.clip import Clip
@@ -89,9 +90,12 @@ def method_config_problems(name: str, options: dict) -> list[str]:
         except KeyError as e:
             return [str(e.args[0])]
     cls = _METHODS[name]
-    problems: list[str] = []
+    # optional packages the method imports (its ``requires``): missing ones are found now, not after setup
+    problems = missing_dependency_problems(f"method.name={name}", getattr(cls, "requires", ()),
+                                           "choose another method.name")
     if not dataclasses.fields(cls.Config):
-        return [f"method {name!r} takes no options, got method.{', method.'.join(sorted(options))}"] if options else []
+        return problems + ([f"method {name!r} takes no options, got method.{', method.'.join(sorted(options))}"]
+                           if options else [])
     from_dict(cls.Config, options, "method", problems)
     return problems
 

@@ -97,6 +97,7 @@ class Lora(BaseMethod):
     """LoRA (Hu et al. 2022): W + (alpha/r)·B·A on attention and MLP Linear layers of both towers; A, B train."""
 
     Config = LoraOptions
+    requires = ("peft",)  # checked when the config is validated
 
     def __init__(self, clip: Clip, config: LoraOptions):
         super().__init__(clip, config)
@@ -129,6 +130,7 @@ class Dora(BaseMethod):
     """DoRA (Liu et al. 2024): m·(W + s·B·A)/‖W + s·B·A‖ per output row; the magnitude m and A, B train."""
 
     Config = LoraOptions
+    requires = ("peft",)  # checked when the config is validated
 
     def __init__(self, clip: Clip, config: LoraOptions):
         super().__init__(clip, config)
@@ -161,6 +163,7 @@ class Vera(BaseMethod):
     """VeRA (Kopiczko et al. 2024): W + diag(b)·B·diag(d)·A, frozen random A, B shared by all layers; b, d train."""
 
     Config = VeraOptions
+    requires = ("peft",)  # checked when the config is validated
 
     def __init__(self, clip: Clip, config: VeraOptions):
         super().__init__(clip, config)
