@@ -3,13 +3,15 @@ safetensors bytes: nothing half-written is ever left under a final name."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save
@@ -26,24 +28,68 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+# What the storage, not the program, refused: the disk or quota is full, the folder is read-only or not ours.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+class StorageError(OSError):
+    """The storage refused a write (disk or quota full, read-only, no permission, file too large).
+
+    The message names the file and how many bytes it needed; nothing half-written is left under a final
+    name (see :func:`atomic_write_bytes`).
+    """
+
+    def __str__(self) -> str:  # the message alone: it already names the file
+        return self.strerror or super().__str__()
+
+
+def human_bytes(n: float) -> str:
+    """``1.5 GB``, ``33 MB``, ``512 B``."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+@contextlib.contextmanager
+def explained_write(path: Path, nbytes: int | None = None) -> Iterator[None]:
+    """Turn a write the storage refused into a :class:`StorageError` naming ``path`` (and ``nbytes``).
+
+    Python's write errors often name no file (``[Errno 28] No space left on device``); this one does.
+    """
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        size = f" ({human_bytes(nbytes)})" if nbytes else ""
+        raise StorageError(e.errno, f"{e.strerror}: cannot write {path}{size}", str(path)) from e
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write via a temp file in the same folder, fsync, then rename: readers never see a torn file.
 
     The file gets the permissions a plain ``open(path, "wb")`` would (0666 less the umask).
+
+    Raises:
+        StorageError: the disk is full, the folder read-only, ... (nothing is left behind).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with explained_write(path, len(data)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, _FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -116,9 +162,13 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_synced(path: Path, *parts: bytes | memoryview) -> dict[str, Any]:
-    """Write ``parts`` one after the other, fsync; returns the file's sha256 and size for the manifest."""
+    """Write ``parts`` one after the other, fsync; returns the file's sha256 and size for the manifest.
+
+    Raises:
+        StorageError: the storage refused the write (the file may be partial: write into a temp folder).
+    """
     h, size = hashlib.sha256(), 0
-    with open(path, "wb") as f:
+    with explained_write(path, sum(len(p) for p in parts)), open(path, "wb") as f:
         for part in parts:
             f.write(part)
             h.update(part)

@@ -32,7 +32,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from fif.core.io import CheckpointError, fsync_dir, safetensors_parts, sha256_file, write_synced
+from fif.core.io import (
+    CheckpointError,
+    StorageError,
+    fsync_dir,
+    human_bytes,
+    safetensors_parts,
+    sha256_file,
+    write_synced,
+)
 from fif.core.version import __version__
 
 log = logging.getLogger(__name__)
@@ -190,11 +198,18 @@ def save_checkpoint(
         tensors: dict[str, torch.Tensor] = {}
         tree = encode_tree(state, tensors)
         meta = {"fif_version": __version__, "format": str(FORMAT_VERSION)}
-        files = {
-            MODEL_FILE: write_synced(tmp / MODEL_FILE, *safetensors_parts(dict(weights), meta)),
-            TENSORS_FILE: write_synced(tmp / TENSORS_FILE, *safetensors_parts(tensors, meta)),
-            STATE_FILE: write_synced(tmp / STATE_FILE, json.dumps(tree).encode()),
+        parts = {
+            MODEL_FILE: safetensors_parts(dict(weights), meta),
+            TENSORS_FILE: safetensors_parts(tensors, meta),
+            STATE_FILE: (json.dumps(tree).encode(),),
         }
+        needed = sum(len(x) for file in parts.values() for x in file)
+        try:
+            files = {name: write_synced(tmp / name, *file) for name, file in parts.items()}
+        except StorageError as e:  # name the checkpoint and its whole size, not one of its files
+            raise StorageError(
+                e.errno, f"{e.strerror}: cannot write checkpoint {final} ({human_bytes(needed)} needed)", str(final)
+            ) from e
         manifest = {
             "format": FORMAT_VERSION,
             "fif_version": __version__,
@@ -251,7 +266,8 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             f"{path}: checkpoint format {manifest.get('format') if isinstance(manifest, dict) else '?'!r} is not "
             f"{FORMAT_VERSION}, which this fif {__version__} reads"
         )
-    for name, entry in manifest.get("files", {}).items():
+    _check_manifest(path, manifest)
+    for name, entry in manifest["files"].items():
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing")
@@ -259,10 +275,32 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{f}: {f.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated?)")
         if sha256_file(f) != entry["sha256"]:
             raise CheckpointError(f"{f}: sha256 does not match the manifest (corrupt)")
-    for name in (MODEL_FILE, TENSORS_FILE, STATE_FILE):
-        if name not in manifest.get("files", {}):
-            raise CheckpointError(f"{path}: the manifest lists no {name}")
     return manifest
+
+
+def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """The manifest's structure: every file with its size and hash, and a position that matches the folder.
+
+    Raises:
+        CheckpointError: naming what is malformed (an edited or corrupted manifest is skipped like a torn one).
+    """
+    files, pos = manifest.get("files"), manifest.get("position")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{path / MANIFEST}: 'files' is not an object of file entries (malformed)")
+    for name in (MODEL_FILE, TENSORS_FILE, STATE_FILE):
+        if name not in files:
+            raise CheckpointError(f"{path}: the manifest lists no {name}")
+    for name, entry in files.items():
+        if (not isinstance(name, str) or "/" in name or name.startswith(".") or not isinstance(entry, dict)
+                or not isinstance(entry.get("sha256"), str) or type(entry.get("bytes")) is not int):
+            raise CheckpointError(f"{path / MANIFEST}: file entry {name!r} is not {{sha256, bytes}} (malformed)")
+    ok = (isinstance(pos, dict) and type(pos.get("task")) is int and type(pos.get("step")) is int
+          and type(pos.get("started")) is bool and pos["task"] >= 0 and pos["step"] >= 0)
+    if not ok:
+        raise CheckpointError(f"{path / MANIFEST}: 'position' is not {{task, started, step}} (malformed)")
+    named = Position.from_name(path.name)
+    if named is not None and named != Position(pos["task"], pos["started"], pos["step"]):
+        raise CheckpointError(f"{path / MANIFEST}: its position {pos} is not the folder's ({path.name})")
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
