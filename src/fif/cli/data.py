@@ -102,8 +102,14 @@ def main_materialize(args: argparse.Namespace) -> int:
     from fif.data.registry import get_benchmark
     from fif.data.show import materialize
 
+    from fif.cli import CliError
+
     bench = get_benchmark(args.benchmark, **_options(args.options))
-    written = materialize(bench, args.out_dir, _names(args.datasets), _names(args.splits))
+    try:
+        written = materialize(bench, args.out_dir, _names(args.datasets), _names(args.splits))
+    except OSError as e:  # the destination, not the benchmark: say where it failed and what to do
+        raise CliError(f"cannot write under {args.out_dir}: {e.strerror or e} ({e.filename or args.out_dir}); "
+                       "choose a writable, existing-or-creatable DIR with enough space") from e
     for path in written:
         print(path)
     print(f"{len(written)} splits written under {args.out_dir}")

@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast (eval.precision)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, auto (run.device)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="evaluate weights holding NaN/inf (refused by default: a diverged model)")
     p.set_defaults(func=main, intermixed="args")  # overrides after the flags land in args too (fif.cli.main)
 
 
@@ -136,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
         if event.get("status") == "checking" and not args.json:
             print(f"base model {event['arch']}: building it if not cached (first time: a few minutes)...", file=sys.stderr)
 
-    result = evaluate_config(cfg, subset=args.subset, on_event=on_event)
+    result = evaluate_config(cfg, subset=args.subset, on_event=on_event, allow_nonfinite=args.allow_nonfinite)
     if args.json:
         print(json.dumps({"weights": note, **result.to_dict()}, indent=2))
     else:

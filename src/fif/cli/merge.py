@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="mini", help="--eval settings when not merging a --run (default: mini)")
     p.add_argument("--subset", action="store_true", help="--eval on FiF's stream subsets instead of full test sets")
     p.add_argument("--json", action="store_true", help="print what was written (and the scores) as JSON")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="write (and --eval) a merge holding NaN/inf values (refused by default)")
     p.add_argument("--list", action="store_true", help="list the operators and their options, then exit")
     p.set_defaults(func=main)
 
@@ -113,6 +116,8 @@ def merge_weights(spec: str | None, n: int, operator: str) -> list[float] | None
         raise CliError(f"--weights {spec!r}: give a scheme ({', '.join(HISTORY_SCHEMES)}) or numbers like 0.2,0.8") from None
     if len(weights) != n:
         raise CliError(f"--weights gives {len(weights)} weights for {n} checkpoints; give one per checkpoint")
+    if not all(math.isfinite(w) for w in weights):
+        raise CliError(f"--weights {spec!r}: every weight must be a finite number, like 0.2,0.8")
     return weights
 
 
@@ -131,7 +136,8 @@ def write_merge(args: argparse.Namespace, paths: list[Path], base: Path | None, 
     """Merge and write ``out`` atomically; returns what was done (for printing)."""
     from fif.cli import CliError
     from fif.cli.eval import weights_arch
-    from fif.core.io import atomic_write_bytes, safetensors_bytes
+    from fif.core.finite import describe_nonfinite, nonfinite_counts
+    from fif.core.io import atomic_write_bytes, load_tensor_file, safetensors_bytes
     from fif.core.version import __version__
     from fif.merge import merge
 
@@ -150,6 +156,11 @@ def write_merge(args: argparse.Namespace, paths: list[Path], base: Path | None, 
                 f"--lines {args.lines!r}: give alpha=A,beta=B[,schedule=linear|quadratic|sqrt] (e.g. alpha=0.5,beta=0.5)"
             ) from None
     merged = merge(args.operator, paths, base, lines=lines, copy_keys=args.copy_keys, **options)
+    if not args.allow_nonfinite and (bad := nonfinite_counts(merged)):
+        inputs = [str(p) for p in [*paths, *([base] if base else [])] if nonfinite_counts(load_tensor_file(p))]
+        cause = f"the inputs {', '.join(inputs)} hold NaN/inf" if inputs else "the options made them (check --option)"
+        raise CliError(f"the merge holds {describe_nonfinite(bad)}: {cause}; nothing was written. Pass "
+                       f"--allow-nonfinite to write it anyway")
     info = {
         "operator": args.operator, "options": options, "lines": lines, "base": str(base) if base else None,
         "inputs": [str(p) for p in paths], "copy_keys": args.copy_keys,
@@ -174,7 +185,7 @@ def evaluate(args: argparse.Namespace, out: Path, overrides: list[str]):
     if base is None and arch:
         flags.append(f"model.arch={arch}")
     cfg = load_config(None if base is not None else args.preset, flags + overrides, base=base)
-    return evaluate_config(cfg, subset=args.subset)
+    return evaluate_config(cfg, subset=args.subset, allow_nonfinite=args.allow_nonfinite)
 
 
 def main(args: argparse.Namespace) -> int:

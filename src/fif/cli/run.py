@@ -66,16 +66,33 @@ class TablePrinter:
         elif kind == "task_end":
             self.task_end = event
             self.spent += event["spent_mafs"]
+
         elif kind == "eval":
             p = stream_point(event["scores"], event["roles"])
             t = self.task_end if event["task"] >= 0 else None
             task = "zs" if event["task"] < 0 else str(event["task"] + 1)
             print(
                 f"{task:>5} {t['concepts'] if t else '-':>8} {t['steps'] if t else '-':>6} "
-                f"{fmt(self.spent, '.4g') if t else '-':>11} {fmt(p['a_ka']):>7} {fmt(p['a_zs']):>7} {fmt(p['gm']):>7}",
+                f"{fmt(self.spent, '.4g') if t else '-':>11} {fmt(p['a_ka']):>7} {fmt(p['a_zs']):>7} {fmt(p['gm']):>7}"
+                f"{skipped_note(t)}",
                 file=self.out,
                 flush=True,
             )
+
+
+def skipped_note(task_end: dict | None) -> str:
+    """``"  (3 of 8 steps skipped: non-finite)"`` after a task's row when the guard skipped steps, else ``""``."""
+    n = (task_end or {}).get("skipped_steps") or 0
+    return f"  ({n} of {task_end['steps']} steps skipped: non-finite)" if n else ""
+
+
+def guard_line(summary: dict) -> str | None:
+    """The line after ``final:`` when steps were skipped or rolled back (None for a clean run)."""
+    g = summary.get("guard")
+    if not g:
+        return None
+    return (f"guard: {g['skipped_steps']} steps skipped for a non-finite loss or gradient "
+            f"(per task: {', '.join(map(str, g['skipped_per_task']))}), {g['rollbacks']} rollbacks")
 
 
 def interrupted_message(e) -> str:
@@ -126,5 +143,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     f = result.final
     print(f"final: A_KA {fmt(f.get('a_ka'))}  A_ZS {fmt(f.get('a_zs'))}  GM {fmt(f.get('gm'))}")
+    if line := guard_line(result.summary):
+        print(line)
     print(f"results: {result.out_dir}/ (summary.json, events.jsonl, config.yaml, final.safetensors)")
     return 0

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from fif.config import Config, load_config, read_yaml
+from fif.core.io import STORAGE_ERRNOS, StorageError
 from fif.core.typed import ConfigError
+from fif.train.loop import TrainingDivergedError  # noqa: F401  (raised by the runner; the CLI catches it here)
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,6 @@ NEUTRAL_ON_RESUME = (
 
 class RunFolderInUseError(FileExistsError):
     """Another fif process holds the run folder's lock."""
-
-
-class TrainingDivergedError(RuntimeError):
-    """Non-finite steps kept coming back after the allowed rollbacks (the message says what to try)."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -127,6 +125,39 @@ def resume_config(run_dir: Path, overrides: list[str] | None = None) -> ResumeCo
     return ResumeConfig(cfg, changed)
 
 
+def check_checkpoint_config(cfg: Config, manifest: dict[str, Any], where: str) -> None:
+    """Refuse to resume with a config that differs from the one the checkpoint was made with in a key of
+    :data:`FIXED_ON_RESUME` (config.yaml edited by hand since): the checkpoint, not the file, says what
+    the run computes.
+
+    Args:
+        cfg: the config the run would resume with (config.yaml plus accepted overrides).
+        manifest: the checkpoint's manifest (its ``metadata`` holds the resolved config; checkpoints of
+            older versions only the seed, method and architecture, which are compared then).
+        where: the checkpoint's name, for the message.
+
+    Raises:
+        ConfigError: naming every such key, both values and the fix.
+    """
+    meta = manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else {}
+    if isinstance(meta.get("config"), dict):
+        try:
+            recorded = _flatten(load_config(None, [], base=meta["config"]).to_dict())
+        except ConfigError:  # written by another fif version: compare the keys it has
+            recorded = _flatten(meta["config"])
+    else:
+        recorded = {k: meta[m] for k, m in (("run.seed", "seed"), ("method.name", "method"), ("model.arch", "arch"))
+                    if m in meta}
+    now = _flatten(cfg.to_dict())
+    differ = [k for k in sorted(recorded) if _matches(k, FIXED_ON_RESUME) and k in now and now[k] != recorded[k]]
+    if differ:
+        raise ConfigError(
+            [f"{k}: config.yaml has {now[k]!r}, but checkpoint {where} was made with {recorded[k]!r}; it cannot change "
+             f"on resume. Put {k}: {recorded[k]!r} back into config.yaml, or start a new run with --out" for k in differ],
+            source=f"resume from {where}",
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # The run folder lock
 
@@ -152,13 +183,26 @@ class RunLock:
 
         Raises:
             RunFolderInUseError: another process holds it (the message gives its pid).
+            StorageError: the folder cannot be created or written (read-only, no permission).
+            FileExistsError: a file stands where the folder should be.
         """
         try:
             import fcntl  # POSIX only
         except ImportError:  # not POSIX: no locking
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise FileExistsError(f"run folder {str(self.folder)!r}: a file is in the way ({e.filename}); "
+                                  "choose another --out") from e
+        except OSError as e:
+            if e.errno not in STORAGE_ERRNOS:
+                raise
+            raise StorageError(
+                e.errno, f"cannot write in run folder {str(self.folder)!r} ({e.strerror}); choose a writable --out, "
+                "or make the folder writable", str(self.folder),
+            ) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
@@ -26,6 +27,8 @@ from fif.config import Config
 from fif.config.components import clip_loss_from_config, eval_workers, ordering_options
 from fif.config.composition import merge_for_method
 from fif.core.device import resolve_device, resolve_precision
+from fif.core.finite import NonFiniteWeightsError, all_finite, checked_tensors, describe_nonfinite, nonfinite_counts
+from fif.core.io import explained_write
 from fif.core.version import __version__
 from fif.data.bad_samples import BadSampleLog
 from fif.data.loader import PersistentLoader
@@ -37,8 +40,9 @@ from fif.eval.concepts import ModelScorer
 from fif.eval.zeroshot import Evaluator
 from fif.methods import build_method, freeze_all_but
 from fif.methods.finetune import Finetune
-from fif.model.clip import Clip, build_clip, resolve_weights
+from fif.model.clip import Clip, ModelLoadError, build_clip, resolve_weights
 from fif.results.events import EventLog
+from fif.runner.checkpoint import CHECKPOINT_DIR
 from fif.runner.folder import RunLock, StopSignals
 from fif.runner.merger import HISTORY_DIR, FollowerMerger, TemporalMerger
 from fif.runner.spec import EVENTS_FILE, RunEvents, RunSpec
@@ -53,38 +57,86 @@ MINI_BASE = "mini-base"  # model.pretrained value: build (or reuse) the cached m
 
 
 class RunFolderError(FileExistsError):
-    """The run folder exists and neither overwrite nor resume was asked for."""
+    """The run folder exists and neither overwrite nor resume was asked for, or it is not fif's to replace."""
+
+
+# What fif writes into a run folder; `--overwrite` removes these and nothing else.
+RUN_MARKER = "run.json"  # written first, with fif's provenance: what makes a folder a fif run folder
+RUN_ENTRIES = frozenset({
+    RUN_MARKER, "config.yaml", EVENTS_FILE, "summary.json", "final.safetensors", CHECKPOINT_DIR, HISTORY_DIR,
+    "tensorboard", "wandb", "report", RunLock.NAME,
+})
 
 
 def default_out_dir(cfg: Config, root: str | Path = "runs") -> Path:
+    """``runs/<time>-<benchmark>-<method>[-<merge>]`` (the name only; :func:`claim_default_out_dir` creates it)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     bench = Path(cfg.data.benchmark).stem if cfg.data.benchmark.endswith((".yaml", ".yml")) else cfg.data.benchmark
     merge = cfg.merge.preset if cfg.merge.preset not in (None, "none") else None
     return Path(root) / "-".join(filter(None, [stamp, bench, cfg.method.name, merge]))
 
 
+def claim_default_out_dir(cfg: Config, root: str | Path = "runs") -> Path:
+    """Create a new, empty run folder named by :func:`default_out_dir`; runs started in the same second get
+    ``-2``, ``-3``, ... (``mkdir`` is atomic, so two processes never claim the same name).
+
+    Raises:
+        StorageError: ``root`` cannot be written.
+    """
+    base = default_out_dir(cfg, root)
+    with explained_write(base):
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    raise RunFolderError(f"no free run folder name like {str(base)!r}; give --out")
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder fif made: its ``run.json`` is a JSON object with fif's provenance (``fif_version``)."""
+    try:
+        info = json.loads((Path(path) / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and "fif_version" in info
+
+
+def never_started(path: Path) -> bool:
+    """A run folder whose setup never finished (killed): no event, checkpoint or result in it yet."""
+    path = Path(path)
+    events = path / EVENTS_FILE
+    return (not (events.is_file() and events.stat().st_size) and not any((path / CHECKPOINT_DIR).glob("task*"))
+            and not (path / "summary.json").exists() and not (path / "final.safetensors").exists())
+
+
+def _fif_entry(name: str) -> bool:
+    return name in RUN_ENTRIES or (name.startswith(".") and name.endswith(".tmp"))  # atomic writes' temp files
+
+
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> RunLock:
-    """Create and lock the run folder; refuse an existing non-empty one unless ``overwrite``.
+    """Create and lock the run folder. An existing folder is used only if it is empty, a fif run folder whose
+    setup never finished (killed), or, with ``overwrite``, a fif run folder holding nothing but fif's own
+    files; those files are removed. Nothing else is ever deleted.
 
     Returns:
         The held lock (release it when the run ends).
 
     Raises:
         RunFolderInUseError: another fif process works in the folder.
-        RunFolderError: the folder holds something and ``overwrite`` is False, or is not a fif run folder.
+        RunFolderError: the folder holds a run and ``overwrite`` is False, is not a fif run folder, or holds
+            files fif did not write.
+        StorageError: the folder cannot be created or written (read-only, no permission).
     """
     existed, had_lock = out_dir.exists(), (out_dir / RunLock.NAME).exists()
     lock = RunLock(out_dir).acquire()
     try:
         entries = [p for p in out_dir.iterdir() if p.name != RunLock.NAME]
         if entries:
-            if not overwrite:
-                raise RunFolderError(
-                    f"run folder {str(out_dir)!r} already exists; pass --overwrite to replace it, "
-                    f"--resume {out_dir} to continue it, or choose another --out"
-                )
-            if not (out_dir / "events.jsonl").exists() and not (out_dir / "config.yaml").exists():
-                raise RunFolderError(f"refusing to overwrite {str(out_dir)!r}: it does not look like a fif run folder")
+            check_replaceable(out_dir, entries, overwrite)
             for entry in entries:
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     except BaseException:
@@ -95,6 +147,29 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> RunLock:
             lock.path.unlink(missing_ok=True)
         raise
     return lock
+
+
+def check_replaceable(out_dir: Path, entries: list[Path], overwrite: bool) -> None:
+    """Raise unless the non-empty ``out_dir`` may be emptied for a new run (see :func:`prepare_out_dir`)."""
+    if not is_run_folder(out_dir):
+        raise RunFolderError(
+            f"{str(out_dir)!r} exists and does not look like a fif run folder (no {RUN_MARKER} with fif's provenance)"
+            f"; {'--overwrite only replaces fif run folders, and ' if overwrite else ''}fif never deletes what it did "
+            f"not write: choose another --out"
+        )
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in entries if not _fif_entry(p.name))
+    if foreign:
+        raise RunFolderError(
+            f"run folder {str(out_dir)!r} also holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, "
+            f"which fif did not write; move {'it' if len(foreign) == 1 else 'them'} out or choose another --out"
+        )
+    if never_started(out_dir):
+        log.warning(f"{out_dir}: a run whose setup never finished (killed?) left this folder; starting it afresh")
+    elif not overwrite:
+        raise RunFolderError(
+            f"run folder {str(out_dir)!r} already exists; pass --overwrite to replace it, "
+            f"--resume {out_dir} to continue it, or choose another --out"
+        )
 
 
 def load_model(
@@ -124,7 +199,13 @@ def load_model(
                 bar.close()
         if on_event:
             on_event({"event": "base_model", "status": "built" if built else "cached", "path": str(path)})
-        pretrained = str(path)
+        try:
+            return build_clip(cfg.model.arch, pretrained=str(path), device=device, attention=cfg.model.attention)
+        except ModelLoadError as e:  # a cache file damaged since it was written (disk, copy, a killed rsync)
+            raise ModelLoadError(
+                f"the cached base model {path} cannot be loaded ({e}); delete it, or rebuild it with "
+                f"fif pretrain --force --preset ... (the same model.arch and data.options)"
+            ) from e
     return build_clip(cfg.model.arch, pretrained=pretrained, device=device, attention=cfg.model.attention)
 
 
@@ -174,6 +255,7 @@ def setup(
     if cfg.model.pretrained != MINI_BASE:  # an unusable model source (not cached, offline) fails in seconds
         resolve_weights(cfg.model.arch, cfg.model.pretrained)
     clip = load_model(cfg, device, on_event if main else None, progress and main)
+    check_finite_base(cfg, clip)
     if needs_model:  # the similarity and easy-to-hard orderings embed and score with the base model
         tasks = _tasks(cfg, benchmark, ModelScorer(clip, device, orderings), orderings)
     reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device)
@@ -212,6 +294,23 @@ def _tasks(cfg: Config, benchmark: Benchmark, scorer: ModelScorer | None, orderi
     s = cfg.stream
     return build_tasks(benchmark, s.ordering, s.tasks, seed=cfg.run.seed, reverse=s.reverse, file=s.file,
                        datasets=s.datasets, reference=s.reference, scorer=scorer, options=orderings)
+
+
+def check_finite_base(cfg: Config, clip: Clip) -> None:
+    """Refuse a base model with NaN/inf weights: every task would start from it.
+
+    Raises:
+        NonFiniteWeightsError: naming the weights and how many values are not finite.
+    """
+    state = clip.model.state_dict()
+    if bool(all_finite(checked_tensors(state))):  # sync: once per run
+        return
+    fix = ("the cached mini base model is broken: delete it or run fif pretrain --force" if cfg.model.pretrained
+           == MINI_BASE else "give finite weights")
+    raise NonFiniteWeightsError(
+        f"model.pretrained: the base model {cfg.model.pretrained!r} holds {describe_nonfinite(nonfinite_counts(state))}; "
+        f"{fix}"
+    )
 
 
 def load_pretraining_pool(cfg: Config, benchmark: Benchmark) -> Pool | None:

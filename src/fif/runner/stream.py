@@ -15,6 +15,7 @@ are written once; what only rank 0 does (write the run folder, feed the sinks) i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,23 +24,40 @@ import shutil
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from fif.budget import mafs_per_step
 from fif.config import Config, dump_yaml
-from fif.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, safetensors_bytes
+from fif.core.finite import describe_nonfinite, nonfinite_counts
+from fif.core.io import (
+    STORAGE_ERRNOS,
+    StorageError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    human_bytes,
+    safetensors_bytes,
+)
 from fif.core.version import __version__
 from fif.methods import deploy_model_for
 from fif.model.clip import Clip
 from fif.results.events import read_events, summarize
 from fif.results.sinks import build_sinks
 from fif.runner import samples
-from fif.runner.checkpoint import CHECKPOINT_DIR, Checkpoint, Position, latest_valid, load_checkpoint, quarantine
+from fif.runner.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    Position,
+    latest_valid,
+    list_checkpoints,
+    load_checkpoint,
+    quarantine,
+)
 from fif.runner.distributed import dist_provenance, join, share_plan
-from fif.runner.folder import RunLock, StopSignals, resume_config
-from fif.runner.setup import RunFolderError, default_out_dir, prepare_out_dir, setup
+from fif.runner.folder import RunLock, StopSignals, TrainingDivergedError, check_checkpoint_config, resume_config
+from fif.runner.setup import RUN_MARKER, RunFolderError, claim_default_out_dir, prepare_out_dir, setup
 from fif.runner.spec import RunSpec
 from fif.runner.state import RunState, TaskRun, is_finished, record_resume, save_run_checkpoint, truncate_events
 from fif.runner.task import (  # noqa: F401  (re-exported, as above)
@@ -122,11 +140,16 @@ def run(
     """
     ranks = join(cfg.train.distributed, cfg.run.device, cfg.train.dist_timeout_minutes, cfg.train.batch_size)
     main = ranks.is_main
-    out = Path(ranks.broadcast(str(out_dir or cfg.run.out or default_out_dir(cfg))))  # rank 0's clock names it
+    chosen = out_dir or cfg.run.out  # else rank 0 claims a new folder under runs/
+    out = Path(ranks.broadcast(str(chosen) if chosen else ranks.on_main(lambda: str(claim_default_out_dir(cfg)))))
     with StopSignals(out) as stop:
         lock = ranks.on_main(lambda: prepare_out_dir(out, overwrite))
         try:
             try:
+                info = {**provenance(cfg), **dist_provenance(ranks)}
+                if main:  # first: a run killed in setup leaves a folder fif recognises, to resume or run again
+                    atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+                    atomic_write_json(out / RUN_MARKER, info)
                 with ranks.main_first():  # the other ranks find what rank 0 cached (base model, data)
                     spec, state = setup(cfg, out, on_event, progress, ranks, stop)
                 state = share_plan(spec, state)
@@ -137,11 +160,9 @@ def run(
                     shutil.rmtree(out, ignore_errors=True)
                 raise
             if main:
-                atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-                atomic_write_json(out / "run.json", {
-                    **provenance(cfg), **dist_provenance(ranks), "tasks": [list(t.concepts) for t in spec.tasks],
-                })
-            return start_stream(spec, state)
+                atomic_write_json(out / RUN_MARKER, {**info, "tasks": [list(t.concepts) for t in spec.tasks]})
+            with storage_advice(out):
+                return start_stream(spec, state)
         finally:
             if lock is not None:
                 lock.release()
@@ -183,7 +204,7 @@ def resume(
         try:
             if is_finished(run_dir):
                 raise RunFolderError(f"run {str(run_dir)!r} already finished (see its summary.json); nothing to resume")
-            ckpt = ranks.on_main(lambda: pick_checkpoint(run_dir))
+            ckpt = ranks.on_main(lambda: pick_checkpoint(run_dir, rc.cfg))
             path = ranks.broadcast(None if ckpt is None else str(ckpt.path))  # every rank loads rank 0's pick
             if not main and path is not None:
                 ckpt = load_checkpoint(Path(path))
@@ -196,8 +217,10 @@ def resume(
                 if main:
                     log.warning(f"{run_dir}: no valid checkpoint; starting the run over")
                     truncate_events(spec.events.path, 0, hashlib.sha256(b"").hexdigest())
+                    write_provenance(run_dir, spec, ranks)
                     open_sinks(spec)
-                return start_stream(spec, state)
+                with storage_advice(run_dir):
+                    return start_stream(spec, state)
             state, current = restore_run_state(spec, ckpt)
             if main:
                 events = ckpt.state["events"]
@@ -207,18 +230,67 @@ def resume(
                     for event in read_events(spec.events.path):
                         on_event(event)
                 open_sinks(spec)
-            return run_stream(spec, state, ckpt.position, current)
+            with storage_advice(run_dir):
+                return run_stream(spec, state, ckpt.position, current)
         finally:
             if lock is not None:
                 lock.release()
 
 
-def pick_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The run's newest checkpoint that verifies; the newer ones that do not are quarantined."""
+@contextlib.contextmanager
+def storage_advice(run_dir: Path) -> Iterator[None]:
+    """A write the storage refused (disk full, read-only, ...) ends the run with what was kept and how to go on.
+
+    Raises:
+        StorageError: naming the file, the newest checkpoint kept, the space one checkpoint needs, and the
+            command that continues the run.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        kept = list_checkpoints(run_dir / CHECKPOINT_DIR)
+        where = f"its newest checkpoint, {kept[-1][1].name}, is intact" if kept else "it has no checkpoint yet"
+        size = checkpoint_bytes(kept[-1][1]) if kept else 0
+        need = f" (a checkpoint needs about {human_bytes(size)})" if size else ""
+        raise StorageError(
+            e.errno, f"{e if isinstance(e, StorageError) else f'{e.strerror}: {e.filename}'}. The run stopped; "
+            f"{where}. Free space{need} or make {run_dir} writable, then continue with: fif run --resume {run_dir}",
+            e.filename,
+        ) from e
+
+
+def checkpoint_bytes(path: Path) -> int:
+    """The size of a checkpoint folder's files."""
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
+def pick_checkpoint(run_dir: Path, cfg: Config | None = None) -> Checkpoint | None:
+    """The run's newest checkpoint that verifies; the newer ones that do not are quarantined.
+
+    Raises:
+        ConfigError: ``cfg`` (what the run would resume with) differs from the checkpoint's recorded
+            config in a key that cannot change on resume (see :func:`fif.runner.folder.check_checkpoint_config`).
+    """
     ckpt, skipped = latest_valid(run_dir / CHECKPOINT_DIR)
+    if ckpt is not None and cfg is not None:  # before quarantining: a refused resume changes nothing
+        check_checkpoint_config(cfg, ckpt.manifest, ckpt.path.name)
     for path, _ in skipped:
         quarantine(path)
     return ckpt
+
+
+def write_provenance(run_dir: Path, spec: RunSpec, ranks) -> None:
+    """Write run.json's provenance and tasks afresh for a run started over in its folder (keeping its resumes)."""
+    path = run_dir / RUN_MARKER
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    resumes = old.get("resumes", []) if isinstance(old, dict) else []
+    atomic_write_json(path, {**provenance(spec.cfg), **dist_provenance(ranks),
+                             "tasks": [list(t.concepts) for t in spec.tasks], "resumes": resumes})
 
 
 def mark_resumed(run_dir: Path, ckpt: Checkpoint | None, new_cfg: Config | None, changed: dict) -> None:
@@ -261,7 +333,7 @@ def run_stream(spec: RunSpec, state: RunState, position: Position, current: Task
                     current = None
                 break
             except _Rollback as r:
-                position, state, current = roll_back(spec, state, r.task, r.step)
+                position, state, current = roll_back(spec, state, r.task, r.step, r.reason)
         return finish(spec, state)
     except BaseException:
         close_sinks(spec)
@@ -296,6 +368,12 @@ def finish(spec: RunSpec, state: RunState) -> RunResult:
     chosen = deployed_weights(spec)
     weights = chosen if chosen is not None else spec.clip.model.state_dict()
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    if bad := nonfinite_counts(weights):  # the last line of defence: never ship a diverged model
+        raise TrainingDivergedError(
+            f"the deployed weights hold {describe_nonfinite(bad)}; final.safetensors and summary.json were not "
+            f"written. The checkpoints in {spec.out_dir / CHECKPOINT_DIR} are finite: continue with "
+            f"fif run --resume {spec.out_dir} train.lr=... (lower), or check method.* and merge.*"
+        )
     meta = {"fif_version": __version__, "arch": spec.cfg.model.arch, "seed": str(spec.cfg.run.seed)}
     atomic_write_bytes(spec.out_dir / "final.safetensors", safetensors_bytes(weights, meta))  # same weights, same bytes
     summary = summarize(list(read_events(spec.events.path)))

@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from fif.data.sources.fif_layout import random_resized_crop, resize_center_crop
+from fif.data.sources.fif_layout import decode_failure, random_resized_crop, resize_center_crop
 from fif.data.specs import BadSampleError, DatasetSpec
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
@@ -121,8 +121,8 @@ def decode_image(data: str | Path | bytes, where: str) -> torch.Tensor:
             arr = np.asarray(im.convert("RGB"))
     except FileNotFoundError as e:
         raise SourceError(f"{where}: image file not found") from e
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise SourceError(f"{where}: cannot decode image ({e}); the file is corrupt or not an image") from e
+    except Exception as e:  # PIL raises many types (DecompressionBombError, SyntaxError, EOFError, struct.error, ...)
+        raise SourceError(f"{where}: {decode_failure(e)}") from e
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 

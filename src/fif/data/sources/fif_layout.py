@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -236,6 +236,14 @@ def _target_of(entry: dict[str, Any], path: Path, key: str, classnames: Sequence
     return int(target)
 
 
+def decode_failure(e: Exception) -> str:
+    """Why an image could not be decoded, and what to do, for a message that already names the file."""
+    if isinstance(e, Image.DecompressionBombError):
+        return (f"refused to decode: {e} Shrink the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it "
+                "(it guards against decompression bombs)")
+    return f"cannot decode image ({type(e).__name__}: {e}); the file is corrupt or not an image"
+
+
 @dataclass
 class FifLayoutSplit:
     """A file-backed split in FiF's layout; images are decoded on demand.
@@ -294,9 +302,8 @@ class FifLayoutSplit:
             listed_in = self.index_file or split_path(self.root, self.split)
             raise UnreadableLayoutImage(f"{path}: image listed in {listed_in} is missing",
                                         index=index, where=str(path)) from e
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise UnreadableLayoutImage(f"{path}: cannot decode image ({e}); the file is corrupt or not an image",
-                                        index=index, where=str(path)) from e
+        except Exception as e:  # PIL raises many types (DecompressionBombError, SyntaxError, EOFError, ...)
+            raise UnreadableLayoutImage(f"{path}: {decode_failure(e)}", index=index, where=str(path)) from e
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 

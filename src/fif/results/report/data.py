@@ -8,6 +8,7 @@ Everything is rebuilt from ``events.jsonl`` (plus ``run.json`` for the task → 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
     """
     path = Path(path)
     events = list(read_events(path / "events.jsonl"))
+    check_scores(events, path / "events.jsonl")
     config = _read_optional(path / "config.yaml", yaml.safe_load)
     info = _read_optional(path / "run.json", json.loads)
     summary = summarize(events)
@@ -145,6 +147,31 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
         finished=any(e.get("event") == "run_end" for e in events),
         tasks_planned=start.get("tasks"),
     )
+
+
+def check_scores(events: list[dict[str, Any]], where: Path) -> None:
+    """Every evaluation event has a mapping of dataset → finite number (fif never writes anything else).
+
+    Raises:
+        ValueError: naming the log, the event and the dataset whose score is null or not a number.
+    """
+    for i, e in enumerate(events):
+        if e.get("event") not in ("eval", "eval_step"):
+            continue
+        scores, roles = e.get("scores"), e.get("roles")
+        bad = None
+        if not isinstance(scores, dict) or not isinstance(roles, dict):
+            bad = "no scores/roles mapping"
+        else:
+            for dataset, v in scores.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    bad = f"score {v!r} for {dataset!r} is not a number"
+                    break
+        if bad:
+            raise ValueError(
+                f"{where}: event {i + 1} ({e.get('event')} of task {e.get('task')}): {bad}; the log was damaged or "
+                f"edited: restore it, or remove that event to report the rest"
+            )
 
 
 def _ledger(events: list[dict[str, Any]]) -> list[TaskLedger]:
