@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def files(tmp_path_factory) -> Path:
     (d / "stream.json").write_text(json.dumps(["mini_digits+++7", "mini_digits+++not_a_digit"]))
     (d / "broken.yaml").write_text("run: [1, 2\n")
     (d / "list.yaml").write_text("- just\n- a list\n")
+    (d / "empty.yaml").write_text("# nothing but a comment\n")
     for name, classes in (("nofolders", []), ("noimages", ["sparrow"])):
         for split in ("train", "test"):
             (d / name / "birds" / split).mkdir(parents=True)
@@ -82,6 +84,12 @@ CATALOGUE = [
     ("dataset without class folders", ["data.benchmark={d}/nofolders/bench.yaml", *USER_BENCH], ["birds", "no class folders"]),
     ("dataset without images", ["data.benchmark={d}/noimages/bench.yaml", *USER_BENCH], ["birds/train", "no images"]),
     ("no CUDA", ["run.device=cuda"], ["run.device", "no CUDA"]),
+    ("beta out of range", ["train.beta2=1"], ["train.beta2", "[0, 1)"]),
+    ("eps zero", ["train.eps=0"], ["train.eps", "must be > 0"]),
+    ("negative seed", ["run.seed=-1"], ["run.seed", "2**32"]),
+    ("not a device", ["run.device=gpu"], ["run.device", "cuda:N"]),
+    ("negative workers", ["data.num_workers=-1"], ["data.num_workers", ">= 0"]),
+    ("empty preset file", ["--preset", "{d}/empty.yaml"], ["empty.yaml", "the file is empty", "--print-config"]),
 ]
 
 
@@ -110,16 +118,34 @@ def test_bad_input_gives_one_clear_error_and_no_results(case, files, tmp_path, c
     assert not (files / "PWNED").exists(), "a pickle was executed"
 
 
-def test_an_existing_folder_is_kept_without_overwrite(tmp_path, capsys):
+def test_an_existing_folder_is_kept_with_or_without_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     code, err = fif_run(["--out", str(out), *TINY], capsys)
-    assert_one_clear_error(code, err, [str(out), "--overwrite", "--resume"])
+    assert_one_clear_error(code, err, [str(out), "does not look like a fif run folder", "choose another --out"])
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
     code, err = fif_run(["--out", str(out), "--overwrite", *TINY], capsys)
-    assert_one_clear_error(code, err, ["does not look like a fif run folder"])
+    assert_one_clear_error(code, err, ["does not look like a fif run folder", "--overwrite only replaces fif run"])
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_overwrite_of_a_folder_with_a_config_yaml_deletes_nothing(tmp_path, capsys):
+    """The issue's reproduction: a config.yaml does not make a folder fif's to empty."""
+    out = tmp_path / "p"
+    (out / "src").mkdir(parents=True)
+    (out / "src" / "notes.txt").write_text("keep")
+    (out / "config.yaml").write_text("lr: 1\n")
+    code, err = fif_run(["--out", str(out), "--overwrite", *TINY], capsys)
+    assert_one_clear_error(code, err, [str(out), "no run.json with fif's provenance"])
+    assert (out / "src" / "notes.txt").read_text() == "keep" and (out / "config.yaml").read_text() == "lr: 1\n"
+
+
+def test_a_missing_optional_package_is_found_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # as after `pip install -e .` without the peft extra
+    code, err = fif_run(["--out", str(tmp_path / "run"), *TINY, "method.name=lora"], capsys)
+    assert_one_clear_error(code, err, ["method.name=lora needs the peft package", "pip install 'fif[peft]'"])
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_folder_in_use_is_refused(tmp_path, capsys):

@@ -34,7 +34,8 @@ def test_a_full_disk_names_the_file_and_leaves_nothing(write, tmp_path, monkeypa
     monkeypatch.setattr(fio.os, "fdopen", lambda fd, mode: (fio.os.close(fd), io.BufferedWriter(FullDisk()))[1])
     with pytest.raises(StorageError) as e:
         atomic_write_bytes(target, b"x" * 2_500_000) if write == "atomic" else write_synced(target, b"x" * 2_500_000)
-    assert e.value.errno == errno.ENOSPC and str(e.value) == f"No space left on device: cannot write {target} (2.5 MB)"
+    assert e.value.errno == errno.ENOSPC and str(e.value) == (
+        f"No space left on device: cannot write {target} (2.5 MB); free space there or write somewhere else")
     if write == "atomic":
         assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["final.safetensors"]
 

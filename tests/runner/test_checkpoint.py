@@ -123,6 +123,32 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one_with_a_warni
     assert [p for p, _ in list_checkpoints(tmp_path)] == [Position(0)]
 
 
+MALFORMED = {
+    "files is a list": lambda m: m.update(files=list(m["files"])),
+    "bytes is a string": lambda m: m["files"][MODEL_FILE].update(bytes="12"),
+    "an entry is null": lambda m: m["files"].update({STATE_FILE: None}),
+    "no position": lambda m: m.pop("position"),
+    "position is a list": lambda m: m.update(position=[0, True, 5]),
+    "task is a string": lambda m: m["position"].update(task="0"),
+    "position of another folder": lambda m: m["position"].update(step=6),
+    "a file outside the folder": lambda m: m["files"].update({"../x": m["files"][MODEL_FILE]}),
+    "not an object": lambda m: (m.clear(), m.update(format=1)),
+}
+
+
+@pytest.mark.parametrize("edit", list(MALFORMED), ids=list(MALFORMED))
+def test_a_structurally_malformed_manifest_falls_back_to_the_previous_checkpoint(tmp_path, edit):
+    save_checkpoint(tmp_path, Position(0), weights(0), {"at": "start"})
+    latest = save_checkpoint(tmp_path, Position(0, True, 5), weights(1), {"at": "step5"})
+    manifest = json.loads((latest / MANIFEST).read_text())
+    MALFORMED[edit](manifest)
+    (latest / MANIFEST).write_text(json.dumps(manifest))
+    warnings: list[str] = []
+    ckpt, skipped = latest_valid(tmp_path, warn=warnings.append)  # no KeyError / TypeError escapes
+    assert ckpt is not None and ckpt.position == Position(0) and [p.name for p, _ in skipped] == [latest.name]
+    assert "falling back to task0000-start" in warnings[0]
+
+
 def test_no_valid_checkpoint_returns_none(tmp_path):
     assert latest_valid(tmp_path / "missing") == (None, [])
     path = save_checkpoint(tmp_path, Position(0), weights(), {})

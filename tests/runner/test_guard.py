@@ -232,14 +232,60 @@ def test_consecutive_nans_roll_back_to_the_last_checkpoint_with_half_the_lr(tmp_
     assert [e["task"] for e in events if e["event"] == "task_end"] == [0, 1]
     assert all(torch.isfinite(v).all() for v in result.clip.model.state_dict().values() if v.is_floating_point())
     assert result.summary["final"]["task"] == 1
+    assert result.summary["guard"] == {"skipped_steps": 2, "skipped_per_task": [0, 2], "rollbacks": 1}
 
 
-def test_isolated_nans_are_only_skipped(tmp_path):
-    poisoned_run(tmp_path, [(0, 2), (0, 5)])
+def test_isolated_nans_are_only_skipped_and_reported_in_the_table_and_summary(tmp_path):
+    import io
+
+    from fif.cli.run import TablePrinter, guard_line
+
+    result = poisoned_run(tmp_path, [(0, 2), (0, 5)])
     events = read_events(tmp_path)
     assert not [e for e in events if e["event"] == "rollback"]
     assert [e["skipped_steps"] for e in events if e["event"] == "task_end"] == [2, 0]
     assert [e.get("skipped") for e in events if e["event"] == "train" and e["task"] == 0] == [1, 1]
+    assert result.summary["guard"] == {"skipped_steps": 2, "skipped_per_task": [2, 0], "rollbacks": 0}
+    table = io.StringIO()
+    printer = TablePrinter(table)
+    for event in events:
+        printer(event)
+    rows = table.getvalue().splitlines()
+    assert rows[-2].endswith("(2 of 8 steps skipped: non-finite)") and "skipped" not in rows[-1]
+    assert guard_line(result.summary) == ("guard: 2 steps skipped for a non-finite loss or gradient (per task: 2, 0), "
+                                          "0 rollbacks")
+
+
+@register_method("test_nan_weights")
+class NanWeights(NanPoison):
+    """Fine-tuning whose weights turn NaN after the (task, step) pairs of POISON['plan'] (once), with finite
+    losses: only a check of the weights can see it."""
+
+    def loss(self, batch, model):
+        return UpdateMethod.loss(self, batch, model)
+
+    def after_step(self, batch, step: int) -> None:
+        key = (self.task, step)
+        if key in POISON["plan"] and key not in POISON["fired"]:
+            POISON["fired"].add(key)
+            with torch.no_grad():
+                next(self.clip.model.parameters()).view(-1)[0] = float("nan")
+        self.step = step + 1
+
+
+def test_weights_broken_between_logs_are_never_checkpointed(tmp_path):
+    """Step 3 is checkpointed (every_steps=3) but not logged (log_every=4): the checkpoint finds the NaN,
+    writes nothing and rolls back."""
+    from safetensors.torch import load_file
+
+    result = poisoned_run(tmp_path, [(0, 2)], extra=["method.name=test_nan_weights"])
+    events = read_events(tmp_path)
+    rollbacks = [e for e in events if e["event"] == "rollback"]
+    assert [(r["task"], r["step"], r["reason"], r["to_task"], r["to_step"]) for r in rollbacks] == [(0, 3, "weights", 0, 0)]
+    for ckpt in (tmp_path / "run" / "checkpoints").iterdir():
+        assert all(torch.isfinite(v).all() for v in load_file(str(ckpt / "model.safetensors")).values()
+                   if v.is_floating_point()), ckpt.name
+    assert all(torch.isfinite(v).all() for v in result.clip.model.state_dict().values() if v.is_floating_point())
 
 
 @pytest.mark.slow

@@ -47,3 +47,86 @@ def test_ranks_other_than_0_build_a_silent_run(tmp_path):
     assert spec.events.path == out / "events.jsonl"  # still names rank 0's log, for reading
     assert not out.exists()  # no merge history, no event log: rank 0 writes the folder
     assert state.ledger.num_tasks == 2  # the same plan as rank 0 (share_plan makes the numbers rank 0's)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run folder: what --overwrite may remove, and new folders that never collide
+
+
+def fif_run_folder(path, *extra: str, started: bool = True):
+    """A folder as fif leaves it: run.json (the marker), config.yaml, and when ``started`` events and a checkpoint."""
+    import json
+
+    path.mkdir(parents=True)
+    (path / "run.json").write_text(json.dumps({"fif_version": "0.1.0", "seed": 0}))
+    (path / "config.yaml").write_text("run:\n  seed: 0\n")
+    if started:
+        (path / "events.jsonl").write_text('{"event": "run_start"}\n')
+        (path / "checkpoints" / "task0000-start").mkdir(parents=True)
+        (path / "checkpoints" / "task0000-start" / "manifest.json").write_text("{}")
+    for name in extra:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text("the user's")
+    return path
+
+
+def test_overwrite_empties_a_fif_run_folder(tmp_path):
+    from fif.runner.setup import prepare_out_dir
+
+    out = fif_run_folder(tmp_path / "run", "report/report.html", ".summary.json.abc123.tmp")
+    prepare_out_dir(out, overwrite=True).release()
+    assert [p.name for p in out.iterdir()] == [".lock"]
+
+
+@pytest.mark.parametrize("case", ["not a run folder", "config.yaml is no marker", "a user's file inside",
+                                  "a user's folder inside"])
+def test_overwrite_never_deletes_what_fif_did_not_write(case, tmp_path):
+    from fif.runner.setup import RunFolderError, prepare_out_dir
+
+    out = tmp_path / "p"
+    if case == "not a run folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("keep")
+    elif case == "config.yaml is no marker":  # the issue's reproduction
+        (out / "src").mkdir(parents=True)
+        (out / "src" / "notes.txt").write_text("keep")
+        (out / "config.yaml").write_text("lr: 1\n")
+        (out / "events.jsonl").write_text("")
+    else:
+        fif_run_folder(out, "notes.txt" if case == "a user's file inside" else "src/notes.txt")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(RunFolderError) as e:
+        prepare_out_dir(out, overwrite=True)
+    assert str(out) in str(e.value) and "choose another --out" in str(e.value)
+    if case.startswith("a user's"):
+        assert "fif did not write" in str(e.value) and ("notes.txt" in str(e.value) or "src/" in str(e.value))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # not even a .lock left behind
+
+
+def test_a_folder_whose_setup_never_finished_is_used_again_without_overwrite(tmp_path):
+    from fif.runner.setup import RunFolderError, prepare_out_dir
+
+    out = fif_run_folder(tmp_path / "run", "history/zeroshot.safetensors", started=False)
+    prepare_out_dir(out, overwrite=False).release()
+    assert [p.name for p in out.iterdir()] == [".lock"]
+    started = fif_run_folder(tmp_path / "started")
+    with pytest.raises(RunFolderError, match="--overwrite to replace it, --resume"):
+        prepare_out_dir(started, overwrite=False)
+
+
+def test_default_run_folders_started_in_the_same_second_never_collide(tmp_path, monkeypatch):
+    from datetime import datetime
+
+    import fif.runner.setup as setup_module
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2024, 5, 1, 12, 0, 0)
+
+    monkeypatch.setattr(setup_module, "datetime", Frozen)
+    cfg = load_config("mini", ["merge.preset=none"])
+    first, second, third = (setup_module.claim_default_out_dir(cfg, tmp_path) for _ in range(3))
+    assert first.name == "20240501-120000-mini-finetune"
+    assert [second.name, third.name] == [f"{first.name}-2", f"{first.name}-3"]
+    assert all(p.is_dir() and not any(p.iterdir()) for p in (first, second, third))

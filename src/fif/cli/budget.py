@@ -85,6 +85,12 @@ def measure_rows(args: argparse.Namespace) -> dict:
     tasks, names = _parse_tasks(args.tasks), _parse_methods(args.methods)
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from fif.core.device import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        raise CliError(f"--device: {e}") from None
     measured = {}
     for name in dict.fromkeys(["finetune", *names]):  # the reference first; each method gets a fresh model
         try:

@@ -99,10 +99,9 @@ def main_show(args: argparse.Namespace) -> int:
 
 
 def main_materialize(args: argparse.Namespace) -> int:
+    from fif.cli import CliError
     from fif.data.registry import get_benchmark
     from fif.data.show import materialize
-
-    from fif.cli import CliError
 
     bench = get_benchmark(args.benchmark, **_options(args.options))
     try:

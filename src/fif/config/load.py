@@ -45,10 +45,10 @@ def read_yaml(path: str | Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError([f"{path}: not valid YAML: {e}"]) from e
     if data is None:  # an empty file is a mistake, not "the built-in defaults"
-        raise ConfigError([
+        raise ConfigError([(
             f"{path}: the file is empty; a config needs at least one section (run, model, data, ...). "
             "Start from a preset: fif run --print-config --preset mini > my.yaml"
-        ])
+        )])
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections (run, model, data, ...)"])
     return data

@@ -10,7 +10,7 @@ weights are written, and ``fif eval`` / ``fif merge`` check the weights they loa
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch.nn.utils import get_total_norm

@@ -10,8 +10,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
@@ -39,8 +40,19 @@ class StorageError(OSError):
     name (see :func:`atomic_write_bytes`).
     """
 
+    nbytes: int | None = None  # how many bytes the refused write needed, when known
+
     def __str__(self) -> str:  # the message alone: it already names the file
         return self.strerror or super().__str__()
+
+    @classmethod
+    def refused(cls, errno_: int, path: Path | str, nbytes: int | None = None, what: str = "") -> StorageError:
+        """``No space left on device: cannot write PATH (33 MB); free space there or write somewhere else``."""
+        size = f" ({human_bytes(nbytes)})" if nbytes else ""
+        err = cls(errno_, f"{os.strerror(errno_)}: cannot write {what}{path}{size}; free space there or write "
+                          "somewhere else", str(path))
+        err.nbytes = nbytes
+        return err
 
 
 def human_bytes(n: float) -> str:
@@ -64,8 +76,7 @@ def explained_write(path: Path, nbytes: int | None = None) -> Iterator[None]:
     except OSError as e:
         if e.errno not in STORAGE_ERRNOS:
             raise
-        size = f" ({human_bytes(nbytes)})" if nbytes else ""
-        raise StorageError(e.errno, f"{e.strerror}: cannot write {path}{size}", str(path)) from e
+        raise StorageError.refused(e.errno, path, nbytes) from e
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:

@@ -122,7 +122,10 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str], source: str = ""):
         self.problems, self.source = list(problems), source
         head = f"invalid configuration{f' ({source})' if source else ''}:"
-        super().__init__("\n  - ".join([head, *self.problems]))
+        if len(self.problems) == 1:  # one problem, one line
+            super().__init__(f"{head} {self.problems[0]}")
+        else:
+            super().__init__("\n  - ".join([head, *self.problems]))
 
     def __reduce__(self):  # pickles whole (e.g. raised on every rank of a data-parallel run)
         return type(self), (self.problems, self.source)

@@ -9,7 +9,8 @@ again in the main process, unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ class CaughtInWorker:
         for cls in self.type.__mro__:
             try:
                 return cls(self.message)
-            except Exception:  # noqa: BLE001 - a constructor that wants other arguments: try its base
+            except Exception:  # noqa: BLE001, S112 - a constructor that wants other arguments: try its base
                 continue
         return RuntimeError(self.message)
 

@@ -51,16 +51,18 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
             continue
         try:
             event = json.loads(raw.decode("utf-8"))
-            if not isinstance(event, dict):
-                raise ValueError(f"a JSON {type(event).__name__}, not an event object")
+            why = None if isinstance(event, dict) else f"a JSON {type(event).__name__}, not an event object"
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            if i == len(lines) - 1:
-                return
-            raise ValueError(
-                f"{path}:{i + 1}: corrupt event line ({e}); the log was damaged or edited: restore it from a backup, "
-                f"or cut it before that line (fif run --resume cuts it back to its checkpoint)"
-            ) from None
-        yield event
+            why = str(e)
+        if why is None:
+            yield event
+            continue
+        if i == len(lines) - 1:  # a torn last line: the crash came mid-write
+            return
+        raise ValueError(
+            f"{path}:{i + 1}: corrupt event line ({why}); the log was damaged or edited: restore it from a backup, "
+            f"or cut it before that line (fif run --resume cuts it back to its checkpoint)"
+        )
 
 
 def summarize(events: list[dict[str, Any]]) -> dict[str, Any]:

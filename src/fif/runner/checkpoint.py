@@ -36,7 +36,6 @@ from fif.core.io import (
     CheckpointError,
     StorageError,
     fsync_dir,
-    human_bytes,
     safetensors_parts,
     sha256_file,
     write_synced,
@@ -207,9 +206,7 @@ def save_checkpoint(
         try:
             files = {name: write_synced(tmp / name, *file) for name, file in parts.items()}
         except StorageError as e:  # name the checkpoint and its whole size, not one of its files
-            raise StorageError(
-                e.errno, f"{e.strerror}: cannot write checkpoint {final} ({human_bytes(needed)} needed)", str(final)
-            ) from e
+            raise StorageError.refused(e.errno, final, needed, what="checkpoint ") from e
         manifest = {
             "format": FORMAT_VERSION,
             "fif_version": __version__,

@@ -19,12 +19,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import platform
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -252,12 +254,11 @@ def storage_advice(run_dir: Path) -> Iterator[None]:
             raise
         kept = list_checkpoints(run_dir / CHECKPOINT_DIR)
         where = f"its newest checkpoint, {kept[-1][1].name}, is intact" if kept else "it has no checkpoint yet"
-        size = checkpoint_bytes(kept[-1][1]) if kept else 0
+        size = checkpoint_bytes(kept[-1][1]) if kept else getattr(e, "nbytes", None)
         need = f" (a checkpoint needs about {human_bytes(size)})" if size else ""
         raise StorageError(
-            e.errno, f"{e if isinstance(e, StorageError) else f'{e.strerror}: {e.filename}'}. The run stopped; "
-            f"{where}. Free space{need} or make {run_dir} writable, then continue with: fif run --resume {run_dir}",
-            e.filename,
+            e.errno, f"{os.strerror(e.errno)}: cannot write {e.filename}. The run stopped and {where}. Free space"
+            f"{need} or make {run_dir} writable, then continue with: fif run --resume {run_dir}", e.filename,
         ) from e
 
 

@@ -26,6 +26,7 @@ from fif.config.components import schedule_from_config
 from fif.core.io import CheckpointError
 from fif.core.optim import OptimConfig, carry_optimizer_state
 from fif.core.seeding import restore_rng, rng_for
+from fif.data.bad_samples import BadSampleLog
 from fif.data.batch import Batch
 from fif.data.loader import StreamBatches
 from fif.data.mixture import (
@@ -39,7 +40,6 @@ from fif.data.mixture import (
 )
 from fif.data.stream import Task, task_indices
 from fif.methods import TaskInfo, deploy_model_for, freeze_all_but, optimizer_for
-from fif.data.bad_samples import BadSampleLog
 from fif.model.clip import Clip
 from fif.runner import samples
 from fif.runner.checkpoint import CHECKPOINT_DIR, Checkpoint, Position, latest_valid, remove_after

@@ -181,6 +181,16 @@ def test_missing_and_corrupt_images_name_the_file(tmp_path):
         data.images(np.array([1]), 8)
 
 
+def test_a_decompression_bomb_is_named_not_raised_raw(tmp_path, monkeypatch):
+    from PIL import Image
+
+    root = _layout(tmp_path, {"a.png": {"default_caption": "x", "target": 0}})
+    Image.new("RGB", (12, 10)).save(root / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    with pytest.raises(LayoutError, match=r"a\.png: refused to decode: .*MAX_IMAGE_PIXELS"):
+        read_split(root, "train").images(np.array([0]), 8)
+
+
 def test_empty_or_non_object_split_file(tmp_path):
     root = _layout(tmp_path, [])
     with pytest.raises(LayoutError, match="non-empty JSON object"):

@@ -86,3 +86,19 @@ def test_corrupt_image_is_named_when_decoded(birds):
     data = read_folder(spec(), "train", birds)
     with pytest.raises(SourceError, match=r"a\.png.*cannot decode"):
         data.images(np.array([0]), 8)
+
+
+@pytest.mark.parametrize("damage", ["decompression bomb", "truncated png"])
+def test_decode_errors_of_any_kind_name_the_file(damage, birds, monkeypatch):
+    """PIL raises DecompressionBombError (not an OSError) for huge images and other types for broken ones:
+    every one becomes the source's error naming the file."""
+    if damage == "decompression bomb":
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # a 12x10 image is then > 2x the limit
+        fix = "MAX_IMAGE_PIXELS"
+    else:
+        good = (birds / "robin" / "a.png").read_bytes()
+        (birds / "robin" / "a.png").write_bytes(good[: len(good) // 2])
+        fix = "corrupt"
+    data = read_folder(spec(), "train", birds)
+    with pytest.raises(SourceError, match=rf"robin/a\.png .*{fix}"):
+        data.images(np.array([0]), 8)
