@@ -262,7 +262,7 @@ class NanWeights(NanPoison):
     losses: only a check of the weights can see it."""
 
     def loss(self, batch, model):
-        return UpdateMethod.loss(self, batch, model)
+        return BaseMethod.loss(self, batch, model)
 
     def after_step(self, batch, step: int) -> None:
         key = (self.task, step)
