@@ -62,11 +62,6 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.warmup_frac: {t.warmup_frac} must be in [0, 1)")
     if t.weight_decay < 0:
         p.append("train.weight_decay: must be >= 0")
-    for key, beta in (("beta1", t.beta1), ("beta2", t.beta2)):
-        if not 0 <= beta < 1:
-            p.append(f"train.{key}: {beta} must be in [0, 1) (AdamW's moment decay; sgd's momentum is beta1)")
-    if t.eps <= 0:
-        p.append(f"train.eps: {t.eps} must be > 0 (AdamW divides by sqrt(v) + eps; FiF: 1e-8)")
     if t.grad_clip is not None and t.grad_clip <= 0:
         p.append("train.grad_clip: must be > 0 or null")
     if t.schedule not in schedule_names():
@@ -141,6 +136,11 @@ def _validate_recipe(t: TrainConfig) -> list[str]:
     """Problems with the recipe knobs of the train section (optimizer, accumulation, temperature, ...)."""
     p = _choice("train.optimizer", t.optimizer, OPTIMIZERS)
     p += _choice("train.optimizer_impl", t.optimizer_impl, OPTIMIZER_IMPLS)
+    for key, beta in (("beta1", t.beta1), ("beta2", t.beta2)):
+        if not 0 <= beta < 1:
+            p.append(f"train.{key}: {beta} must be in [0, 1) (AdamW's moment decay; sgd's momentum is beta1)")
+    if t.eps <= 0:
+        p.append(f"train.eps: {t.eps} must be > 0 (AdamW divides by sqrt(v) + eps; FiF: 1e-8)")
     p += _choice("train.temperature", t.temperature, TEMPERATURES)
     p += _choice("train.anneal_shape", t.anneal_shape, ANNEAL_SHAPES)
     if not 0 <= t.cooldown_frac < 1:
