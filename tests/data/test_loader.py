@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from fif.data.loader import PersistentLoader, SplitImages, StreamBatches
 from fif.data.mixture import MixedBatches, MixtureSampler, Pool, batch_counts
+from fif.data.sources.common import SourceError
+from fif.data.specs import BadSampleError
 
 
 class WhoServes(torch.utils.data.Dataset):
@@ -106,3 +109,46 @@ def test_a_loader_left_open_does_not_hang_the_exit():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0 and done.stdout.strip() == "[0, 1, 2]", done.stderr
+
+
+class FailsAt(torch.utils.data.Dataset):
+    """Item k is k, but item ``bad`` raises ``error``."""
+
+    def __init__(self, bad: int, error: Exception):
+        self.bad, self.error = bad, error
+
+    def __getitem__(self, key: int) -> int:
+        if key == self.bad:
+            raise self.error
+        return key
+
+
+class NeedsTwo(ValueError):
+    """An error whose constructor cannot be called with its message alone."""
+
+    def __init__(self, file: str, why: str):
+        super().__init__(f"{file}: {why}")
+
+
+def raised(loader: PersistentLoader, keys) -> Exception:
+    try:
+        list(loader.iterate(keys))
+    except Exception as e:  # noqa: BLE001 - the test compares whatever came out
+        return e
+    finally:
+        loader.close()
+    raise AssertionError("nothing was raised")
+
+
+@pytest.mark.parametrize("error", [
+    SourceError("/data/birds/robin/a.png (listed in /data/birds): image file not found"),
+    KeyError("unknown dataset 'x'; did you mean 'y'?"),
+    BadSampleError("b.png: cannot decode image", index=2, where="b.png"),
+    NeedsTwo("a.png", "truncated"),
+], ids=["source error", "key error", "keyword arguments", "other arguments"])
+def test_a_worker_error_is_the_error_without_workers(error):
+    """torch would re-raise it with the worker's whole traceback folded into a ten-line message."""
+    inline = raised(PersistentLoader(0, FailsAt(2, error)), range(4))
+    from_worker = raised(PersistentLoader(1, FailsAt(2, error)), range(4))
+    assert str(from_worker) == str(inline) and len(str(from_worker).splitlines()) == 1
+    assert type(from_worker) is (ValueError if isinstance(error, NeedsTwo) else type(error))  # its base, if need be

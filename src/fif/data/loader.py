@@ -7,6 +7,9 @@ of keys, in order (:meth:`PersistentLoader.iterate`); the workers, started at th
 ``prefetch_factor`` items each and keep running between passes (torch's ``persistent_workers``). An item
 is ``dataset[key]`` wherever it is computed, and every random draw in fif's items derives from its key, so
 what a pass yields does not depend on the number of workers (0 = computed in this process, on demand).
+An error raised while a worker computes an item is raised in this process as it would be without workers:
+the same type and one-line message, not torch's "Caught ... in DataLoader worker process 0. Original
+Traceback ..." (:class:`WorkerSafe`).
 
 The workers copy the dataset when they start (fork), so it must already hold everything any later pass
 asks for: :class:`StreamBatches` holds every remaining task's batches, :class:`SplitImages` every split an
@@ -66,7 +69,7 @@ class PersistentLoader:
         self.dataset = dataset
         if self.num_workers > 0:
             self._loader = torch.utils.data.DataLoader(
-                dataset, batch_size=None, sampler=self._plan, num_workers=self.num_workers, persistent_workers=True,
+                WorkerSafe(dataset), batch_size=None, sampler=self._plan, num_workers=self.num_workers, persistent_workers=True,
                 prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
                 # The workers' base seed comes from this generator, not from torch's global RNG, which a run's
                 # training draws from: with the default, starting workers would change the run's random stream.
@@ -88,7 +91,7 @@ class PersistentLoader:
             return (self.dataset[k] for k in keys)
         self._plan.keys = keys
         _LIVE.add(self)
-        return iter(self._loader)  # persistent_workers: the same worker processes, a new pass over the plan
+        return loader_items(iter(self._loader))  # persistent_workers: the same processes, a new pass over the plan
 
     def close(self) -> None:
         """Stop the worker processes and forget the dataset (idempotent)."""
@@ -121,6 +124,50 @@ def _close_live_loaders() -> None:
     own exit hook, so it runs first: that hook would SIGTERM the workers (ignored) and wait for them."""
     for loader in list(_LIVE):
         loader.close()
+
+
+class CaughtInWorker:
+    """An exception a worker caught: its type and message, which travel to the main process as data."""
+
+    def __init__(self, error: Exception):
+        self.type = type(error)
+        self.message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+
+    def error(self) -> Exception:
+        """The exception to raise again: the same type and message, or the nearest base class that takes a
+        message (a type whose constructor needs more arguments)."""
+        for cls in self.type.__mro__:
+            try:
+                return cls(self.message)
+            except Exception:  # noqa: BLE001, S112 - a constructor that wants other arguments: try its base
+                continue
+        return RuntimeError(self.message)
+
+
+class WorkerSafe(torch.utils.data.Dataset):
+    """Wraps a map-style dataset so that an exception while computing an item in a worker is returned as a
+    :class:`CaughtInWorker`, not raised there (torch would fold the worker's traceback into the message)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.dataset[key]
+        except Exception as e:  # noqa: BLE001 - carried to the main process and raised there (loader_items)
+            return CaughtInWorker(e)
+
+
+def loader_items(items: Iterable[Any]) -> Iterator[Any]:
+    """The items of a DataLoader over a :class:`WorkerSafe` dataset; a worker's error is raised here.
+
+    Raises:
+        Exception: whatever computing an item raised in the worker, with its own one-line message.
+    """
+    for item in items:
+        if isinstance(item, CaughtInWorker):
+            raise item.error() from None
+        yield item
 
 
 class StreamBatches(torch.utils.data.Dataset):
