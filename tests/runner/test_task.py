@@ -41,7 +41,7 @@ def test_workers_start_once_per_run_and_change_nothing(tmp_path, monkeypatch):
     start = dataloader._MultiProcessingDataLoaderIter.__init__
 
     def record(self, loader):  # one call per start of a DataLoader's worker processes
-        pools.append(type(loader.dataset).__name__)
+        pools.append(type(loader.dataset.dataset).__name__)  # inside the WorkerSafe wrapper
         start(self, loader)
 
     monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "__init__", record)
