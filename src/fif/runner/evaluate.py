@@ -14,7 +14,8 @@ from fif.eval.zeroshot import EvalResult, Evaluator
 from fif.runner.setup import load_model
 
 
-def evaluate_config(cfg, subset: bool = False, on_event=None, allow_nonfinite: bool = False) -> EvalResult:
+def evaluate_config(cfg, subset: bool = False, on_event=None, allow_nonfinite: bool = False,
+                    split: str = "test") -> EvalResult:
     """Evaluate the model of ``cfg.model`` (a base model, or weights given as ``model.pretrained``) on
     ``cfg.eval.datasets`` (default: every adaptation and eval-only dataset of ``cfg.data.benchmark``).
 
@@ -23,6 +24,7 @@ def evaluate_config(cfg, subset: bool = False, on_event=None, allow_nonfinite: b
         subset: score FiF's fixed stream subsets instead of the full test sets.
         on_event: receives ``base_model`` progress events when the mini base model must be built.
         allow_nonfinite: evaluate weights holding NaN/inf (a diverged model) instead of refusing them.
+        split: the split scored (``test``; a study's validation may score another draw or split).
 
     Raises:
         ModelLoadError, KeyError, ValueError: bad model, dataset or benchmark names (with the valid choices).
@@ -33,7 +35,7 @@ def evaluate_config(cfg, subset: bool = False, on_event=None, allow_nonfinite: b
     benchmark = get_benchmark(cfg.data.benchmark, **benchmark_options(cfg.data.options, cfg.data.root))
     evaluator = Evaluator(
         benchmark, cfg.eval.datasets, cfg.eval.batch_size, cfg.eval.subset_frac, cfg.eval.min_samples,
-        cfg.eval.ensemble, seed=cfg.run.seed, num_workers=eval_workers(cfg.eval, cfg.data),
+        cfg.eval.ensemble, seed=cfg.run.seed, num_workers=eval_workers(cfg.eval, cfg.data), split=split,
     )
     clip = load_model(cfg, device, on_event)
     if not allow_nonfinite and (bad := nonfinite_counts(clip.model.state_dict())):

@@ -234,10 +234,13 @@ def validate(sweep: Sweep) -> dict[str, Any]:
 # The sweep folder
 
 
-def write_sweep(sweep: Sweep, out: str | Path, command_prefix: Sequence[str] | None = None) -> Path:
+def write_sweep(sweep: Sweep, out: str | Path, command_prefix: Sequence[str] | None = None,
+                subcommand: str = "sweep") -> Path:
     """Validate every run and write the sweep folder's ``sweep.yaml``, ``configs/`` and ``commands.txt``.
 
-    Writing the same sweep again is a no-op for the runs (their folders are kept).
+    Writing the same sweep again is a no-op for the runs (their folders are kept). ``subcommand`` is the fif
+    command that runs one run of the folder in ``commands.txt`` (``study`` for a study's folder, which also
+    scores the run's validation signal).
 
     Raises:
         ConfigError: a run's config is invalid.
@@ -258,7 +261,7 @@ def write_sweep(sweep: Sweep, out: str | Path, command_prefix: Sequence[str] | N
     for name, cfg in configs.items():
         atomic_write_text(out / CONFIG_DIR / f"{name}.yaml", dump_yaml(cfg))
     atomic_write_text(existing, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
-    lines = [shlex.join([*(command_prefix or fif_command()), "sweep", "--out", str(out), "--only", r.name, "--run-here", "--resume"])
+    lines = [shlex.join([*(command_prefix or fif_command()), subcommand, "--out", str(out), "--only", r.name, "--run-here", "--resume"])
              for r in sweep.runs]
     atomic_write_text(out / COMMANDS_FILE, "\n".join(lines) + "\n")
     return out
@@ -379,8 +382,9 @@ class SlurmOptions:
 
 
 def slurm_script(sweep: Sweep, out: str | Path, opts: SlurmOptions, python: str | None = None,
-                 workdir: str | Path | None = None) -> str:
-    """A SLURM array script: array task i runs (or resumes, or skips) run i of the sweep.
+                 workdir: str | Path | None = None, subcommand: str = "sweep") -> str:
+    """A SLURM array script: array task i runs (or resumes, or skips) run i of the sweep (with ``fif
+    SUBCOMMAND``: ``sweep``, or ``study`` for a study's folder).
 
     Each task runs ``fif sweep --out OUT --only NAME --run-here --resume`` (``--run-here`` is ``--run``, spelled
     so that torchrun's parser does not take it for its ``--run-path``): one process per GPU through torchrun
@@ -405,7 +409,7 @@ def slurm_script(sweep: Sweep, out: str | Path, opts: SlurmOptions, python: str 
                         ("partition", opts.partition), ("account", opts.account)):
         if value is not None:
             sbatch.append(f"--{flag}={value}")
-    fif_args = ["-m", "fif", "sweep", "--out", str(out), "--only", '"$NAME"', "--run-here", "--resume", "--no-progress"]
+    fif_args = ["-m", "fif", subcommand, "--out", str(out), "--only", '"$NAME"', "--run-here", "--resume", "--no-progress"]
     if opts.gpus_per_task == 1 and opts.nodes == 1:
         launch = f"srun {shlex.quote(python)} " + " ".join(fif_args)
     else:
@@ -417,7 +421,7 @@ def slurm_script(sweep: Sweep, out: str | Path, opts: SlurmOptions, python: str 
     names = " ".join(shlex.quote(r.name) for r in sweep.runs)
     lines = [
         "#!/bin/bash",
-        f"# fif sweep {out}: {n} runs, one per array task. Submit with sbatch; submitting it again",
+        f"# fif {subcommand} {out}: {n} runs, one per array task. Submit with sbatch; submitting it again",
         "# continues unfinished runs and skips finished ones.",
         *(f"#SBATCH {s}" for s in sbatch),
         "set -euo pipefail",

@@ -1,0 +1,124 @@
+"""fif.studies.plan: expanding a study into runs (multiples, names, order, overrides), the study folder, the
+models study's checks and equal compute, and the time estimate."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from fif.core.typed import ConfigError
+from fif.runner.sweep import read_sweep
+from fif.studies import plan as plan_mod
+from fif.studies.plan import (
+    equal_compute_mafs,
+    estimate,
+    expand_study,
+    load_study,
+    read_plan,
+    resolve_value,
+    write_study,
+)
+from fif.studies.spec import parse_study
+
+SMALL = {
+    "name": "small", "overrides": ["merge.preset=none"], "seeds": [0, 1], "tune": {"train.lr": ["x0.5", "x2"]},
+    "variants": [{"name": "ft", "overrides": ["method.name=finetune"]},
+                 {"name": "ewc", "overrides": ["method.name=ewc", "budget.ft_steps=x0.5"],
+                  "tune": {"train.lr": ["x1"], "method.strength": ["1e4", "1e5"]}}],
+    "compare": [{"claim": "c", "a": "ft", "b": "ewc", "metric": "gm"}],
+}
+
+
+def test_expansion_resolves_multiples_and_orders_runs_seed_by_seed():
+    plan, sweep = expand_study(parse_study(SMALL), "mini")
+    assert [r.name for r in plan.runs] == [
+        "ft_lr=0.00025_seed=0", "ft_lr=0.001_seed=0", "ewc_lr=0.0005_strength=1e4_seed=0",
+        "ewc_lr=0.0005_strength=1e5_seed=0", "ft_lr=0.00025_seed=1", "ft_lr=0.001_seed=1",
+        "ewc_lr=0.0005_strength=1e4_seed=1", "ewc_lr=0.0005_strength=1e5_seed=1"]
+    run = sweep.run("ewc_lr=0.0005_strength=1e4_seed=1")
+    assert run.overrides == ["method.name=ewc", "budget.ft_steps=360", "train.lr=0.0005", "method.strength=1e4",
+                             "run.seed=1"]
+    assert sweep.overrides == ["merge.preset=none"] and plan.tuning == "validation"
+    assert plan.validation.overrides == ["data.options.seed=1000"]
+    assert plan.runs[2].point == {"train.lr": "0.0005", "method.strength": "1e4"}
+
+
+def test_user_overrides_set_the_base_of_multiples_but_cannot_clash():
+    plan, sweep = expand_study(parse_study(SMALL), "mini", ["train.lr=1e-3", "stream.tasks=3"])
+    assert plan.runs[0].point == {"train.lr": "0.0005"} and "stream.tasks=3" in sweep.overrides
+    with pytest.raises(ConfigError, match="method.name is set by variant ft"):
+        expand_study(parse_study(SMALL), "mini", ["method.name=lora"])
+    with pytest.raises(ConfigError, match="method.strength is set by the tuning grid of ewc"):
+        expand_study(parse_study(SMALL), "mini", ["method.strength=3"])
+    with pytest.raises(ConfigError, match="is a multiple, but stream.ordering resolves to 'random'"):
+        resolve_value("stream.ordering", "x2", {"stream": {"ordering": "random"}}, "tune")
+    assert resolve_value("budget.ft_steps", "x0.5", {"budget": {"ft_steps": 721.0}}, "w") == "360"
+
+
+def test_quick_grid_and_untuned_studies():
+    plan, sweep = expand_study(load_study("merging"), "mini", quick=True)
+    assert plan.quick and len(plan.runs) == 8 and plan.variants() == ["finetune", "ema_merge"]
+    assert "budget.ft_steps=60" in sweep.overrides and plan.seeds() == [0, 1]
+    plan, _ = expand_study(load_study("mixtures"), "mini")
+    assert plan.tuning == "fixed" and len(plan.runs) == 12 and plan.runs[0].name == "update_only_seed=0"
+    plan, sweep = expand_study(load_study("compute"), "mini", seeds=[5])
+    assert sweep.run("ema_merge_budget2_seed=5").overrides[1] == "budget.ft_steps=1440"
+    plan, _ = expand_study(load_study("merging"), "fif")
+    assert plan.tuning == "test" and plan.validation is None  # FiF has no held-out draw: the front, flagged
+
+
+def test_every_named_study_expands_on_both_presets(monkeypatch):
+    monkeypatch.setattr(plan_mod, "equal_compute_mafs", lambda arch, batch, steps: 1e15)
+    for name in ("methods", "merging", "schedules", "mixtures", "orderings", "compute"):
+        for preset in ("mini", "fif"):
+            plan, sweep = expand_study(load_study(name, preset), preset)
+            assert len(sweep.runs) == len(plan.runs) >= 12, (name, preset)
+    plan, sweep = expand_study(load_study("models", "fif"), "fif")
+    assert plan.variants() == ["vit_b32", "vit_b16", "vit_l14"] and "budget.mafs=1e+15" in sweep.overrides
+
+
+def test_models_on_mini_needs_two_architectures():
+    with pytest.raises(ConfigError, match="needs at least two architectures; the mini world has fif-mini-rn32"):
+        load_study("models", "mini")
+
+
+def test_equal_compute_is_the_fine_tuning_budget_of_the_first_model():
+    # README: the default mini run's budget, 720 steps of batch 128 of fif-mini-rn32, is 1.098e13 MAFs
+    assert equal_compute_mafs("fif-mini-rn32", 128, 720) == pytest.approx(1.098e13, rel=1e-3)
+
+
+def test_study_folder_is_idempotent_and_guarded(tmp_path):
+    plan, sweep = expand_study(parse_study(SMALL), "mini")
+    out = write_study(plan, sweep, tmp_path / "s")
+    assert read_plan(out).to_dict() == plan.to_dict() and len(read_sweep(out).runs) == 8
+    assert "-m fif study --out" in (out / "commands.txt").read_text()
+    write_study(plan, sweep, out)  # the same study again: fine
+    other, other_sweep = expand_study(parse_study(SMALL), "mini", seeds=[7])
+    with pytest.raises(FileExistsError, match="a different study"):
+        write_study(other, other_sweep, out)
+    with pytest.raises(FileNotFoundError, match="not a study folder"):
+        read_plan(tmp_path)
+
+
+def test_estimate_guesses_then_measures(tmp_path):
+    plan, sweep = expand_study(parse_study(SMALL), "mini")
+    out = write_study(plan, sweep, tmp_path / "s")
+    e = estimate(plan, out)
+    # 4 ft runs of 720 steps and 4 ewc runs of 360, at 0.24 s/step (batch 128) + 15 s setup each
+    assert (e.runs, e.runs_left, e.steps_left) == (8, 8, 4 * 720 + 4 * 360)
+    assert e.seconds_left == pytest.approx(4320 * 0.24 + 8 * 15.0) and "guess" in e.source
+    assert estimate(plan, out, "cuda").seconds_left is None
+    run = out / plan.runs[0].name  # a finished run that took 144 s from its config to run_end
+    run.mkdir()
+    (run / "config.yaml").write_text((out / "configs" / f"{plan.runs[0].name}.yaml").read_text())
+    began = (run / "config.yaml").stat().st_mtime
+    (run / "events.jsonl").write_text(json.dumps({"event": "run_start"}) + "\n" +
+                                      json.dumps({"event": "run_end", "time": began + 144.0}) + "\n")
+    (run / "summary.json").write_text("{}")
+    e = estimate(plan, out)
+    assert e.runs_left == 7 and e.seconds_per_step == pytest.approx(0.2) and "measured" in e.source
+    assert e.seconds_left == pytest.approx((3 * 720 + 4 * 360) * 0.2)
+    assert estimate(plan, out, only=[plan.runs[1].name]).seconds_left == pytest.approx(720 * 0.2)
+    os.utime(run / "config.yaml")
