@@ -8,6 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -166,8 +168,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def expand(args: argparse.Namespace, seeds) -> int:
-    import yaml
-
     from fif.cli import CliError
     from fif.runner.sweep import SlurmOptions, multi_gpu_overrides
     from fif.studies import expand_study, load_study, write_study
@@ -182,8 +182,8 @@ def expand(args: argparse.Namespace, seeds) -> int:
     overrides = [*args.overrides, *(multi_gpu_overrides(opts) if args.slurm else [])]
     plan, sweep = expand_study(study, args.preset, overrides, args.quick, seeds)
     out = Path(args.out or f"runs/study-{study.name}{'-quick' if args.quick else ''}")
-    if out.exists() and not (out / "study.yaml").is_file() and any(out.iterdir()):
-        raise CliError(f"{out} exists and is not a study folder; choose another --out")
+    if is_main() and out.is_dir() and any(out.iterdir()) and not any((out / f).is_file() for f in ("study.yaml", "sweep.yaml")):
+        raise CliError(f"{out} exists and is not a study folder; choose another --out")  # the other ranks race rank 0
     write_study(plan, sweep, out)  # idempotent: under torchrun every rank writes the same files
     if is_main():
         print_plan(plan, out)

@@ -270,9 +270,12 @@ def tuning_statement(plan: StudyPlan) -> str:
     select = METRIC_NAMES[plan.study.select]
     keys = sorted({k for r in plan.runs for k in r.point})
     if plan.tuning == "fixed":
-        fixed = ", ".join(f"{k}={v}" for k, v in (plan.runs[0].point.items() if plan.runs else []))
-        return ("Nothing is tuned: every variant runs at its configured values"
-                + (f" ({fixed})" if fixed else "") + "; a difference may partly be one of the learning rate.")
+        fixed = dict(plan.runs[0].point) if plan.runs else {}
+        if not fixed and plan.lr is not None:
+            fixed = {"train.lr": format(plan.lr, "g")}
+        values = ", ".join(f"{k}={v}" for k, v in fixed.items())
+        return ("Nothing is tuned: every variant runs at its configured values" + (f" ({values})" if values else "")
+                + "; a difference may partly be one of the learning rate.")
     if plan.tuning == "validation":
         v = plan.validation
         where = v.note if v and v.note else f"split {v.split} with {' '.join(v.overrides)}" if v else "?"

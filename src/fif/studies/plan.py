@@ -25,7 +25,7 @@ from fif.core.typed import ConfigError
 from fif.methods.finetune import Finetune
 from fif.model.clip import CONFIG_DIR as MODEL_CONFIG_DIR
 from fif.runner.state import is_finished
-from fif.runner.sweep import SWEEP_FILE, Sweep, SweepRun, read_sweep, run_state, safe_name, write_sweep
+from fif.runner.sweep import SWEEP_FILE, Sweep, SweepRun, read_sweep, run_state, safe_name, validate, write_sweep
 from fif.studies.catalog import named_study
 from fif.studies.spec import MULTIPLE, Study, Validation, parse_study
 
@@ -33,12 +33,12 @@ STUDY_FILE = "study.yaml"
 VALIDATION_DIR = "validation"
 TUNING_MODES = ("validation", "test", "fixed")
 
-# Quick grids shrink the stream, the budget and (on mini) the world, so a run takes seconds, not minutes.
+# Quick grids shrink the stream, the budget and the evaluations, so a run takes seconds, not minutes. They
+# leave data.options alone: the cached mini base model is keyed by them, and a changed world means building
+# another base (minutes).
 QUICK_MINI = [
     "stream.tasks=3", "budget.ft_steps=60", "train.batch_size=64", "train.log_every=10", "eval.full_at_ends=false",
-    "eval.min_samples=100", "eval.subset_frac=0.05", "data.options.pool_size=4000", "data.options.train_per_class=60",
-    "data.options.test_per_class=30", "data.options.eval_size=200", "data.options.retrieval_train=300",
-    "data.options.retrieval_test=150",
+    "eval.min_samples=100", "eval.subset_frac=0.05",
 ]
 QUICK_OTHER = ["stream.tasks=3", "budget.ft_steps=x0.02", "eval.full_at_ends=false"]
 # Mini's validation draw: every split is a pure function of data.options.seed, so another seed is a fresh,
@@ -86,6 +86,7 @@ class StudyPlan:
     tuning: str
     benchmark: str = ""
     budget_mafs: float | None = None  # equal_compute: the whole stream's budget every variant gets
+    lr: float | None = None  # the resolved train.lr before any grid (what an untuned study runs at)
 
     def sweep(self, run_overrides: dict[str, list[str]]) -> Sweep:
         return Sweep(self.preset, list(self.overrides), [SweepRun(r.name, run_overrides[r.name]) for r in self.runs])
@@ -105,6 +106,7 @@ class StudyPlan:
         return {
             "study": self.study.to_dict(), "preset": self.preset, "overrides": list(self.overrides),
             "quick": self.quick, "tuning": self.tuning, "benchmark": self.benchmark, "budget_mafs": self.budget_mafs,
+            "lr": self.lr,
             "validation": None if v is None else {"overrides": list(v.overrides), "split": v.split,
                                                   "subset": v.subset, "note": v.note},
             "runs": [{"name": r.name, "variant": r.variant, "point": dict(r.point), "seed": r.seed} for r in self.runs],
@@ -119,7 +121,7 @@ class StudyPlan:
                       int(r["seed"])) for r in data["runs"]],
             None if v is None else Validation(list(v.get("overrides") or []), v.get("split", "test"),
                                               bool(v.get("subset", True)), v.get("note", "")),
-            data.get("tuning", "fixed"), data.get("benchmark", ""), data.get("budget_mafs"),
+            data.get("tuning", "fixed"), data.get("benchmark", ""), data.get("budget_mafs"), data.get("lr"),
         )
 
 
@@ -322,7 +324,9 @@ def expand_study(study: Study, preset: str | None = None, overrides: Sequence[st
     validation = auto_validation(cfg0) if study.validation == "auto" else study.validation
     tuned = any(len(points) > 1 for _, points in resolved.values())
     tuning = "fixed" if not tuned else ("validation" if validation is not None else "test")
-    plan = StudyPlan(study, preset, base, quick, runs, validation, tuning, benchmark, budget_mafs)
+    lrs = {load_config(preset, [*base, *v_over]).train.lr for v_over, _ in resolved.values()}
+    plan = StudyPlan(study, preset, base, quick, runs, validation, tuning, benchmark, budget_mafs,
+                     lrs.pop() if len(lrs) == 1 else None)
     return plan, plan.sweep(run_overrides)
 
 
@@ -339,15 +343,18 @@ def write_study(plan: StudyPlan, sweep: Sweep, out: str | Path) -> Path:
         ConfigError: a run's config is invalid.
     """
     out = Path(out)
+    validate(sweep)  # every run's config, before anything is written
     existing = out / STUDY_FILE
-    if (out / SWEEP_FILE).is_file():
-        old = read_sweep(out)
-        if old.to_dict() != sweep.to_dict() or not existing.is_file():
-            what = "a different study" if existing.is_file() else "a sweep that is not a study"
-            raise FileExistsError(f"{out} already holds {what} ({len(old.runs)} runs); choose another --out, or "
-                                  f"continue it with: fif study --out {out} --run")
+    text = yaml.safe_dump(plan.to_dict(), sort_keys=False, allow_unicode=True)
+    # Under torchrun every rank writes the same files, in any interleaving: refuse only real differences.
+    old_study = existing.is_file() and StudyPlan.from_dict(read_yaml(existing)).to_dict() != plan.to_dict()
+    old_sweep = (out / SWEEP_FILE).is_file() and read_sweep(out).to_dict() != sweep.to_dict()
+    if old_study or old_sweep:
+        what = "a different study" if existing.is_file() else "a sweep that is not this study"
+        raise FileExistsError(f"{out} already holds {what}; choose another --out, or continue that one with: "
+                              f"fif study --out {out} --run")
+    atomic_write_text(existing, text)
     write_sweep(sweep, out, subcommand="study")
-    atomic_write_text(existing, yaml.safe_dump(plan.to_dict(), sort_keys=False, allow_unicode=True))
     return out
 
 
@@ -394,7 +401,8 @@ def _run_steps(cfg: dict[str, Any]) -> float:
 
 
 def _measured_seconds(run_dir: Path) -> float | None:
-    """Wall seconds of a finished, never-resumed run, setup included (from its config.yaml to run_end)."""
+    """Wall seconds of a finished, never-resumed run, setup included (from its config.yaml to run_end), plus
+    the seconds its validation score took."""
     info_path, events_path = run_dir / "run.json", run_dir / "events.jsonl"
     if not is_finished(run_dir):
         return None
@@ -403,7 +411,9 @@ def _measured_seconds(run_dir: Path) -> float | None:
         return None  # its wall time spans an interruption
     end = json.loads(events_path.read_text().splitlines()[-1])
     began = (run_dir / "config.yaml").stat().st_mtime  # written before setup, so setup time counts too
-    return max(float(end["time"]) - began, 0.0)
+    validation = run_dir.parent / VALIDATION_DIR / f"{run_dir.name}.json"
+    scored = json.loads(validation.read_text()).get("seconds", 0.0) if validation.is_file() else 0.0
+    return max(float(end["time"]) - began, 0.0) + float(scored or 0.0)
 
 
 def estimate(plan: StudyPlan, out: str | Path, device_type: str = "cpu", only: Sequence[str] | None = None) -> Estimate:
