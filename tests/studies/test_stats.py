@@ -49,6 +49,9 @@ def test_paired_contrast_pairs_by_seed_and_drops_unshared_seeds():
     assert d.interval.mean == pytest.approx(6.0)
     assert (d.interval.low, d.interval.high) == pytest.approx((6 - 2.4843, 6 + 2.4843), abs=1e-3)
     assert d.missing == {"b": [3]}
+    # pairs follow the seed, not the order or the rank of the values
+    shuffled = paired_contrast({"a": {2: 38.0, 0: 41.0, 1: 35.0}, "b": {0: 30.0, 1: 34.0, 2: 32.0}}, {"a": 1, "b": -1})
+    assert shuffled.seeds == (0, 1, 2) and shuffled.per_seed == (11.0, 1.0, 6.0)
     # Unpaired, the seed-to-seed spread would not cancel: s_a = 3, s_b = 2, standard error sqrt(9/3 + 4/3) = 2.08,
     # and even with t = 4.303 the half width 8.96 > 6 would put 0 inside the interval. Pairing makes it a finding.
     assert d.interval.low > 0 and 4.303 * math.sqrt(9 / 3 + 4 / 3) > 6

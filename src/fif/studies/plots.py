@@ -48,7 +48,8 @@ def plot_paths(analysis: StudyAnalysis) -> Figure:
     ax.set_ylabel("zero-shot retention A_ZS (%)")
     ax.set_title("Accumulation vs retention, mean over seeds (bars: ±1 sd)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:  # a study with no finished run has nothing to label
+        ax.legend(fontsize=7, loc="best")
     return fig
 
 
