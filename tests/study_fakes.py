@@ -15,6 +15,15 @@ from fif.studies.plan import expand_study, write_study
 from fif.studies.spec import parse_study
 from fif.studies.tuning import _weights_stamp, validation_path
 
+# A study of two variants with their own grids and a multiple in a variant's overrides (tests/studies/test_plan.py).
+SMALL = {
+    "name": "small", "overrides": ["merge.preset=none"], "seeds": [0, 1], "tune": {"train.lr": ["x0.5", "x2"]},
+    "variants": [{"name": "ft", "overrides": ["method.name=finetune"]},
+                 {"name": "ewc", "overrides": ["method.name=ewc", "budget.ft_steps=x0.5"],
+                  "tune": {"train.lr": ["x1"], "method.strength": ["1e4", "1e5"]}}],
+    "compare": [{"claim": "c", "a": "ft", "b": "ewc", "metric": "gm"}],
+}
+
 STUDY = {
     "name": "fake", "seeds": [0, 1, 2], "tune": {"train.lr": ["x1", "x2"]},
     "variants": [{"name": "base", "overrides": ["merge.preset=none"]},

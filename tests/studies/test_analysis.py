@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from study_fakes import fake_study
 
 from fif.studies.analysis import analyze, load_records
 from fif.studies.plan import read_plan
+from study_fakes import fake_study
 
 T2 = 4.303  # t_{0.975, 2} from a t table: three seeds
 

@@ -1,10 +1,7 @@
 """fif.studies.plan: expanding a study into runs (multiples, names, order, overrides), the study folder, the
-models study's checks and equal compute, and the time estimate."""
+models study's checks and equal compute."""
 
 from __future__ import annotations
-
-import json
-import os
 
 import pytest
 
@@ -13,7 +10,6 @@ from fif.runner.sweep import read_sweep
 from fif.studies import plan as plan_mod
 from fif.studies.plan import (
     equal_compute_mafs,
-    estimate,
     expand_study,
     load_study,
     read_plan,
@@ -21,14 +17,7 @@ from fif.studies.plan import (
     write_study,
 )
 from fif.studies.spec import parse_study
-
-SMALL = {
-    "name": "small", "overrides": ["merge.preset=none"], "seeds": [0, 1], "tune": {"train.lr": ["x0.5", "x2"]},
-    "variants": [{"name": "ft", "overrides": ["method.name=finetune"]},
-                 {"name": "ewc", "overrides": ["method.name=ewc", "budget.ft_steps=x0.5"],
-                  "tune": {"train.lr": ["x1"], "method.strength": ["1e4", "1e5"]}}],
-    "compare": [{"claim": "c", "a": "ft", "b": "ewc", "metric": "gm"}],
-}
+from study_fakes import SMALL
 
 
 def test_expansion_resolves_multiples_and_orders_runs_seed_by_seed():
@@ -100,25 +89,3 @@ def test_study_folder_is_idempotent_and_guarded(tmp_path):
         write_study(other, other_sweep, out)
     with pytest.raises(FileNotFoundError, match="not a study folder"):
         read_plan(tmp_path)
-
-
-def test_estimate_guesses_then_measures(tmp_path):
-    plan, sweep = expand_study(parse_study(SMALL), "mini")
-    out = write_study(plan, sweep, tmp_path / "s")
-    e = estimate(plan, out)
-    # 4 ft runs of 720 steps and 4 ewc runs of 360, at 0.24 s/step (batch 128) + 15 s setup each
-    assert (e.runs, e.runs_left, e.steps_left) == (8, 8, 4 * 720 + 4 * 360)
-    assert e.seconds_left == pytest.approx(4320 * 0.24 + 8 * 15.0) and "guess" in e.source
-    assert estimate(plan, out, "cuda").seconds_left is None
-    run = out / plan.runs[0].name  # a finished run that took 144 s from its config to run_end
-    run.mkdir()
-    (run / "config.yaml").write_text((out / "configs" / f"{plan.runs[0].name}.yaml").read_text())
-    began = (run / "config.yaml").stat().st_mtime
-    (run / "events.jsonl").write_text(json.dumps({"event": "run_start"}) + "\n" +
-                                      json.dumps({"event": "run_end", "time": began + 144.0}) + "\n")
-    (run / "summary.json").write_text("{}")
-    e = estimate(plan, out)
-    assert e.runs_left == 7 and e.seconds_per_step == pytest.approx(0.2) and "measured" in e.source
-    assert e.seconds_left == pytest.approx((3 * 720 + 4 * 360) * 0.2)
-    assert estimate(plan, out, only=[plan.runs[1].name]).seconds_left == pytest.approx(720 * 0.2)
-    os.utime(run / "config.yaml")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from study_fakes import fake_study
-
 from fif.studies.execute import report_study
+from study_fakes import fake_study
 
 
 def test_report_states_each_finding_with_its_numbers(tmp_path):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from study_fakes import fake_study
-
 from fif.studies.tuning import choose_points, read_validation
+from study_fakes import fake_study
 
 
 def test_a_redone_run_loses_its_stale_validation_score(tmp_path):

@@ -86,7 +86,7 @@ def print_plan(plan, out: Path) -> None:
 
 def print_estimate(plan, out: Path) -> None:
     from fif.studies.analysis import tuning_statement
-    from fif.studies.plan import estimate, format_duration
+    from fif.studies.estimate import estimate, format_duration
 
     print(f"tuning: {tuning_statement(plan)}")
     e = estimate(plan, out, _device_type(plan))
@@ -230,7 +230,7 @@ def run_here(args, plan, out: Path) -> int:
     from fif.cli.run import TablePrinter
     from fif.runner.folder import RunInterrupted
     from fif.studies import run_study
-    from fif.studies.plan import format_duration
+    from fif.studies.estimate import format_duration
     from fif.train.distributed import is_main
 
     main_rank = is_main()

@@ -12,8 +12,9 @@ seed and a verdict per claim (:mod:`fif.studies.stats`, :mod:`fif.studies.analys
 
 from fif.studies.analysis import StudyAnalysis, analyze, load_records
 from fif.studies.catalog import named_study, study_names
+from fif.studies.estimate import Estimate, estimate
 from fif.studies.execute import Progress, report_study, run_study
-from fif.studies.plan import Estimate, StudyPlan, estimate, expand_study, load_study, read_plan, write_study
+from fif.studies.plan import StudyPlan, expand_study, load_study, read_plan, write_study
 from fif.studies.spec import Study, parse_study
 
 __all__ = [

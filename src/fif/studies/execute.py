@@ -14,7 +14,8 @@ from typing import Callable, Sequence
 
 from fif.runner.sweep import RunOutcome, run_sweep
 from fif.studies.analysis import StudyAnalysis, analyze, load_records
-from fif.studies.plan import StudyPlan, estimate, read_plan
+from fif.studies.estimate import estimate
+from fif.studies.plan import StudyPlan, read_plan
 from fif.studies.report import StudyReport, write_study_report
 from fif.studies.tuning import score_validation
 from fif.train.distributed import is_main

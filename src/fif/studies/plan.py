@@ -3,6 +3,7 @@
 
 The study folder is a sweep folder (``sweep.yaml``, ``configs/``, ``commands.txt``, one run folder per run)
 with ``study.yaml`` beside it, ``validation/<run>.json`` (each run's validation score) and ``report/``.
+How long it will take: :mod:`fif.studies.estimate`.
 Runs are ordered seed by seed (every variant's seed 0 first), so a study stopped half-way already holds
 complete comparisons for its first seeds.
 """
@@ -10,22 +11,20 @@ complete comparisons for its first seeds.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
 from fif.budget.mafs import run_budget_mafs
-from fif.budget.measure import meta_clip, measure_step_cost
+from fif.budget.measure import measure_step_cost, meta_clip
 from fif.config import load_config, read_yaml
 from fif.core.io import atomic_write_text
 from fif.core.typed import ConfigError
 from fif.methods.finetune import Finetune
 from fif.model.clip import CONFIG_DIR as MODEL_CONFIG_DIR
-from fif.runner.state import is_finished
-from fif.runner.sweep import SWEEP_FILE, Sweep, SweepRun, read_sweep, run_state, safe_name, validate, write_sweep
+from fif.runner.sweep import SWEEP_FILE, Sweep, SweepRun, read_sweep, safe_name, validate, write_sweep
 from fif.studies.catalog import named_study
 from fif.studies.spec import MULTIPLE, Study, Validation, parse_study
 
@@ -44,11 +43,6 @@ QUICK_OTHER = ["stream.tasks=3", "budget.ft_steps=x0.02", "eval.full_at_ends=fal
 # Mini's validation draw: every split is a pure function of data.options.seed, so another seed is a fresh,
 # independent draw of every test set from the same generator (never trained on, never reported).
 MINI_VALIDATION_SEED_OFFSET = 1000
-# Wall seconds per full fine-tuning step (training + its share of the evaluations) and per run (setup), used
-# for the estimate until a run of the study has finished: the default mini run (720 steps of batch 128, 7
-# evaluations) took 2 min 54 s on the project's idle 2-core CPU (README). None for other models and devices.
-GUESS_SECONDS = {("fif-mini-rn32", "cpu"): (0.24, 15.0)}
-GUESS_BATCH = 128
 
 
 @dataclass
@@ -368,84 +362,3 @@ def read_plan(out: str | Path) -> StudyPlan:
     if not path.is_file():
         raise FileNotFoundError(f"{out} is not a study folder (no {STUDY_FILE}); start one with: fif study NAME --out {out}")
     return StudyPlan.from_dict(read_yaml(path))
-
-
-# ----------------------------------------------------------------------------------------------
-# The estimate
-
-
-@dataclass
-class Estimate:
-    """Runs × steps × seconds per step: ``steps`` are full fine-tuning steps of the budget (a cheaper method
-    takes more, cheaper steps: the same MAFs); ``seconds_per_step`` includes evaluation and setup."""
-
-    runs: int
-    runs_left: int
-    steps_left: float
-    steps_per_run: list[float] = field(default_factory=list)
-    seconds_per_step: float | None = None
-    seconds_per_run: float = 0.0
-    source: str = "unknown"
-
-    @property
-    def seconds_left(self) -> float | None:
-        if self.seconds_per_step is None:
-            return None
-        return self.steps_left * self.seconds_per_step + self.runs_left * self.seconds_per_run
-
-
-def _run_steps(cfg: dict[str, Any]) -> float:
-    """Full fine-tuning steps of a run's budget (``budget.ft_steps``; under ``budget.mafs`` it is the basis
-    the study's equal-compute budget was derived from)."""
-    return float((cfg.get("budget") or {}).get("ft_steps") or 0.0)
-
-
-def _measured_seconds(run_dir: Path) -> float | None:
-    """Wall seconds of a finished, never-resumed run, setup included (from its config.yaml to run_end), plus
-    the seconds its validation score took."""
-    info_path, events_path = run_dir / "run.json", run_dir / "events.jsonl"
-    if not is_finished(run_dir):
-        return None
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    if info.get("resumes"):
-        return None  # its wall time spans an interruption
-    end = json.loads(events_path.read_text().splitlines()[-1])
-    began = (run_dir / "config.yaml").stat().st_mtime  # written before setup, so setup time counts too
-    validation = run_dir.parent / VALIDATION_DIR / f"{run_dir.name}.json"
-    scored = json.loads(validation.read_text()).get("seconds", 0.0) if validation.is_file() else 0.0
-    return max(float(end["time"]) - began, 0.0) + float(scored or 0.0)
-
-
-def estimate(plan: StudyPlan, out: str | Path, device_type: str = "cpu", only: Sequence[str] | None = None) -> Estimate:
-    """How long the unfinished runs (of ``only``, default all) will take: seconds per step measured on this
-    study's finished runs, else a guess for the mini model on a 2-core CPU (``GUESS_SECONDS``), else unknown."""
-    out = Path(out)
-    left, steps_left, per_run, wall, done_steps = 0, 0.0, [], 0.0, 0.0
-    for r in plan.runs:
-        path = out / "configs" / f"{r.name}.yaml"
-        steps = _run_steps(read_yaml(path) if path.is_file() else {})
-        per_run.append(steps)
-        state = run_state(out / r.name)
-        if state != "finished" and (only is None or r.name in only):
-            left += 1
-            steps_left += steps
-        elif state == "finished" and (seconds := _measured_seconds(out / r.name)) is not None:
-            wall += seconds
-            done_steps += steps
-    if done_steps > 0:
-        return Estimate(len(plan.runs), left, steps_left, per_run, wall / done_steps, 0.0,
-                        "measured on this study's finished runs")
-    cfg = load_config(plan.preset, plan.overrides)
-    guess = GUESS_SECONDS.get((cfg.model.arch, device_type))
-    if guess is None:
-        return Estimate(len(plan.runs), left, steps_left, per_run)
-    per_step = guess[0] * cfg.train.batch_size / GUESS_BATCH
-    return Estimate(len(plan.runs), left, steps_left, per_run, per_step, guess[1],
-                    "a guess from the default mini run on an idle 2-core CPU; measured once a run has finished")
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "unknown"
-    minutes = seconds / 60
-    return f"{seconds:.0f} s" if seconds < 90 else f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"

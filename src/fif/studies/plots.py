@@ -12,14 +12,14 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: figures render to PNG bytes only
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-from fif.eval.metrics import ScoreMatrix, change_from_zero_shot  # noqa: E402
-from fif.results.report import RunData  # noqa: E402
-from fif.results.report.plots import plot_change_heatmap  # noqa: E402
-from fif.studies.analysis import ComparisonResult, PointSummary, StudyAnalysis  # noqa: E402
+from fif.eval.metrics import ScoreMatrix, change_from_zero_shot
+from fif.results.report import RunData
+from fif.results.report.plots import plot_change_heatmap
+from fif.studies.analysis import ComparisonResult, PointSummary, StudyAnalysis
 
 
 def _colors(n: int) -> list:
