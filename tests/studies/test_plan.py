@@ -47,6 +47,8 @@ def test_user_overrides_set_the_base_of_multiples_but_cannot_clash():
 
 
 def test_quick_grid_and_untuned_studies():
+    plan, sweep = expand_study(load_study("merging"), "mini")
+    assert len(plan.runs) == 21 and "ema_merge_lr=0.001_alpha=0.3_seed=2" in [r.name for r in plan.runs]
     plan, sweep = expand_study(load_study("merging"), "mini", quick=True)
     assert plan.quick and len(plan.runs) == 8 and plan.variants() == ["finetune", "ema_merge"]
     assert "budget.ft_steps=60" in sweep.overrides and plan.seeds() == [0, 1]

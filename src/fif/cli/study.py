@@ -74,7 +74,8 @@ def print_plan(plan, out: Path) -> None:
         if point_label(r.point) not in points[r.variant]:
             points[r.variant].append(point_label(r.point))
     seeds = plan.seeds()
-    print(f"study {plan.study.name}{' (quick)' if plan.quick else ''} on {plan.preset}: {len(variants)} variants, "
+    plural = "s" if len(variants) != 1 else ""
+    print(f"study {plan.study.name}{' (quick)' if plan.quick else ''} on {plan.preset}: {len(variants)} variant{plural}, "
           f"seeds {','.join(map(str, seeds))}, {len(plan.runs)} runs in {out}/")
     width = max(8, *(len(v) for v in variants))
     for v in variants:
