@@ -39,7 +39,8 @@ def plot_paths(analysis: StudyAnalysis) -> Figure:
         xerr = [p["a_ka_sd"] or 0.0 for p in pts]
         yerr = [p["a_zs_sd"] or 0.0 for p in pts]
         n = int(pts[0]["n"] or 0)
-        label = f"{v.variant} ({v.chosen.label if v.chosen else '-'}; {n} seed{'s' if n != 1 else ''})"
+        point = f"{v.chosen.label}; " if v.chosen and v.chosen.label != "-" else ""
+        label = f"{v.variant} ({point}{n} seed{'s' if n != 1 else ''})"
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="-o", color=color, ms=4, lw=1.5, elinewidth=0.8,
                     capsize=2, alpha=0.9, label=label)
         ax.plot(xs[0], ys[0], marker="*", ms=15, color=color, mec="black", mew=0.7, ls="none")
