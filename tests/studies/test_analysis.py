@@ -81,3 +81,13 @@ def test_a_partial_study_reports_what_it_has(tmp_path):
     assert a.finished == 10 and a.missing == ["new_lr=0.0005_seed=2", "new_lr=0.001_seed=2"]
     r = next(r for r in a.comparisons if r.comparison.claim == "new accumulates more than base")
     assert r.difference.seeds == (0, 1) and r.difference.per_seed == (5.0, 6.0)
+
+
+def test_a_point_that_diverged_on_a_seed_is_not_chosen(tmp_path):
+    out = fake_study(tmp_path / "study", skip=("base_lr=0.0005_seed=2",))
+    plan = read_plan(out)
+    records, missing = load_records(out, plan)
+    a = analyze(plan, records, missing, {"base_lr=0.0005_seed=2": "diverged"})
+    # lr=0.0005 has the better validation GM on the seeds that finished, but diverged on seed 2
+    assert a.variant("base").chosen.label == "lr=0.001" and a.missing == []
+    assert next(p for p in a.points if p.label == "lr=0.0005" and p.variant == "base").diverged == 1

@@ -41,3 +41,32 @@ def test_a_study_runs_validates_reports_and_skips_what_is_done(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "validation").glob("*.json")} == stamps
     with pytest.raises(KeyError, match="has no run 'nope'"):
         run_study(out, only=["nope"])
+
+
+def test_a_diverged_run_is_recorded_skipped_later_and_reported(tmp_path, monkeypatch):
+    from fif.runner.folder import TrainingDivergedError
+    from fif.runner.sweep import RunOutcome
+    from fif.studies import execute
+
+    plan, sweep = expand_study(parse_study(STUDY), "mini", TINY)
+    out = write_study(plan, sweep, tmp_path / "s")
+    bad, good = plan.runs[1].name, plan.runs[0].name
+    calls = []
+
+    def fake_run_sweep(out_dir, only, **kw):  # the largest lr diverges; the other "runs" without writing a folder
+        calls.append(only[0])
+        if only[0] == bad:
+            raise TrainingDivergedError("non-finite steps after 3 rollbacks; lower train.lr")
+        return [RunOutcome(only[0], "ran", out_dir / only[0])]
+
+    monkeypatch.setattr(execute, "run_sweep", fake_run_sweep)
+    assert [o.action for o in run_study(out)] == ["ran", "diverged"]
+    assert execute.failed_runs(out) == {bad: "non-finite steps after 3 rollbacks; lower train.lr"}
+    seen = []
+    assert [o.action for o in run_study(out, on_start=lambda n, a: seen.append((n, a)))] == ["ran", "failed"]
+    assert (bad, "failed") in seen and calls == [good, bad, good]
+    run_study(out, retry_failed=True)
+    assert calls[-1] == bad
+    analysis, written = report_study(out)
+    assert analysis.failed == {bad: "non-finite steps after 3 rollbacks; lower train.lr"}
+    assert analysis.missing == [good] and f"diverged (left out): {bad}" in written.html.read_text()

@@ -37,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="with --run: only this run (repeatable); no report")
     p.add_argument("--report", action="store_true", help="write the report of the finished runs (partial if some are missing)")
     p.add_argument("--report-dir", help="where the report goes (default: OUT/report)")
+    p.add_argument("--retry-failed", action="store_true", help="with --run: run again the runs that diverged before")
     p.add_argument("--no-progress", action="store_true", help="no progress bars inside runs")
     s = p.add_argument_group("SLURM (as fif sweep)")
     s.add_argument("--slurm", metavar="SCRIPT", help="write a SLURM array script (one array task per run)")
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--account")
     s.add_argument("--max-parallel", type=int, help="at most this many runs at once")
     s.add_argument("--setup", action="append", default=[], metavar="LINE", help="a shell line before each run")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, intermixed="args")  # overrides after the flags land in args too (fif.cli.main)
 
 
 def fmt(value, spec: str = ".2f") -> str:
@@ -138,6 +139,8 @@ def print_findings(analysis, report) -> None:
         for r in analysis.comparisons:
             print(f"  - {r.sentence}")
     missing = f" ({len(analysis.missing)} of {len(analysis.plan.runs)} runs not finished: a partial report)" if analysis.missing else ""
+    for name, error in analysis.failed.items():
+        print(f"diverged, left out: {name}: {error.splitlines()[0] if error else ''}")
     print(f"report: {report.html}{missing}")
 
 
@@ -240,7 +243,8 @@ def run_here(args, plan, out: Path) -> int:
 
     def on_start(name: str, action: str) -> None:
         if main_rank:
-            what = "already finished, skipped" if action == "skipped" else action.replace("ran", "starting")
+            what = {"skipped": "already finished, skipped", "ran": "starting",
+                    "failed": "diverged before, skipped (--retry-failed runs it again)"}.get(action, action)
             print(f"== {name}: {what}", flush=True)
 
     def on_done(p) -> None:
@@ -250,7 +254,7 @@ def run_here(args, plan, out: Path) -> int:
 
     try:
         run_study(out, args.only, progress=not args.no_progress, on_start=on_start, on_done=on_done,
-                  events_for=lambda name: TablePrinter(), device_type=_device_type(plan))
+                  events_for=lambda name: TablePrinter(), device_type=_device_type(plan), retry_failed=args.retry_failed)
     except RunInterrupted as e:
         if main_rank:
             print(f"fif study: stopped by {e.args[0] if e.args else 'signal'}; continue with: fif study --out {out} --run",

@@ -74,6 +74,7 @@ class PointSummary:
     validation: Interval | None = None
     on_front: bool = False
     chosen: bool = False
+    diverged: int = 0  # seeds of this point whose run diverged
 
     def mean(self, metric: str, at: str = "final") -> float | None:
         iv = self.metrics.get(at, {}).get(metric)
@@ -83,7 +84,7 @@ class PointSummary:
         return {"variant": self.variant, "point": self.point, "label": self.label, "seeds": self.seeds,
                 "metrics": {at: {m: iv.to_dict() for m, iv in ms.items()} for at, ms in self.metrics.items()},
                 "validation": None if self.validation is None else self.validation.to_dict(),
-                "on_front": self.on_front, "chosen": self.chosen}
+                "on_front": self.on_front, "chosen": self.chosen, "diverged": self.diverged}
 
 
 @dataclass
@@ -128,6 +129,7 @@ class StudyAnalysis:
     finished: int
     missing: list[str]
     tuning_statement: str
+    failed: dict[str, str] = field(default_factory=dict)  # diverged runs: name → error
 
     def variant(self, name: str) -> VariantSummary:
         return next(v for v in self.variants if v.variant == name)
@@ -135,7 +137,8 @@ class StudyAnalysis:
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.plan.study.name, "preset": self.plan.preset, "quick": self.plan.quick,
                 "tuning": self.plan.tuning, "tuning_statement": self.tuning_statement, "finished": self.finished,
-                "runs": len(self.plan.runs), "missing": self.missing, "seeds": self.plan.seeds(),
+                "runs": len(self.plan.runs), "missing": self.missing, "failed": self.failed,
+                "seeds": self.plan.seeds(),
                 "variants": [v.to_dict() for v in self.variants], "points": [p.to_dict() for p in self.points],
                 "comparisons": [c.to_dict() for c in self.comparisons]}
 
@@ -158,9 +161,9 @@ def _point_key(point: dict[str, str]) -> str:
     return "|".join(f"{k}={v}" for k, v in point.items())
 
 
-def summarize_points(plan: StudyPlan, records: Sequence[RunRecord]) -> list[PointSummary]:
+def summarize_points(plan: StudyPlan, records: Sequence[RunRecord], failed: Sequence[str] = ()) -> list[PointSummary]:
     """One :class:`PointSummary` per (variant, grid point) that has finished runs, in plan order, with the
-    Pareto front (final A_KA and A_ZS means) of each variant's points marked."""
+    Pareto front (final A_KA and A_ZS means) of each variant's points marked and its diverged runs counted."""
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     order: list[tuple[str, str, dict[str, str]]] = []
     for r in plan.runs:
@@ -175,8 +178,9 @@ def summarize_points(plan: StudyPlan, records: Sequence[RunRecord]) -> list[Poin
         if not recs:
             continue
         val = [v[plan.study.select] for r in recs if r.validation and (v := r.validation).get(plan.study.select) is not None]
+        diverged = sum(1 for r in plan.runs if r.name in failed and (r.variant, _point_key(r.point)) == (variant, key))
         points.append(PointSummary(variant, point, recs[0].run.point_label, sorted(r.run.seed for r in recs),
-                                   _intervals(recs), t_interval(val) if val else None))
+                                   _intervals(recs), t_interval(val) if val else None, diverged=diverged))
     for variant in plan.variants():
         mine = [p for p in points if p.variant == variant and p.mean("a_ka") is not None and p.mean("a_zs") is not None]
         for i in pareto_front([(p.mean("a_ka"), p.mean("a_zs")) for p in mine]):
@@ -189,6 +193,8 @@ def choose(plan: StudyPlan, points: Sequence[PointSummary], variant: str) -> tup
     mine = [p for p in points if p.variant == variant]
     if not mine:
         return None, "no finished run"
+    if any(p.diverged == 0 for p in mine):  # a setting that diverged on some seed is not a usable choice
+        mine = [p for p in mine if p.diverged == 0]
     if len(mine) == 1 and plan.tuning == "fixed":
         return mine[0], "fixed (not tuned)"
     select = plan.study.select
@@ -286,15 +292,18 @@ def tuning_statement(plan: StudyPlan) -> str:
             "chosen on the reported scores: optimistic, in the same way for every variant.")
 
 
-def analyze(plan: StudyPlan, records: Sequence[RunRecord], missing: Sequence[StudyRun] = ()) -> StudyAnalysis:
+def analyze(plan: StudyPlan, records: Sequence[RunRecord], missing: Sequence[StudyRun] = (),
+            failed: dict[str, str] | None = None) -> StudyAnalysis:
     """Choose each variant's grid point, summarise it, and test every claim of the study.
 
     Args:
         plan: the study's plan.
         records: its finished runs.
         missing: its runs that have not finished (listed in the report).
+        failed: its runs that diverged (name → error), listed apart from the missing ones.
     """
-    points = summarize_points(plan, records)
+    failed = dict(failed or {})
+    points = summarize_points(plan, records, list(failed))
     variants, chosen_records = [], {}
     for name in plan.variants():
         point, how = choose(plan, points, name)
@@ -308,8 +317,8 @@ def analyze(plan: StudyPlan, records: Sequence[RunRecord], missing: Sequence[Stu
         variants.append(VariantSummary(name, point, how, mean_path(recs), budget))
     present = set(plan.variants())  # a quick grid runs some variants only: claims about the others are left out
     results = [compare(c, chosen_records) for c in plan.study.compare if set(c.weights or c.variants) <= present]
-    return StudyAnalysis(plan, points, variants, results, len(records), [r.name for r in missing],
-                         tuning_statement(plan))
+    return StudyAnalysis(plan, points, variants, results, len(records),
+                         [r.name for r in missing if r.name not in failed], tuning_statement(plan), failed)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

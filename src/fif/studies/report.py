@@ -99,7 +99,8 @@ def grid_table(analysis: StudyAnalysis) -> str:
     rows = []
     for p in analysis.points:
         rows.append("<tr>" + f'<td class="l">{html.escape(p.variant)}</td><td class="l">{html.escape(p.label)}</td>'
-                    f"<td>{len(p.seeds)}</td>" + _interval_cell(p.validation)
+                    f"<td>{len(p.seeds)}{f' ({p.diverged} diverged)' if p.diverged else ''}</td>"
+                    + _interval_cell(p.validation)
                     + "".join(_interval_cell(p.metrics.get("final", {}).get(m)) for m in ("a_ka", "a_zs", "gm"))
                     + f"<td>{'yes' if p.on_front else ''}</td><td>{'yes' if p.chosen else ''}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
@@ -125,7 +126,8 @@ def render_page(analysis: StudyAnalysis, figures: dict[str, tuple[bytes, str]], 
     title = f"fif study {study.name}{' (quick)' if plan.quick else ''} on {plan.preset}"
     status = (f"{analysis.finished} of {len(plan.runs)} runs finished"
               + (f"; still to run: {', '.join(analysis.missing[:8])}{', …' if len(analysis.missing) > 8 else ''}"
-                 if analysis.missing else ""))
+                 if analysis.missing else "")
+              + (f"; diverged (left out): {', '.join(analysis.failed)}" if analysis.failed else ""))
     budget = (f"every variant gets {plan.budget_mafs:.4g} MAFs (the compute of fine-tuning the first architecture)"
               if plan.budget_mafs else "every run gets the same budget in MAFs (budget.ft_steps of full fine-tuning)")
     parts = [
