@@ -73,3 +73,11 @@ def test_quick_study_end_to_end(tmp_path, capsys):
     assert (out / "report" / "study.html").is_file() and len(list((out / "validation").glob("*.json"))) == 8
     assert run(["study", "--out", str(out), "--run", "--no-progress"]) == 0
     assert capsys.readouterr().out.count("already finished, skipped") == 8
+
+
+def test_overrides_may_follow_the_flags(tmp_path, capsys):
+    from fif.cli import main
+
+    out = tmp_path / "m"
+    assert main(["study", "mixtures", "--seeds", "0", "--out", str(out), "stream.tasks=3"]) == 0
+    assert "stream.tasks=3" in read_sweep(out).overrides and "4 runs" in capsys.readouterr().out
