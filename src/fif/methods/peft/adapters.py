@@ -54,27 +54,12 @@ def vera_config(options: VeraOptions):
 
 
 # ----------------------------------------------------------------------------------------------
-# What the three methods share (functions, not a base class: each method below reads whole)
+# What the three methods share: everything but their peft config
 
 
 def draw_reinit_seed() -> int:
     """The seed of the A re-drawn by ``merge_every_task``: one draw from the run's seeded global RNG."""
     return int(torch.randint(0, 2**31 - 1, ()).item())
-
-
-def end_task_merge(
-    model: nn.Module, merge_every_task: bool, reinit_seed: int, task: TaskInfo, d_initial: float
-) -> None:
-    """``merge_every_task``: fold the adapters into the base weights and reset them (A re-drawn per task)."""
-    if merge_every_task:
-        merge_and_reset_(model, reinit_seed + task.index, d_initial)
-
-
-def plain_model(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """The base architecture (adapters taken out) holding ``weights``; ``model`` is untouched."""
-    plain = unload(model)
-    plain.load_state_dict(weights)
-    return plain
 
 
 def reinit_seed_from(state: dict[str, Any]) -> int:
@@ -88,104 +73,83 @@ def reinit_seed_from(state: dict[str, Any]) -> int:
     return int(state["reinit_seed"])
 
 
+class AdapterMethod(BaseMethod):
+    """A peft adapter on the Linear layers of ``config.targets`` in ``config.towers``: only the adapters train,
+    the deployed weights are the base architecture's with the adapters merged in, and ``merge_every_task``
+    folds them into the base weights at each task end (A re-drawn per task from ``reinit_seed``).
+
+    A subclass gives its ``peft_config()`` and, if its reset differs from LoRA's, ``d_initial``.
+    """
+
+    requires = ("peft",)  # checked when the config is validated
+    d_initial = 0.1  # VeRA's d after a reset; unused by LoRA/DoRA
+
+    def __init__(self, clip: Clip, config: LoraOptions | VeraOptions):
+        super().__init__(clip, config)
+        self.layers = inject_adapters(clip.model, self.peft_config(), config.targets, config.towers, clip.arch)
+        self.reinit_seed = draw_reinit_seed()
+
+    def peft_config(self):
+        """The peft config of this method (target modules are filled in at injection)."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return adapter_parameters(self.clip.model)
+
+    def end_task(self, task: TaskInfo) -> None:
+        if self.config.merge_every_task:
+            merge_and_reset_(self.clip.model, self.reinit_seed + task.index, self.d_initial)
+
+    def deploy_weights(self) -> dict[str, torch.Tensor]:
+        """The base architecture's weights with the adapters merged in."""
+        return unload(self.clip.model).state_dict()
+
+    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """The base architecture (adapters taken out) holding ``weights``; the training model is untouched."""
+        plain = unload(self.clip.model)
+        plain.load_state_dict(weights)
+        return plain
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reinit_seed": self.reinit_seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reinit_seed = reinit_seed_from(state)
+
+
 # ----------------------------------------------------------------------------------------------
-# The methods: each is its peft config on the shared functions above
+# The methods: each is its peft config
 
 
 @register_method("lora")
-class Lora(BaseMethod):
+class Lora(AdapterMethod):
     """LoRA (Hu et al. 2022): W + (alpha/r)·B·A on attention and MLP Linear layers of both towers; A, B train."""
 
     Config = LoraOptions
-    requires = ("peft",)  # checked when the config is validated
 
-    def __init__(self, clip: Clip, config: LoraOptions):
-        super().__init__(clip, config)
-        peft_config = lora_config(config, dora=False)
-        self.layers = inject_adapters(clip.model, peft_config, config.targets, config.towers, clip.arch)
-        self.reinit_seed = draw_reinit_seed()
-
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return adapter_parameters(self.clip.model)
-
-    def end_task(self, task: TaskInfo) -> None:
-        end_task_merge(self.clip.model, self.config.merge_every_task, self.reinit_seed, task, d_initial=0.1)
-
-    def deploy_weights(self) -> dict[str, torch.Tensor]:
-        """The base architecture's weights with the adapters merged in."""
-        return unload(self.clip.model).state_dict()
-
-    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-        return plain_model(self.clip.model, weights)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"reinit_seed": self.reinit_seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reinit_seed = reinit_seed_from(state)
+    def peft_config(self):
+        return lora_config(self.config, dora=False)
 
 
 @register_method("dora")
-class Dora(BaseMethod):
+class Dora(AdapterMethod):
     """DoRA (Liu et al. 2024): m·(W + s·B·A)/‖W + s·B·A‖ per output row; the magnitude m and A, B train."""
 
     Config = LoraOptions
-    requires = ("peft",)  # checked when the config is validated
 
-    def __init__(self, clip: Clip, config: LoraOptions):
-        super().__init__(clip, config)
-        peft_config = lora_config(config, dora=True)
-        self.layers = inject_adapters(clip.model, peft_config, config.targets, config.towers, clip.arch)
-        self.reinit_seed = draw_reinit_seed()
-
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return adapter_parameters(self.clip.model)
-
-    def end_task(self, task: TaskInfo) -> None:
-        end_task_merge(self.clip.model, self.config.merge_every_task, self.reinit_seed, task, d_initial=0.1)
-
-    def deploy_weights(self) -> dict[str, torch.Tensor]:
-        """The base architecture's weights with the adapters merged in."""
-        return unload(self.clip.model).state_dict()
-
-    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-        return plain_model(self.clip.model, weights)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"reinit_seed": self.reinit_seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reinit_seed = reinit_seed_from(state)
+    def peft_config(self):
+        return lora_config(self.config, dora=True)
 
 
 @register_method("vera")
-class Vera(BaseMethod):
+class Vera(AdapterMethod):
     """VeRA (Kopiczko et al. 2024): W + diag(b)·B·diag(d)·A, frozen random A, B shared by all layers; b, d train."""
 
     Config = VeraOptions
-    requires = ("peft",)  # checked when the config is validated
 
-    def __init__(self, clip: Clip, config: VeraOptions):
-        super().__init__(clip, config)
-        peft_config = vera_config(config)
-        self.layers = inject_adapters(clip.model, peft_config, config.targets, config.towers, clip.arch)
-        self.reinit_seed = draw_reinit_seed()
+    def peft_config(self):
+        return vera_config(self.config)
 
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return adapter_parameters(self.clip.model)
-
-    def end_task(self, task: TaskInfo) -> None:
-        end_task_merge(self.clip.model, self.config.merge_every_task, self.reinit_seed, task, self.config.d_initial)
-
-    def deploy_weights(self) -> dict[str, torch.Tensor]:
-        """The base architecture's weights with the adapters merged in."""
-        return unload(self.clip.model).state_dict()
-
-    def deploy_model(self, weights: dict[str, torch.Tensor]) -> nn.Module:
-        return plain_model(self.clip.model, weights)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"reinit_seed": self.reinit_seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reinit_seed = reinit_seed_from(state)
+    @property
+    def d_initial(self) -> float:
+        return self.config.d_initial

@@ -101,25 +101,20 @@ def der_loss(
 
 
 # ----------------------------------------------------------------------------------------------
-# The methods: each is its loss over one ReplayCore (the reservoir and its hooks, held, not inherited)
+# The methods: each is its loss over one ReplayCore (the reservoir and its hooks)
 
 
-@register_method("er")
-class Er(BaseMethod):
-    """ER (Chaudhry et al. 2019): CLIP loss over the batch plus a replay minibatch from a reservoir.
+class ReservoirMethod(BaseMethod):
+    """A replay method over one :class:`ReplayCore`: the reservoir is filled in ``after_step`` (device ops
+    only; with each pair's embeddings from this step's loss when ``embeddings``), reseeded per task, and is
+    the method's checkpoint state. A subclass gives its ``loss``."""
 
-    The reservoir holds ``buffer_size`` update pairs (Algorithm R, filled on the device in ``after_step``);
-    the replayed pairs are scored at the model's own temperature.
-    """
+    embeddings = False  # store each pair's image/text embeddings with it (DER's target)
 
-    Config = ErConfig
-
-    def __init__(self, clip: Clip, config: ErConfig):
+    def __init__(self, clip: Clip, config: ErConfig | DerConfig):
         super().__init__(clip, config)
-        self.core = ReplayCore(clip, config.buffer_size, config.replay_batch_size, config.image_dtype, embeddings=False)
-
-    def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
-        return er_loss(self.core, batch, model, self.config.combine, self.clip_loss)
+        self.core = ReplayCore(clip, config.buffer_size, config.replay_batch_size, config.image_dtype,
+                               embeddings=self.embeddings)
 
     def begin_task(self, task: TaskInfo) -> None:
         self.core.buffer.begin_task(task.seed, task.index)
@@ -135,60 +130,40 @@ class Er(BaseMethod):
         self.core.load_state_dict(state, self.name)
 
 
+@register_method("er")
+class Er(ReservoirMethod):
+    """ER (Chaudhry et al. 2019): CLIP loss over the batch plus a replay minibatch from a reservoir.
+
+    The reservoir holds ``buffer_size`` update pairs (Algorithm R, filled on the device in ``after_step``);
+    the replayed pairs are scored at the model's own temperature.
+    """
+
+    Config = ErConfig
+
+    def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
+        return er_loss(self.core, batch, model, self.config.combine, self.clip_loss)
+
+
 @register_method("der")
-class Der(BaseMethod):
+class Der(ReservoirMethod):
     """DER (Buzzega et al. 2020): CLIP loss + α·‖f(x) − z‖² to the embeddings stored with replayed pairs.
 
     The reservoir stores each pair's image and text embeddings from the step that inserted it.
     """
 
     Config = DerConfig
-
-    def __init__(self, clip: Clip, config: DerConfig):
-        super().__init__(clip, config)
-        self.core = ReplayCore(clip, config.buffer_size, config.replay_batch_size, config.image_dtype, embeddings=True)
+    embeddings = True
 
     def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
         return der_loss(self.core, batch, model, self.config.alpha, 0.0, self.clip_loss)
 
-    def begin_task(self, task: TaskInfo) -> None:
-        self.core.buffer.begin_task(task.seed, task.index)
-
-    def after_step(self, batch: Batch, step: int) -> None:
-        """Offer the batch's update pairs to the reservoir, with their embeddings from this step's loss
-        (device ops only)."""
-        self.core.after_step(batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.core.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.core.load_state_dict(state, self.name)
-
 
 @register_method("derpp")
-class Derpp(BaseMethod):
+class Derpp(ReservoirMethod):
     """DER++ (Buzzega et al. 2020): DER plus β·CLIP loss on the replayed pairs (one replay minibatch)."""
 
     Config = DerppConfig
-
-    def __init__(self, clip: Clip, config: DerppConfig):
-        super().__init__(clip, config)
-        self.core = ReplayCore(clip, config.buffer_size, config.replay_batch_size, config.image_dtype, embeddings=True)
+    embeddings = True
 
     def loss(self, batch: Batch, model: nn.Module) -> LossOutput:
         return der_loss(self.core, batch, model, self.config.alpha, self.config.beta, self.clip_loss)
-
-    def begin_task(self, task: TaskInfo) -> None:
-        self.core.buffer.begin_task(task.seed, task.index)
-
-    def after_step(self, batch: Batch, step: int) -> None:
-        """Offer the batch's update pairs to the reservoir, with their embeddings from this step's loss
-        (device ops only)."""
-        self.core.after_step(batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.core.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.core.load_state_dict(state, self.name)
