@@ -205,14 +205,7 @@ def test_loss_runs_on_the_meta_device(name, base_clip, drives):
     assert measure_step_cost(meta, on_meta, 4).flops == counted[0]
 
 
-GDUMB_DRAWS_ON_META = pytest.mark.xfail(
-    strict=True,
-    reason="gdumb's loss draws its replay minibatch from the method's generator even on the meta device, once "
-    "the memory holds samples (no effect on runs today: the budget measures before the first task)",
-)
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=GDUMB_DRAWS_ON_META) if n == "gdumb" else n for n in METHODS])
+@pytest.mark.parametrize("name", METHODS)
 def test_measuring_a_step_leaves_the_method_alone(name, base_clip, drives):
     """A meta-device step (the budget's measurement) changes no method state, fresh or after the tasks."""
     for method in (_build(name, _copy(base_clip)), _after_the_tasks(name, base_clip, drives)):
@@ -438,8 +431,8 @@ class HookRecorder(BaseMethod):
 RECORDER_RUN = [
     "model.pretrained=null", "budget.ft_steps=8", "stream.tasks=2", "train.batch_size=8", "train.log_every=2",
     "eval.min_samples=10", "method.name=test_hook_recorder", "merge.preset=none", "run.threads=1",
-    "data.options={pool_size: 200, train_per_class: 6, test_per_class: 3, eval_size: 30, retrieval_train: 30, "
-    "retrieval_test: 10}",
+    ("data.options={pool_size: 200, train_per_class: 6, test_per_class: 3, eval_size: 30, retrieval_train: 30, "
+     "retrieval_test: 10}"),
     "stream.datasets=[mini_digits,mini_letters]", "eval.datasets=[mini_digits]",
 ]
 

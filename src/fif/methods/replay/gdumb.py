@@ -88,9 +88,13 @@ class BalancedMemory:
                 self.tokens[slots] = batch.tokens.index_select(0, rows).long().to(self.device)
         return len(writes)
 
-    def minibatch(self, rows: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """min(rows, count) stored pairs drawn uniformly without replacement: (images, tokens)."""
-        perm = torch.randperm(self.count, generator=generator, device=self.device)[:rows]
+    def minibatch(self, rows: int, generator: torch.Generator | None, draw: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """min(rows, count) stored pairs drawn uniformly without replacement: (images, tokens). ``draw=False``
+        takes the first ones instead (the same shapes and cost, and the generator is left alone)."""
+        if draw:
+            perm = torch.randperm(self.count, generator=generator, device=self.device)[:rows]
+        else:
+            perm = torch.arange(min(rows, self.count), device=self.device)
         return self.codec.decode(self.images.index_select(0, perm)), self.tokens.index_select(0, perm)
 
     def state_dict(self) -> dict[str, Any]:
@@ -176,7 +180,9 @@ class Gdumb(BaseMethod):
         if self.memory.count == 0:  # no task data yet (`fif budget`, unit tests): same cost, the batch's pairs
             img, txt, scale = clip_features(model, batch)
         else:
-            images, tokens = self.memory.minibatch(len(batch), self.generator)
+            # On the meta device (the budget's FLOP count) the draw is skipped: measuring a step must not
+            # advance the generator the next real step draws from.
+            images, tokens = self.memory.minibatch(len(batch), self.generator, draw=device.type != "meta")
             images, tokens = stand_in(images, device), stand_in(tokens, device)
             img, txt = model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True)
             scale = model.logit_scale.exp()
