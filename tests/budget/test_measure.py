@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -324,3 +325,27 @@ def test_cuda_peak_memory_orders_methods():
     assert 0 < costs["lnfit"].peak_memory_bytes < costs["finetune"].peak_memory_bytes
     on_cpu = measure_step_cost(clip, build_method("lnfit", {}, clip), 256)
     assert costs["lnfit"].flops == on_cpu.flops  # the FLOP count does not depend on the device
+
+
+def test_only_activations_the_graph_still_holds_count():
+    """A graph branch the loss drops frees its saved tensors mid-trace (they are not in memory at the peak),
+    and a later saved tensor may get the same storage address: what counts is each storage the graph still
+    holds when the forward ends (before, freed addresses reused made DoRA's estimate vary run to run)."""
+
+    class DroppedBranch:
+        name = "dropped_branch"
+
+        def loss(self, batch, model):
+            x = batch.images.flatten(1)
+            for _ in range(3):  # built and dropped: h*h saves h (4×5 floats), freed with the branch
+                h = model(x)
+                branch = (h * h).sum()
+                del h, branch
+            y = model(x)
+            return SimpleNamespace(total=(y * y).sum())
+
+    model = nn.Linear(12, 5, bias=False)
+    batch = SimpleNamespace(images=torch.randn(4, 3, 2, 2), tokens=torch.zeros(4, 3, dtype=torch.long),
+                            source=torch.zeros(4, dtype=torch.long))
+    # only y*y's saved y (4×5 float32) is held at the end (x and the weight are the batch's and the model's)
+    assert trace_step(model, DroppedBranch(), batch).activation_bytes == 4 * 5 * 4

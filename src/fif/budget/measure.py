@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterable, Iterator, Mapping
@@ -70,22 +71,28 @@ def trace_step(model: nn.Module, method: UpdateMethod, batch: Batch, recompute_a
     :func:`fif.core.flops.flop_counting` (paper accounting).
     """
     known = {_storage_key(t) for t in [*model.parameters(), *model.buffers(), batch.images, batch.tokens, batch.source]}
-    saved: dict[int, int] = {}
+    # Weak references: a tensor saved by a graph branch the loss drops (e.g. in peft's DoRA) is freed before
+    # the backward and does not count; what counts is what the graph still holds when the forward ends.
+    # Distinct live storages have distinct addresses, so keying by address is safe only among live ones
+    # (summing as tensors were packed made a freed storage's address, reused, count once for two).
+    packed: list[weakref.ref] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(t)
-        if key not in known:
-            saved[key] = t.untyped_storage().nbytes()
+        packed.append(weakref.ref(t))
         return t
+
+    def live_bytes() -> int:
+        live = [t for t in (r() for r in packed) if t is not None]
+        return sum({k: t.untyped_storage().nbytes() for t in live if (k := _storage_key(t)) not in known}.values())
 
     params = [p for p in model.parameters() if p.requires_grad]
     with flop_counting(recompute_attention) as counter:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = method.loss(batch, model).total
-        forward = counter.get_total_flops()
+        forward, activation_bytes = counter.get_total_flops(), live_bytes()
         if params and loss.requires_grad:
             torch.autograd.grad(loss, params, allow_unused=True)
-    return StepTrace(flops=counter.get_total_flops(), forward_flops=forward, activation_bytes=sum(saved.values()))
+    return StepTrace(flops=counter.get_total_flops(), forward_flops=forward, activation_bytes=activation_bytes)
 
 
 @contextlib.contextmanager
