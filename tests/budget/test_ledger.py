@@ -20,7 +20,7 @@ def test_plan_and_charge_a_task():
     assert remaining == pytest.approx(250.0 - 15.0 - 220.0)
     entry = ledger.tasks[0]
     assert (entry.steps, entry.steps_done, entry.spent_mafs) == (11, 11, 235.0)
-    summary = {"budget_mafs": 1000.0, "spent_mafs": 235.0, "spent_fraction": 0.235, "steps": 11, "hook_mafs": 15.0}
+    summary = {"accounting": "exact", "budget_mafs": 1000.0, "spent_mafs": 235.0, "spent_fraction": 0.235, "steps": 11, "hook_mafs": 15.0}
     assert ledger.summary() == summary
 
 
@@ -79,3 +79,13 @@ def test_misuse_gives_clear_errors():
         ledger.plan(0, 5.0)
     with pytest.raises(BudgetError):
         Ledger([])
+
+
+def test_the_ledger_records_its_accounting_and_old_checkpoints_read_as_exact():
+    ledger = Ledger.for_run(1000.0, 2, accounting="paper")
+    assert ledger.summary()["accounting"] == "paper"
+    assert Ledger.from_dict(json.loads(json.dumps(ledger.to_dict()))).accounting == "paper"
+    old = {"tasks": Ledger.for_run(1000.0, 2).to_dict()["tasks"]}  # written before budget.accounting existed
+    assert Ledger.from_dict(old).accounting == "exact"
+    with pytest.raises(BudgetError, match="budget.accounting='papr': choose one of exact, paper"):
+        Ledger.for_run(1000.0, 2, accounting="papr")

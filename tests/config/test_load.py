@@ -45,6 +45,10 @@ def test_cross_field_validation():
         load_config("mini", ["method.name=finetun"])
     with pytest.raises(ConfigError, match="takes no options"):
         load_config("mini", ["method.rank=4"])
+    with pytest.raises(ConfigError, match="budget.accounting: 'papr' is not one of exact, paper"):
+        load_config("mini", ["budget.accounting=papr"])
+    assert load_config("mini", []).budget.accounting == "exact"
+    assert load_config("mini", ["budget.accounting=paper"]).budget.accounting == "paper"
 
 
 def test_method_options_routed_to_options():

@@ -79,3 +79,30 @@ def test_a_group_sigterm_stops_a_run_with_workers_cleanly_and_it_resumes(tmp_pat
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "summary.json").read_text())["final"]["task"] == 1
+
+
+def test_paper_accounting_charges_a_task_pass_to_every_step_and_exact_once_per_task():
+    from fif.budget import StepCost
+    from fif.methods import HookCost
+    from fif.runner.task import task_step_and_hook_mafs
+
+    reference = StepCost(100.0, 10.0, "estimate", batch_size=8)
+    fisher = HookCost(flops=2_000.0, peak_memory_bytes=10.0, samples=20)  # a pass over 20 samples: 3 steps of 8
+    exact = task_step_and_hook_mafs(StepCost(100.0, 10.0, "estimate", batch_size=8), reference, fisher)
+    assert exact == (100.0, 2_000.0)
+    paper = task_step_and_hook_mafs(StepCost(100.0, 10.0, "estimate", batch_size=8, accounting="paper"), reference,
+                                    fisher)  # fmt: skip
+    assert paper == (100.0 * (1 + 3), 0.0)
+
+
+def test_a_run_prices_its_steps_in_budget_accounting_and_records_it(tmp_path):
+    from fif.config import load_config
+    from fif.runner.setup import setup
+
+    _, exact = setup(load_config("mini", list(SMALL_RUN)), tmp_path / "exact")
+    _, paper = setup(load_config("mini", [*SMALL_RUN, "budget.accounting=paper"]), tmp_path / "paper")
+    assert (exact.ledger.accounting, paper.ledger.accounting) == ("exact", "paper")
+    assert (exact.step_cost.accounting, paper.reference_cost.accounting) == ("exact", "paper")
+    # the paper's count charges the fused attention backward's recomputation of QK^T too
+    assert paper.reference_cost.flops > exact.reference_cost.flops
+    assert paper.ledger.summary()["accounting"] == "paper" and paper.ledger.to_dict()["accounting"] == "paper"

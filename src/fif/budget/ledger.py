@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from fif.budget.mafs import REL_TOL, BudgetError, BudgetExceededError, steps_for_task, task_budgets
+from fif.budget.mafs import ACCOUNTINGS, REL_TOL, BudgetError, BudgetExceededError, steps_for_task, task_budgets
 
 
 @dataclass
@@ -45,15 +45,18 @@ class Ledger:
     Round-trips through :meth:`to_dict` / :meth:`from_dict` (JSON-able) for checkpoints.
     """
 
-    def __init__(self, budgets_mafs: Sequence[float]):
+    def __init__(self, budgets_mafs: Sequence[float], accounting: str = "exact"):
         if not budgets_mafs:
             raise BudgetError("a ledger needs at least one task")
+        if accounting not in ACCOUNTINGS:
+            raise BudgetError(f"budget.accounting={accounting!r}: choose one of {', '.join(ACCOUNTINGS)}")
         self.tasks = [TaskLedger(budget_mafs=float(b)) for b in budgets_mafs]
+        self.accounting = accounting  # how the planned steps were priced (recorded, not used in the arithmetic)
 
     @classmethod
-    def for_run(cls, total_mafs: float, num_tasks: int) -> "Ledger":
-        """A ledger with the run budget split evenly over ``num_tasks``."""
-        return cls(task_budgets(total_mafs, num_tasks))
+    def for_run(cls, total_mafs: float, num_tasks: int, accounting: str = "exact") -> "Ledger":
+        """A ledger with the run budget split evenly over ``num_tasks``; ``accounting``: how steps are priced."""
+        return cls(task_budgets(total_mafs, num_tasks), accounting)
 
     def _task(self, task: int) -> TaskLedger:
         if not 0 <= task < len(self.tasks):
@@ -114,10 +117,11 @@ class Ledger:
     def total_steps(self) -> int:
         return sum(t.steps_done for t in self.tasks)
 
-    def summary(self) -> dict[str, float]:
-        """Totals for the run summary."""
+    def summary(self) -> dict[str, Any]:
+        """Totals for the run summary (and the accounting the steps were priced in)."""
         budget, spent = self.total_budget_mafs, self.total_spent_mafs
         return {
+            "accounting": self.accounting,
             "budget_mafs": budget,
             "spent_mafs": spent,
             "spent_fraction": spent / budget,
@@ -126,10 +130,11 @@ class Ledger:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tasks": [dataclasses.asdict(t) for t in self.tasks]}
+        return {"accounting": self.accounting, "tasks": [dataclasses.asdict(t) for t in self.tasks]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Ledger":
-        ledger = cls([t["budget_mafs"] for t in data["tasks"]])
+        # checkpoints written before budget.accounting existed were priced exactly
+        ledger = cls([t["budget_mafs"] for t in data["tasks"]], data.get("accounting", "exact"))
         ledger.tasks = [TaskLedger(**t) for t in data["tasks"]]
         return ledger

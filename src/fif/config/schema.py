@@ -158,6 +158,11 @@ class BudgetConfig:
         "Whole-stream budget in full fine-tuning steps at train.batch_size (FiF: 28,400 at batch 512).", 28400
     )
     mafs: float | None = _help("Whole-stream budget in absolute MAFs (overrides ft_steps).", None)
+    accounting: str = _help(
+        "How a step is priced: 'exact' (what fif computes; a task hook such as EWC's Fisher pass charged once per "
+        "task) or 'paper' (FiF Tab. 4's count: a fused attention backward also recomputes QK^T, a task pass is "
+        "charged to every step, adapters as the reference merged them). See docs/budget.md.", "exact"
+    )
 
 
 @dataclass

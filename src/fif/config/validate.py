@@ -11,6 +11,7 @@ import difflib
 
 import torch
 
+from fif.budget import ACCOUNTINGS
 from fif.config.composition import composition_problems
 from fif.config.schema import (
     OPTIMIZER_IMPLS,
@@ -79,6 +80,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"budget.ft_steps: {b.ft_steps} must be > 0")
     if b.mafs is not None and b.mafs <= 0:
         p.append(f"budget.mafs: {b.mafs} must be > 0")
+    if b.accounting not in ACCOUNTINGS:
+        p.append(f"budget.accounting: {b.accounting!r} is not one of {', '.join(ACCOUNTINGS)}")
     e = cfg.eval
     if e.batch_size < 1:
         p.append("eval.batch_size: must be >= 1")

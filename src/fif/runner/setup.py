@@ -258,16 +258,17 @@ def setup(
     check_finite_base(cfg, clip)
     if needs_model:  # the similarity and easy-to-hard orderings embed and score with the base model
         tasks = _tasks(cfg, benchmark, ModelScorer(clip, device, orderings), orderings)
-    reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device)
+    accounting = cfg.budget.accounting  # both steps priced alike: the multiplier and the budget stay consistent
+    reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device, accounting=accounting)
     method = build_method(cfg.method.name, cfg.method.options, clip, clip_loss_from_config(cfg.train))
     freeze_all_but(clip.model, method.trainable_parameters())
-    step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device)
+    step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device, accounting=accounting)
     if cfg.train.grad_checkpointing:  # after measuring: the budget charges the method, not the memory trick
         enable_grad_checkpointing(clip.model)
     if (warning := batchnorm_accumulation_warning(clip.model, cfg.train.grad_accum_steps)) is not None:
         log.warning(warning)
     total = run_budget_mafs(cfg.budget.ft_steps, cfg.budget.mafs, reference_cost)
-    ledger = Ledger.for_run(total, max(len(tasks), 1))  # zeroshot reference: no task, the budget stays unspent
+    ledger = Ledger.for_run(total, max(len(tasks), 1), accounting)  # zeroshot reference: no task, nothing spent
     if tasks:  # fail before any result is written, not at the first task
         steps_for_task(min(t.budget_mafs for t in ledger.tasks), mafs_per_step(step_cost, reference_cost))
     evaluator = Evaluator(

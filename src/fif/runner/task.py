@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from fif.budget import Ledger, StepCost, hook_cost_mafs, mafs_per_step
+from fif.budget import Ledger, StepCost, hook_cost_mafs, mafs_per_step, paper_step_cost
 from fif.config.components import schedule_from_config
 from fif.core.io import CheckpointError
 from fif.core.optim import OptimConfig, carry_optimizer_state
@@ -39,7 +39,7 @@ from fif.data.mixture import (
     pool_captions,
 )
 from fif.data.stream import Task, task_indices
-from fif.methods import TaskInfo, deploy_model_for, freeze_all_but, optimizer_for
+from fif.methods import HookCost, TaskInfo, deploy_model_for, freeze_all_but, optimizer_for
 from fif.model.clip import Clip
 from fif.runner import samples
 from fif.runner.checkpoint import CHECKPOINT_DIR, Checkpoint, Position, latest_valid, remove_after
@@ -223,12 +223,23 @@ def close_workers(spec: RunSpec) -> None:
     spec.evaluator.close()
 
 
+def task_step_and_hook_mafs(step: StepCost, reference: StepCost, hook: HookCost) -> tuple[float, float]:
+    """MAFs of one step and of the task's hooks, in the accounting the step was measured in.
+
+    ``exact``: the hook once per task. ``paper`` (FiF Tab. 4): the hook's pass is added to every step
+    (:func:`~fif.budget.paper_step_cost`), and nothing is charged once. The accounting travels with the
+    measured step (a resumed run keeps the one it was planned in).
+    """
+    if step.accounting == "paper":
+        return mafs_per_step(paper_step_cost(step, hook), reference), 0.0
+    return mafs_per_step(step, reference), hook_cost_mafs(hook, reference)
+
+
 def start_task(spec: RunSpec, state: RunState, task: Task) -> TaskRun:
     """Plan the task's steps, announce it, run ``begin_task``, load its start weights, build its optimizer."""
     method = spec.method
-    step_mafs = mafs_per_step(state.step_cost, state.reference_cost)
     info = task_info(spec, task, steps=0)
-    hook_mafs = hook_cost_mafs(method.extra_cost(info), state.reference_cost)
+    step_mafs, hook_mafs = task_step_and_hook_mafs(state.step_cost, state.reference_cost, method.extra_cost(info))
     info.steps = state.ledger.plan(task.index, step_mafs, hook_mafs)
     # every rank takes rank 0's steps (a hook's measured cost may differ per GPU)
     info.steps = spec.ranks.broadcast(info.steps)
