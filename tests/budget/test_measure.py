@@ -302,6 +302,24 @@ def test_paper_setup_ordering_and_three_forwards():
     assert 20 * GIB < ref.peak_memory_bytes < 200 * GIB
 
 
+def test_paper_accounting_counts_adapters_as_the_reference_merged_them():
+    """FiF Tab. 4's LoRA r=4 / r=64 (54,479.25 / 54,505.02 GFLOPs/step): the reference merged W + s·B·A on each
+    block's in_proj and c_proj of both towers, so their dense weight gradients were counted. fif's unmerged
+    adapters on q, k, v, out, c_fc, c_proj (exact accounting) cost far less."""
+    paper = {}
+    for rank in (4, 64):
+        clip = meta_clip("ViT-B-16")
+        paper[rank] = measure_step_cost(clip, build_method("lora", {"rank": rank}, clip), 512, accounting="paper")
+    assert paper[4].flops / 1e9 == pytest.approx(54_479.25, abs=0.01)
+    assert paper[64].flops / 1e9 == pytest.approx(54_505.02, abs=0.01)
+    clip = meta_clip("ViT-B-16")
+    lora = build_method("lora", {"towers": ["image"], "targets": ["mlp"]}, clip)
+    exact = measure_step_cost(clip, lora, 512)
+    image_mlp = measure_step_cost(clip, lora, 512, accounting="paper")  # only the image towers' c_proj merged
+    assert exact.flops < image_mlp.flops < paper[4].flops
+    assert image_mlp.forward_flops == pytest.approx(paper[4].forward_flops, rel=1e-4)  # B·A is all a merge adds
+
+
 # ----------------------------------------------------------------------------------------------
 # The real steps behind the CUDA peak (run here on CPU; the CUDA reading itself needs a GPU)
 

@@ -63,13 +63,14 @@ def test_bad_input_names_the_problem():
 
 
 # FiF's Tab. 4 (facts file §9): GFLOPs/step and steps per task at T = 20 (ViT-B/16, batch 512)
-TAB4 = {"finetune": (63_394.76, 1420), "bitfit": (43_165.60, 3179), "ewc": (6_276_081, 14), "si": (63_477.17, 1418)}
+TAB4 = {"finetune": (63_394.76, 1420), "bitfit": (43_165.60, 3179), "ewc": (6_276_081, 14), "si": (63_477.17, 1418),
+        "lora": (54_479.25, 1898)}
 
 
 @pytest.mark.slow
 def test_paper_accounting_reproduces_tab4_flops_on_vit_b_16(capsys):
     """Runs on the meta device (no weights): about 20 s on one core."""
-    argv = ["budget", "--arch", "ViT-B-16", "--batch-size", "512", "--methods", "finetune,ewc,si,bitfit",
+    argv = ["budget", "--arch", "ViT-B-16", "--batch-size", "512", "--methods", "finetune,lora,ewc,si,bitfit",
             "--tasks", "20", "--accounting", "paper", "--json"]  # fmt: skip
     assert run(argv) == 0
     table = json.loads(capsys.readouterr().out)
@@ -79,6 +80,7 @@ def test_paper_accounting_reproduces_tab4_flops_on_vit_b_16(capsys):
     assert rows["bitfit"]["gflops_per_step"] == pytest.approx(TAB4["bitfit"][0], rel=1e-5)
     assert rows["ewc"]["gflops_per_step"] == pytest.approx(TAB4["ewc"][0], rel=1e-5)  # 99 steps' FLOPs per step
     assert rows["si"]["gflops_per_step"] == pytest.approx(TAB4["si"][0], rel=0.01)
+    assert rows["lora"]["gflops_per_step"] == pytest.approx(TAB4["lora"][0], rel=1e-5)  # the reference's merged LoRA
     assert rows["ewc"]["steps_per_task"]["20"] == TAB4["ewc"][1]
     assert rows["finetune"]["steps_per_task"]["20"] == TAB4["finetune"][1]
     assert rows["bitfit"]["trainable_params"] == 171_008

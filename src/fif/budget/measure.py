@@ -29,6 +29,7 @@ from fif.core.optim import OptimConfig
 from fif.data.batch import Batch, synthetic_batch
 from fif.methods.base import (
     BuildsOptimizer,
+    CountedAsMergedAdapters,
     UpdateMethod,
     freeze_batchnorm_statistics,
     method_state_bytes,
@@ -152,6 +153,23 @@ def _trace_by_extrapolation(clip: Clip, method: UpdateMethod, batch_size: int, d
     return StepTrace(**out)
 
 
+def paper_merged_adapter_flops(clip: Clip, method: CountedAsMergedAdapters, batch_size: int) -> tuple[int, int]:
+    """(FLOPs, forward FLOPs) of an adapter method's step as FiF's Tab. 4 counted it (paper accounting).
+
+    The reference merged each adapter into its weight every step (W' = W + s·B·A, then x·W'ᵀ): the step is
+    the base model's with a dense weight gradient for every adapted weight, plus 6·r·d_out·d_in per adapted
+    weight (B·A forward, and dA, dB from dW'; 2·r·d_out·d_in of it in the forward). Traced on a meta copy
+    of the base architecture, attention's backward with its QKᵀ recomputation, as the paper counted.
+    """
+    model = clip.model if clip.device.type == "meta" else meta_copy(clip.model)[0]
+    plain, names, rank = method.paper_merged_step(model)
+    params = dict(plain.named_parameters())
+    with _training_only(plain, {id(params[n]) for n in names}):
+        trace = trace_step(plain, method, synthetic_batch(clip, batch_size, "meta"), recompute_attention=True)
+    merged = 2 * rank * sum(params[n].shape[0] * params[n].shape[1] for n in names)  # forming B·A: 2·r·d_out·d_in
+    return trace.flops + 3 * merged, trace.forward_flops + merged
+
+
 # ----------------------------------------------------------------------------------------------
 # Peak memory
 
@@ -270,7 +288,8 @@ def measure_step_cost(
         device: ``"cpu"``/``"meta"`` for the estimate, ``"cuda[:i]"`` to measure the peak.
         amp_dtype: autocast dtype for the CUDA measurement (None = the model's dtype).
         accounting: ``"exact"`` (what fif computes) or ``"paper"`` (FiF Tab. 4's FLOP count: a fused
-            attention backward also pays for recomputing QKᵀ; see :mod:`fif.budget.mafs` for the rest).
+            attention backward also pays for recomputing QKᵀ; adapter methods are counted as the reference
+            ran them, :func:`paper_merged_adapter_flops`; see :mod:`fif.budget.mafs` for the rest).
 
     Raises:
         BudgetError: bad batch size or accounting, or a loss that can be traced neither on meta nor on the device.
@@ -296,6 +315,9 @@ def measure_step_cost(
         with _training_only(clip.model, trainable_ids):
             trace = _trace_by_extrapolation(clip, method, batch_size, clip.device, recompute)
 
+    if accounting == "paper" and isinstance(method, CountedAsMergedAdapters):  # the reference's merged adapters
+        flops, forward = paper_merged_adapter_flops(clip, method, batch_size)  # memory stays fif's own step's
+        trace = StepTrace(flops, forward, trace.activation_bytes)
     if device.type == "cuda":
         peak = _cuda_peak_bytes(clip, method, batch_size, device, trainable_ids, amp_dtype)
         return StepCost(trace.flops, peak, "cuda_max_allocated", trace.forward_flops, batch_size,

@@ -19,6 +19,7 @@ from fif.methods.base import (
     BaseMethod,
     BuildsDeployModel,
     BuildsOptimizer,
+    CountedAsMergedAdapters,
     HookCost,
     LossOutput,
     NoOptions,

@@ -188,7 +188,26 @@ class BuildsDeployModel(Protocol):
         ...
 
 
-CAPABILITIES: tuple[type, ...] = (BuildsOptimizer, BuildsDeployModel)
+@runtime_checkable
+class CountedAsMergedAdapters(Protocol):
+    """An adapter method that FiF's Tab. 4 counted in the reference's form (``budget.accounting=paper``).
+
+    The reference formed W' = W + s·B·A every step and multiplied by W', so the dense weight gradient of
+    every adapted weight was computed (and counted), plus 6·r·d_out·d_in FLOPs for forming B·A and its two
+    gradient matmuls; fif's adapters run unmerged (x·Aᵀ·Bᵀ), which is cheaper.
+    """
+
+    def paper_merged_step(self, model: nn.Module) -> tuple[nn.Module, list[str], int]:
+        """The reference's step for ``model`` (a copy of the method's model, e.g. on the meta device).
+
+        Returns:
+            The base architecture of ``model``, the names of its weights the reference merged adapters
+            into, and the adapter rank r.
+        """
+        ...
+
+
+CAPABILITIES: tuple[type, ...] = (BuildsOptimizer, BuildsDeployModel, CountedAsMergedAdapters)
 
 
 def capability_members(capability: type) -> list[str]:

@@ -21,7 +21,14 @@ from torch import nn
 
 from fif.methods.base import BaseMethod, TaskInfo
 from fif.methods.peft.config import LoraOptions, VeraOptions
-from fif.methods.peft.inject import adapter_parameters, inject_adapters, merge_and_reset_, unload
+from fif.methods.peft.inject import (
+    adapter_parameters,
+    base_architecture,
+    inject_adapters,
+    layer_tower,
+    merge_and_reset_,
+    unload,
+)
 from fif.methods.registry import register_method
 from fif.model.clip import Clip
 
@@ -60,6 +67,22 @@ def vera_config(options: VeraOptions):
 def draw_reinit_seed() -> int:
     """The seed of the A re-drawn by ``merge_every_task``: one draw from the run's seeded global RNG."""
     return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+# What FiF's reference adapted, per fif target kind (its LoRA, DoRA and VeRA, every block of both towers, by
+# default): each block's fused attention in_proj (q, k and v), and the MLP's c_proj. Its out_proj adapter
+# never ran (F.multi_head_attention_forward reads out_proj.weight itself) and its name filter skipped c_fc
+# ("fc" in the name). With these, Tab. 4's LoRA r=4 / r=64 GFLOPs come out exactly (docs/budget.md).
+REFERENCE_ADAPTED_WEIGHTS = {"attn": ("attn.in_proj_weight",), "mlp": ("mlp.c_proj.weight",)}
+
+
+def paper_merged_step(model: nn.Module, targets: list[str], towers: list[str], rank: int) -> tuple[nn.Module, list[str], int]:
+    """The reference's step for an adapted ``model``: its base architecture, the weights the reference merged
+    adapters into (of ``targets`` in ``towers``), and ``rank`` (:class:`~fif.methods.base.CountedAsMergedAdapters`)."""
+    plain = base_architecture(model)
+    suffixes = tuple(s for t in targets for s in REFERENCE_ADAPTED_WEIGHTS[t])
+    names = [n for n, p in plain.named_parameters() if n.endswith(suffixes) and layer_tower(n) in towers]
+    return plain, names, rank
 
 
 def reinit_seed_from(state: dict[str, Any]) -> int:
@@ -109,6 +132,10 @@ class AdapterMethod(BaseMethod):
         plain = unload(self.clip.model)
         plain.load_state_dict(weights)
         return plain
+
+    def paper_merged_step(self, model: nn.Module) -> tuple[nn.Module, list[str], int]:
+        """FiF's count of this method (``budget.accounting=paper``): see :func:`paper_merged_step`."""
+        return paper_merged_step(model, self.config.targets, self.config.towers, self.config.rank)
 
     def state_dict(self) -> dict[str, Any]:
         return {"reinit_seed": self.reinit_seed}

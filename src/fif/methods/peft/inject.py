@@ -159,6 +159,20 @@ def unload(model: nn.Module) -> nn.Module:
     return plain
 
 
+def base_architecture(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with the adapters taken out *unmerged* and attention restored.
+
+    The base architecture holding the base weights (not the adapted function); unlike :func:`unload` it
+    runs on the meta device (nothing is computed), which is what the budget's counting needs.
+    """
+    plain = copy.deepcopy(model)
+    for name, layer in tuner_layers(plain):
+        plain.set_submodule(name, layer.get_base_layer())
+    restore_attention(plain)
+    plain.__dict__.pop("peft_config", None)  # peft's bookkeeping attribute, not a weight
+    return plain
+
+
 @torch.no_grad()
 def merge_and_reset_(model: nn.Module, seed: int, d_initial: float = 0.1) -> None:
     """Merge every adapter into its base weight, then reset it to the identity, in place.
