@@ -109,3 +109,29 @@ def test_worker_counts_default_and_are_checked():
     assert eval_workers(cfg.eval, cfg.data) == 0
     with pytest.raises(ConfigError, match=r"(?s)data.num_workers: -1 must be >= 0.*eval.num_workers: -2 must be >= 0"):
         load_config("mini", ["data.num_workers=-1", "eval.num_workers=-2"])
+
+
+def test_the_fif_preset_gives_ewc_and_mas_fifs_settings_and_explicit_options_win():
+    from fif.methods import method_class, registered_methods
+
+    assert load_config("fif", ["method.name=ewc"]).method.options == {"fisher_samples": 50_000}
+    assert load_config("fif", ["method.name=mas"]).method.options == {"importance_samples": 50_000}
+    assert load_config("fif", ["method.name=ewc", "method.fisher_samples=1000"]).method.options == {
+        "fisher_samples": 1000
+    }
+    assert load_config("fif", []).method.options == {}  # finetune has no entry
+    assert load_config("mini", ["method.name=ewc"]).method.options == {}  # the mini preset keeps fif's defaults
+    # one source of truth: the preset's entries are the methods' paper_options (`fif budget --accounting paper`)
+    papers = {n: method_class(n).paper_options for n in registered_methods() if method_class(n).paper_options}
+    assert load_config("fif", []).method.defaults == papers
+    again = load_config(None, base=load_config("fif", ["method.name=ewc"]).to_dict())  # a run's config.yaml
+    assert again.method.options == {"fisher_samples": 50_000}
+
+
+def test_bad_method_defaults_name_the_key():
+    with pytest.raises(ConfigError, match="method.defaults.ewcc: .*did you mean 'ewc'"):
+        load_config("mini", ["method.defaults.ewcc.fisher_samples=5"])
+    with pytest.raises(ConfigError, match="method.defaults.ewc.fisher_sampels"):
+        load_config("mini", ["method.defaults.ewc.fisher_sampels=5"])
+    with pytest.raises(ConfigError, match="method.defaults.ewc: expected a mapping"):
+        load_config("mini", ["method.defaults.ewc=5"])

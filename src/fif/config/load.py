@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from fif.config.schema import Config
-from fif.config.validate import validate
+from fif.config.validate import method_defaults_problems, validate
 from fif.core.typed import ConfigError, from_dict
 
 PRESET_DIR = Path(__file__).parent.parent / "presets"
@@ -83,7 +83,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
-        if path[0] == "method" and len(path) >= 2 and path[1] not in ("name", "options"):
+        if path[0] == "method" and len(path) >= 2 and path[1] not in ("name", "options", "defaults"):
             path = ["method", "options", *path[1:]]
         node = data
         for part in path[:-1]:
@@ -112,6 +112,11 @@ def load_config(preset: str | None = "mini", overrides: list[str] | None = None,
     problems: list[str] = []
     cfg = from_dict(Config, data, "", problems)
     if not problems:
+        problems.extend(method_defaults_problems(cfg.method.defaults))
+    if not problems:
+        # the preset's defaults for the chosen method, under the explicit method.<option> values (recorded in
+        # the run's config.yaml, so a resumed run reads the same options)
+        cfg.method.options = {**cfg.method.defaults.get(cfg.method.name, {}), **cfg.method.options}
         problems.extend(validate(cfg))
     if problems:
         raise ConfigError(problems, source=f"preset {preset!r}" if preset and base is None else "")

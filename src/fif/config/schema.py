@@ -196,6 +196,10 @@ class LogConfig:
 class MethodConfig:
     name: str = _help("Update method (see `fif run --list-methods`).", "finetune")
     options: dict = _help("Method options, checked against the method's own config.", factory=dict)
+    defaults: dict = _help(
+        "A preset's default options per method ({name: {option: value}}): the chosen method starts from its entry, "
+        "and method.<option> values win (the fif preset: FiF's 50,000-sample EWC/MAS passes).", factory=dict
+    )
 
 
 # The reference's recipes (facts §10, docs/merging.md). "ema" is the unrolled running merge

@@ -25,9 +25,10 @@ from fif.config.schema import (
     TrainConfig,
 )
 from fif.core.deps import missing_dependency_problems
+from fif.core.typed import from_dict
 from fif.data.stream import DIFFICULTY_SPLITS, ORDERINGS, REFERENCES
 from fif.merge.temporal import merge_config_problems
-from fif.methods import method_config_problems
+from fif.methods import method_class, method_config_problems
 from fif.train.distributed import FSDP_MESSAGE, MODES
 from fif.train.schedules import ANNEAL_SHAPES, schedule_names, unknown_schedule_message
 
@@ -218,6 +219,23 @@ def _validate_reliability(c: CheckpointConfig, g: GuardConfig) -> list[str]:
     if g.max_rollbacks < 0:
         p.append(f"guard.max_rollbacks: {g.max_rollbacks} must be >= 0")
     return p
+
+
+def method_defaults_problems(defaults: dict) -> list[str]:
+    """Problems with ``method.defaults``: each key a registered method, each value that method's options."""
+    problems: list[str] = []
+    for name, options in defaults.items():
+        key = f"method.defaults.{name}"
+        try:
+            cls = method_class(name)
+        except KeyError as e:
+            problems.append(f"{key}: {e.args[0]}")
+            continue
+        if not isinstance(options, dict):
+            problems.append(f"{key}: expected a mapping of {name}'s options, got {options!r}")
+            continue
+        from_dict(cls.Config, options, key, problems)
+    return problems
 
 
 def _validate_method(cfg: Config) -> list[str]:

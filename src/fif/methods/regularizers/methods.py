@@ -158,6 +158,9 @@ class Mas(BaseMethod):
     """
 
     Config = MasConfig
+    # FiF runs its importance passes over up to 50,000 task samples (EWC's Fisher pass, Tab. 4); MAS's pass
+    # is the same kind of pass, so FiF's setting is the same
+    paper_options = {"importance_samples": 50_000}
     owns_start_weights = "its anchor θ* is the weights the previous task ended with, where the next task starts"
 
     def __init__(self, clip: Clip, config: MasConfig):
