@@ -236,7 +236,7 @@ def test_building_on_an_adapted_model_reuses_its_adapters(base_clip):
 # GaLore
 
 
-@pytest.mark.parametrize("shape", [(12, 20), (20, 12)])
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12), (12, 12)])  # square: the left side (docs/methods.md)
 def test_galore_update_lies_in_the_projected_subspace(shape):
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(shape))

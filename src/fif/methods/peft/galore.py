@@ -30,7 +30,10 @@ from fif.methods.registry import register_method
 def top_singular_vectors(grad: torch.Tensor, rank: int) -> torch.Tensor:
     """GaLore's projector: the top-``rank`` singular vectors of ``grad`` (m×n) on its shorter side.
 
-    Returns U[:, :r] (m×r) when m ≤ n (left), else V[:, :r] (n×r) (right).
+    Returns U[:, :r] (m×r) when m ≤ n (left), else V[:, :r] (n×r) (right). A square weight (m = n) is
+    projected on the left; the authors' ``galore_torch`` (``proj_type="std"``) takes the right side for
+    m ≥ n. Both keep the same state (r·(m + 2n) elements) and are rank-r projections of the gradient;
+    the updates differ (docs/methods.md, GaLore).
     """
     u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
     p = u[:, :rank] if grad.shape[0] <= grad.shape[1] else vh[:rank].t()
