@@ -96,13 +96,17 @@ def test_paper_accounting_charges_a_task_pass_to_every_step_and_exact_once_per_t
 
 
 def test_a_run_prices_its_steps_in_budget_accounting_and_records_it(tmp_path):
-    from fif.config import load_config
-    from fif.runner.setup import setup
-
-    _, exact = setup(load_config("mini", list(SMALL_RUN)), tmp_path / "exact")
-    _, paper = setup(load_config("mini", [*SMALL_RUN, "budget.accounting=paper"]), tmp_path / "paper")
-    assert (exact.ledger.accounting, paper.ledger.accounting) == ("exact", "paper")
-    assert (exact.step_cost.accounting, paper.reference_cost.accounting) == ("exact", "paper")
-    # the paper's count charges the fused attention backward's recomputation of QK^T too
-    assert paper.reference_cost.flops > exact.reference_cost.flops
-    assert paper.ledger.summary()["accounting"] == "paper" and paper.ledger.to_dict()["accounting"] == "paper"
+    """EWC with a 16-sample Fisher pass: exact charges the pass once per task, paper adds it to every step
+    (the step then costs 2 steps at batch 16), so task 0 gets fewer steps; the last task runs no pass."""
+    ewc = [*SMALL_RUN, "budget.ft_steps=16", "method.name=ewc", "method.fisher_samples=16", "method.fisher_batch_size=8"]
+    steps, summaries, starts = {}, {}, {}
+    for accounting in ("exact", "paper"):
+        events = []
+        cfg = fif.load_config("mini", [*ewc, f"budget.accounting={accounting}"])
+        summaries[accounting] = fif.run(cfg, out_dir=tmp_path / accounting, on_event=events.append).summary
+        steps[accounting] = [e["steps"] for e in events if e["event"] == "task_start"]
+        starts[accounting] = next(e for e in events if e["event"] == "run_start")
+    assert steps["paper"][0] < steps["exact"][0] and steps["paper"][1] == steps["exact"][1]
+    assert [summaries[a]["ledger"]["accounting"] for a in ("exact", "paper")] == ["exact", "paper"]
+    assert [starts[a]["accounting"] for a in ("exact", "paper")] == ["exact", "paper"]
+    assert summaries["paper"]["ledger"]["hook_mafs"] == 0 < summaries["exact"]["ledger"]["hook_mafs"]
