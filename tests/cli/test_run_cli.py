@@ -58,3 +58,16 @@ def test_default_run_folder_names_benchmark_method_and_merge_recipe(tmp_path):
     recipe = default_out_dir(fif.load_config("mini"), tmp_path)
     assert recipe.parent == tmp_path and recipe.name.endswith("-mini-finetune-ema_merge")
     assert default_out_dir(fif.load_config("mini", ["merge.preset=none"]), tmp_path).name.endswith("-mini-finetune")
+
+
+def test_the_run_header_says_when_steps_are_priced_as_the_paper_did():
+    import io
+
+    from fif.cli.run import TablePrinter
+
+    start = {"event": "run_start", "tasks": 2, "method": "ewc", "step_gflops": 1.0, "mafs_per_step": 1e9,
+             "budget_total_mafs": 1e10, "device": "cpu", "precision": "fp32"}  # fmt: skip
+    for accounting, shown in (("paper", True), ("exact", False), (None, False)):  # None: logs of older runs
+        out = io.StringIO()
+        TablePrinter(out)({**start, **({"accounting": accounting} if accounting else {})})
+        assert ("(paper accounting)" in out.getvalue()) == shown

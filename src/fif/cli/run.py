@@ -59,6 +59,7 @@ class TablePrinter:
             print(
                 f"{event['tasks']} tasks, method {event['method']}{merging}, {event['step_gflops']:.2f} GFLOPs/step, "
                 f"{event['mafs_per_step']:.3g} MAFs/step, budget {event['budget_total_mafs']:.4g} MAFs "
+                f"{'(paper accounting) ' if event.get('accounting') == 'paper' else ''}"
                 f"on {event['device']} ({event['precision']})",
                 file=self.out,
             )
