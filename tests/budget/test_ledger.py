@@ -20,7 +20,8 @@ def test_plan_and_charge_a_task():
     assert remaining == pytest.approx(250.0 - 15.0 - 220.0)
     entry = ledger.tasks[0]
     assert (entry.steps, entry.steps_done, entry.spent_mafs) == (11, 11, 235.0)
-    summary = {"accounting": "exact", "budget_mafs": 1000.0, "spent_mafs": 235.0, "spent_fraction": 0.235, "steps": 11, "hook_mafs": 15.0}
+    summary = {"accounting": "exact", "budget_mafs": 1000.0, "spent_mafs": 235.0, "spent_fraction": 0.235, "steps": 11,
+               "hook_mafs": 15.0}  # fmt: skip
     assert ledger.summary() == summary
 
 

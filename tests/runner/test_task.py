@@ -98,7 +98,8 @@ def test_paper_accounting_charges_a_task_pass_to_every_step_and_exact_once_per_t
 def test_a_run_prices_its_steps_in_budget_accounting_and_records_it(tmp_path):
     """EWC with a 16-sample Fisher pass: exact charges the pass once per task, paper adds it to every step
     (the step then costs 2 steps at batch 16), so task 0 gets fewer steps; the last task runs no pass."""
-    ewc = [*SMALL_RUN, "budget.ft_steps=16", "method.name=ewc", "method.fisher_samples=16", "method.fisher_batch_size=8"]
+    ewc = [*SMALL_RUN, "budget.ft_steps=16", "method.name=ewc", "method.fisher_samples=16",
+           "method.fisher_batch_size=8"]  # fmt: skip
     steps, summaries, starts = {}, {}, {}
     for accounting in ("exact", "paper"):
         events = []

@@ -311,7 +311,8 @@ def start_stream(spec: RunSpec, state: RunState) -> RunResult:
         "event": "run_start", "tasks": len(spec.tasks), "method": cfg.method.name,
         "merge": {"preset": cfg.merge.preset, "init": cfg.merge.init, "deploy": cfg.merge.deploy},
         "step_gflops": state.step_cost.flops / 1e9, "mafs_per_step": mafs_per_step(state.step_cost, state.reference_cost),
-        "budget_total_mafs": state.ledger.total_budget_mafs, "accounting": state.ledger.accounting, "device": str(spec.device), "precision": spec.precision,
+        "budget_total_mafs": state.ledger.total_budget_mafs, "accounting": state.ledger.accounting,
+        "device": str(spec.device), "precision": spec.precision,
     })
     try:
         evaluate_deployed(spec, -1, full=cfg.eval.full_at_ends)

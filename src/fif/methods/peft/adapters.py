@@ -76,7 +76,9 @@ def draw_reinit_seed() -> int:
 REFERENCE_ADAPTED_WEIGHTS = {"attn": ("attn.in_proj_weight",), "mlp": ("mlp.c_proj.weight",)}
 
 
-def paper_merged_step(model: nn.Module, targets: list[str], towers: list[str], rank: int) -> tuple[nn.Module, list[str], int]:
+def paper_merged_step(
+    model: nn.Module, targets: list[str], towers: list[str], rank: int
+) -> tuple[nn.Module, list[str], int]:
     """The reference's step for an adapted ``model``: its base architecture, the weights the reference merged
     adapters into (of ``targets`` in ``towers``), and ``rank`` (:class:`~fif.methods.base.CountedAsMergedAdapters`)."""
     plain = base_architecture(model)
