@@ -155,3 +155,66 @@ def test_pool_captions_are_a_seeded_sample_of_distinct_samples(toy):
     assert len(pool_captions(pool, 1000, rng_for(0, "x"))) == len(pool)  # capped by the pool
     owners = {c.split("#")[-1] if "#" in c else c.split()[-1] for c in texts}
     assert len(owners) == 10  # distinct samples
+
+
+class _Augmenting:
+    """A split whose training images are noise drawn from the generator (like a random crop's box), counting
+    the rows it decodes."""
+
+    def __init__(self, inner):
+        self.inner, self.spec, self.targets, self.decoded = inner, inner.spec, inner.targets, 0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def captions(self, i):
+        return self.inner.captions(i)
+
+    def images(self, indices, size, train=False, generator=None):
+        self.decoded += len(indices)
+        x = self.inner.images(indices, size)
+        return x + torch.rand(x.shape, generator=generator) if train else x
+
+
+def _augmenting_batches(toy, texts: list):
+    s = _sampler(toy)
+    for source, pool in s.pools.items():
+        pool.segments = [(_Augmenting(split), idx) for split, idx in pool.segments]
+
+    def tokenizer(batch_texts):
+        texts.append(list(batch_texts))
+        return torch.arange(len(batch_texts)).view(-1, 1)
+
+    return MixedBatches(s, tokenizer, lambda x: x, 8, 20)
+
+
+def _decoded(batches) -> int:
+    return sum(split.decoded for pool in batches.sampler.pools.values() for split, _ in pool.segments)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_each_rank_decodes_only_its_rows_of_the_one_process_batch(toy, world):
+    texts: list = []
+    batches = _augmenting_batches(toy, texts)
+    for step in (0, 5):
+        whole = batches[step]
+        assert _decoded(batches) == 10
+        whole_texts = texts[-1]
+        for rank in range(world):
+            before = _decoded(batches)
+            part = batches.rows(step, rank, world)
+            assert _decoded(batches) - before == len(range(rank, 10, world))  # its rows, and no other
+            assert torch.equal(part.images, whole.images[rank::world])  # augmentation drawn per row
+            assert torch.equal(part.source, whole.source[rank::world])
+            assert texts[-1] == whole_texts[rank::world]  # captions drawn per row
+        for split, _ in (seg for pool in batches.sampler.pools.values() for seg in pool.segments):
+            split.decoded = 0
+
+
+def test_augmentation_differs_per_row_and_step(toy):
+    batches = _augmenting_batches(toy, [])
+    a, b = batches[0], batches[1]
+    pool = batches.sampler.pools["pretraining"].segments[0][0].inner  # rows 0-2: the pretraining rows
+    noise = a.images[:3] - pool.images(batches.sampler.plan(0)["pretraining"], 8)
+    assert noise.abs().max() > 0 and not torch.allclose(noise[0], noise[1], atol=1e-3)  # a draw per row, not one per batch
+    assert not torch.equal(a.images, b.images)

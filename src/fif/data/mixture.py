@@ -153,8 +153,11 @@ class MixtureSampler:
 class MixedBatches(torch.utils.data.Dataset):
     """Item k is the whole training batch of step k (images, tokens, sources) on the CPU.
 
-    Wrapped in a DataLoader with ``batch_size=None`` this prefetches batches in worker processes for
-    file-backed data, and still gives exactly the same batch k on resume.
+    Row j of batch k is a pure function of (run seed, task, k, j): which sample (:class:`MixtureSampler`),
+    its augmentation (a generator seeded per row) and its caption (one uniform draw per row). So a rank
+    of a data-parallel run builds only its own rows (:meth:`rows`) and still gets exactly the rows the
+    one-process batch has, and a resumed run gets the same batch k. Wrapped in a DataLoader with
+    ``batch_size=None`` this prefetches batches in worker processes for file-backed data.
     """
 
     def __init__(self, sampler: MixtureSampler, tokenizer, normalize, image_size: int, num_steps: int):
@@ -165,31 +168,43 @@ class MixedBatches(torch.utils.data.Dataset):
         return self.num_steps
 
     def __getitem__(self, step: int) -> Batch:
+        return self.rows(step, 0, 1)
+
+    def rows(self, step: int, rank: int, world_size: int) -> Batch:
+        """Rows ``rank, rank + world_size, ...`` of batch ``step`` (the whole batch for ``(0, 1)``), built
+        without decoding any other row.
+
+        Global row order is pretraining, update, buffer (:data:`SOURCES`), each in plan order.
+        """
         plan = self.sampler.plan(step)
-        images, texts, sources, bad = [], [], [], []
-        gen = torch.Generator().manual_seed(int(rng_for(self.sampler.seed, "augment", self.sampler.task, step).integers(2**62)))
-        caption_rng = rng_for(self.sampler.seed, "caption", self.sampler.task, step)
+        total = sum(len(p) for p in plan.values())
+        # Per-row draws, taken for the whole batch so that row j's do not depend on which rows are built.
+        aug_seeds = rng_for(self.sampler.seed, "augment", self.sampler.task, step).integers(2**62, size=total)
+        caption_u = rng_for(self.sampler.seed, "caption", self.sampler.task, step).random(total)
+        mine = np.arange(rank, total, world_size)
+        images = torch.empty(len(mine), 3, self.image_size, self.image_size)
+        texts: list[str] = [""] * len(mine)
+        sources = torch.empty(len(mine), dtype=torch.int8)
+        bad: list[tuple[str, str]] = []
+        first = 0  # global row of the source's first sample
         for source in SOURCES:
             if source not in plan:
                 continue
             positions = plan[source]
-            part = torch.empty(len(positions), 3, self.image_size, self.image_size)
-            part_texts: list[str] = [""] * len(positions)
-            for split, local, where in self.sampler.pools[source].locate(positions):
-                part[torch.as_tensor(where)] = split.images(local, self.image_size, train=True, generator=gen)
-                bad.extend((split.spec.name, f) for f in drain(split))  # images first: captions follow a replacement
+            # this rank's rows of the source: global rows first + i with (first + i) % world_size == rank
+            local_rows = np.arange((rank - first) % world_size, len(positions), world_size)
+            out_rows = (first + local_rows - rank) // world_size
+            sources[torch.as_tensor(out_rows)] = SOURCE_CODE[source]
+            for split, local, where in self.sampler.pools[source].locate(positions[local_rows]):
                 for w, i in zip(where.tolist(), local.tolist()):
+                    row = first + int(local_rows[w])
+                    gen = torch.Generator().manual_seed(int(aug_seeds[row]))
+                    images[out_rows[w]] = split.images(np.array([i]), self.image_size, train=True, generator=gen)[0]
+                    bad.extend((split.spec.name, f) for f in drain(split))  # images first: captions follow a replacement
                     caps = split.captions(i)
-                    part_texts[w] = caps[int(caption_rng.integers(len(caps)))] if len(caps) > 1 else caps[0]
-            images.append(part)
-            texts.extend(part_texts)
-            sources.append(torch.full((len(positions),), SOURCE_CODE[source], dtype=torch.int8))
-        return Batch(
-            images=self.normalize(torch.cat(images)),
-            tokens=self.tokenizer(texts),
-            source=torch.cat(sources),
-            bad=tuple(bad),
-        )
+                    texts[out_rows[w]] = caps[int(caption_u[row] * len(caps))] if len(caps) > 1 else caps[0]
+            first += len(positions)
+        return Batch(images=self.normalize(images), tokens=self.tokenizer(texts), source=sources, bad=tuple(bad))
 
 
 def pool_batches(

@@ -4,9 +4,10 @@ the global batch, DDP, CLIP features gathered with gradient, and BatchNorm over 
 A data-parallel run computes what the single-process run computes (up to float rounding), so budgets,
 MAFs and results do not depend on the number of GPUs (``docs/scaling.md``):
 
-- **Batches.** Batch k of a task is the *global* batch ``MixedBatches[k]`` (a pure function of seed,
-  task and step). Rank r of W trains on its rows r, r+W, r+2W, ... (:class:`ShardedBatches`); strided
-  rows give every rank about the same share of pretraining, current-task and buffer samples.
+- **Batches.** Batch k of a task is the *global* batch ``MixedBatches[k]``, whose row j is a pure function
+  of (seed, task, k, j). Rank r of W trains on its rows r, r+W, r+2W, ... and decodes only those
+  (:class:`ShardedBatches`); strided rows give every rank about the same share of pretraining,
+  current-task and buffer samples.
   ``train.batch_size`` must be a multiple of W.
 - **CLIP loss.** The features of a rank's rows are gathered from every rank with gradient
   (:func:`all_gather_with_grad`) and put back in global row order (:func:`global_batch_features`, called
@@ -385,9 +386,10 @@ def rank_rows(batch: Any, rank: int, world_size: int) -> Any:
 class ShardedBatches(torch.utils.data.Dataset):
     """Item k is this rank's rows of the global batch k of ``batches`` (e.g. a task's MixedBatches).
 
-    Every rank builds the whole global batch and keeps its rows: the batch then does not depend on the
-    number of ranks (augmentation draws are per batch, not per sample), at the price of each rank
-    loading W times the samples it trains on (prefetch with data.num_workers).
+    A dataset with a ``rows(step, rank, world_size)`` method (MixedBatches: every row is a pure function
+    of seed, task, step and row) builds only this rank's rows, so W ranks decode the global batch once
+    between them; any other dataset's whole batch is built and sliced (:func:`rank_rows`). Either way the
+    rows are those of the one-process batch.
     """
 
     def __init__(self, batches: torch.utils.data.Dataset, rank: int, world_size: int):
@@ -397,6 +399,9 @@ class ShardedBatches(torch.utils.data.Dataset):
         return len(self.batches)  # type: ignore[arg-type]
 
     def __getitem__(self, step: int) -> Any:
+        rows = getattr(self.batches, "rows", None)
+        if rows is not None:
+            return rows(step, self.rank, self.world_size)
         return rank_rows(self.batches[step], self.rank, self.world_size)
 
 
