@@ -13,12 +13,13 @@ from fif.data.bad_samples import BadSampleLog, TooManyBadSamplesError
 from fif.data.batch import Batch
 from fif.results.events import summarize
 from fif.runner import samples
+from fif.train.distributed import Solo
 from fif_reference import class_names, write_dataset, write_shard, write_stream
 
 
 class _Spec:
-    def __init__(self):
-        self.events = []
+    def __init__(self, ranks=None):
+        self.events, self.ranks = [], ranks or Solo()
 
     def emit(self, event: dict) -> None:
         self.events.append(event)
@@ -43,6 +44,36 @@ def test_each_file_is_logged_once_and_the_cap_stops_the_run(caplog):
     assert resumed.events == []  # known before the checkpoint: not logged twice
     with pytest.raises(TooManyBadSamplesError, match="3 unreadable image"):
         samples.record(resumed, known, 1, [("CUB200", "b.jpg")])
+
+
+class _Benchmark:
+    def bad_samples(self):
+        return []
+
+
+class _RankOf2(Solo):
+    """Rank 0 of 2, whose partner met ``theirs``."""
+
+    world_size = 2
+
+    def __init__(self, theirs):
+        self.theirs = theirs
+
+    def gather_objects(self, obj):
+        return [obj, self.theirs]
+
+
+def test_ranks_check_the_cap_together_on_every_rank_s_files():
+    """Each rank decodes only its rows: mid-task its files stay its own and nobody stops alone; after the
+    evaluation every rank takes every rank's files and checks the cap."""
+    spec, state = _Spec(_RankOf2([("CUB200", "b.jpg"), ("CUB200", "c.jpg")])), _State(cap=2)
+    spec.benchmark, spec.pretraining_pool = _Benchmark(), None
+    batches = [Batch(None, None, None, bad=(("CUB200", "a.jpg"), ("CUB200", "d.jpg"), ("pool", "e")))]
+    assert len(list(samples.watch(spec, state, batches, task=0))) == 1  # 3 > cap, but not checked mid-task
+    with pytest.raises(TooManyBadSamplesError, match="5 unreadable image"):
+        samples.collect(spec, state, 0)
+    assert state.bad_samples.files == {"CUB200": ["a.jpg", "d.jpg", "b.jpg", "c.jpg"], "pool": ["e"]}
+    assert spec.events[-1]["files"] == {"CUB200": ["b.jpg", "c.jpg"]}  # the partner's, logged by rank 0
 
 
 @pytest.fixture

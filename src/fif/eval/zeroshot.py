@@ -3,6 +3,11 @@
 Class embeddings follow open_clip's zero-shot classifier: embed every (template, class) prompt,
 L2-normalise, average over templates, normalise again. Scores are percentages: top-1 accuracy for
 classification, and for retrieval the mean of image→text and text→image Recall@5 (FiF's score).
+
+Sharded over the ranks of a data-parallel run (``ranks``): every encoding (images, class prompts,
+retrieval captions) is cut into the chunks one process would encode, rank r encodes chunks r, r+W, ...
+and the chunks are gathered in order on every rank (:func:`gathered`). Each chunk is encoded exactly as
+one process encodes it, so the scores are one process's; only the encoding is split, W ways.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -60,36 +66,71 @@ def stratified_subset(targets: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(order[:n]).astype(np.int64)
 
 
+def own_chunks(chunks: int, ranks: Any = None) -> range:
+    """The chunk indices this rank encodes: r, r+W, ... below ``chunks`` (all of them without ``ranks``)."""
+    if ranks is None:
+        return range(chunks)
+    return range(ranks.rank, chunks, ranks.world_size)
+
+
+def gathered(encode: Callable[[int], torch.Tensor], chunks: int, ranks: Any = None) -> torch.Tensor:
+    """``torch.cat([encode(0), ..., encode(chunks - 1)])``, with the chunks shared out over ``ranks``.
+
+    Args:
+        encode: chunk index → its rows (on the device).
+        chunks: how many chunks.
+        ranks: a :class:`~fif.train.distributed.Ranks` (rank r encodes chunks r, r+W, ...; every rank gets
+            all of them, in order: a collective, called by every rank) or None / a world of size 1 (all here).
+
+    Returns:
+        The chunks' rows, concatenated in chunk order.
+    """
+    world = 1 if ranks is None else ranks.world_size
+    if world == 1:
+        return torch.cat([encode(c) for c in range(chunks)])
+    mine = [encode(c) for c in own_chunks(chunks, ranks)]
+    return torch.cat(ranks.gather_chunks(mine, chunks))
+
+
 @torch.no_grad()
-def encode_texts(clip: Clip, texts: Sequence[str], batch_size: int, device: torch.device, precision: str = "fp32") -> torch.Tensor:
-    """L2-normalised text embeddings (N, D) in fp32."""
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tokens = clip.tokenize(texts[i : i + batch_size]).to(device)
+def encode_texts(
+    clip: Clip, texts: Sequence[str], batch_size: int, device: torch.device, precision: str = "fp32", ranks: Any = None
+) -> torch.Tensor:
+    """L2-normalised text embeddings (N, D) in fp32 (chunks of ``batch_size`` shared over ``ranks``)."""
+
+    def encode(c: int) -> torch.Tensor:
+        tokens = clip.tokenize(texts[c * batch_size : (c + 1) * batch_size]).to(device)
         with autocast_context(device, precision):
-            out.append(clip.model.encode_text(tokens).float())
-    return F.normalize(torch.cat(out), dim=-1)
+            return clip.model.encode_text(tokens).float()
+
+    return F.normalize(gathered(encode, -(-len(texts) // batch_size), ranks), dim=-1)
 
 
 @torch.no_grad()
 def encode_images(
     clip: Clip, data: SplitData, indices: np.ndarray, batch_size: int, device: torch.device, precision: str = "fp32",
     images: Iterable[torch.Tensor] | None = None,
+    ranks: Any = None,
 ) -> torch.Tensor:
     """L2-normalised image embeddings (N, D) in fp32 (test-time transform).
 
-    ``images``: the decoded batches of ``indices`` in chunks of ``batch_size`` (e.g. from worker processes,
+    The images are cut in chunks of ``batch_size``; with ``ranks``, rank r decodes and encodes only chunks
+    r, r+W, ... and every rank gets all the embeddings (:func:`gathered`).
+    ``images``: the decoded batches of this rank's chunks, in order (e.g. from worker processes,
     :meth:`Evaluator.run`); None decodes them here.
     """
+    chunks = -(-len(indices) // batch_size)
     if images is None:
-        images = (data.images(indices[i : i + batch_size], clip.image_size, train=False)
-                  for i in range(0, len(indices), batch_size))
-    out = []
-    for batch in images:
-        batch = batch.to(device, non_blocking=True)  # asynchronous from pinned memory (workers on CUDA)
+        images = (data.images(indices[c * batch_size : (c + 1) * batch_size], clip.image_size, train=False)
+                  for c in own_chunks(chunks, ranks))
+    batches = iter(images)
+
+    def encode(c: int) -> torch.Tensor:  # called for this rank's chunks in order: the next batch is chunk c
+        batch = next(batches).to(device, non_blocking=True)  # asynchronous from pinned memory (workers on CUDA)
         with autocast_context(device, precision):
-            out.append(clip.model.encode_image(clip.normalize(batch)).float())
-    return F.normalize(torch.cat(out), dim=-1)
+            return clip.model.encode_image(clip.normalize(batch)).float()
+
+    return F.normalize(gathered(encode, chunks, ranks), dim=-1)
 
 
 @torch.no_grad()
@@ -101,6 +142,7 @@ def class_embeddings(
     device: torch.device,
     precision: str = "fp32",
     classes_per_batch: int | None = None,
+    ranks: Any = None,
 ) -> torch.Tensor:
     """Zero-shot classifier (C, D): per class the renormalised mean of its normalised prompt embeddings.
 
@@ -110,13 +152,14 @@ def class_embeddings(
     rounding can depend on how rows are batched, so batching the same way is what makes it exact).
     """
     per_batch = classes_per_batch or max(1, batch_size // max(len(templates), 1))
-    chunks = []
-    for i in range(0, len(classnames), per_batch):
-        names = classnames[i : i + per_batch]
-        prompts = [t.format(c) for c in names for t in templates]
+
+    def encode(c: int) -> torch.Tensor:
+        names = classnames[c * per_batch : (c + 1) * per_batch]
+        prompts = [t.format(n) for n in names for t in templates]
         emb = encode_texts(clip, prompts, len(prompts), device, precision).view(len(names), len(templates), -1)
-        chunks.append(F.normalize(emb.mean(dim=1), dim=-1))
-    return torch.cat(chunks)
+        return F.normalize(emb.mean(dim=1), dim=-1)
+
+    return gathered(encode, -(-len(classnames) // per_batch), ranks)
 
 
 def zero_shot_logits(image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
@@ -144,14 +187,14 @@ class ClassifierCache:
 
     def get(
         self, clip: Clip, classnames: Sequence[str], templates: Sequence[str], batch_size: int,
-        device: torch.device, precision: str = "fp32",
+        device: torch.device, precision: str = "fp32", ranks: Any = None,
     ) -> torch.Tensor:
-        key = (tuple(classnames), tuple(templates))
+        key = (tuple(classnames), tuple(templates))  # the same keys in the same order on every rank
         if key in self._store:
             self.hits += 1
         else:
             self.misses += 1
-            self._store[key] = class_embeddings(clip, classnames, templates, batch_size, device, precision)
+            self._store[key] = class_embeddings(clip, classnames, templates, batch_size, device, precision, ranks=ranks)
         return self._store[key]
 
 
@@ -204,18 +247,20 @@ def evaluate_dataset(
     class_emb: torch.Tensor | None = None,
     classifiers: ClassifierCache | None = None,
     images: Iterable[torch.Tensor] | None = None,
+    ranks: Any = None,
 ) -> DatasetScore:
     """Score one dataset on the samples ``indices`` of its test split.
 
     The zero-shot classifier is ``class_emb`` if given, else taken from (or added to) ``classifiers``,
-    else built here. ``images``: the decoded image batches, as :func:`encode_images` takes them.
+    else built here. ``images``: this rank's decoded image batches, as :func:`encode_images` takes them.
+    With ``ranks`` (every rank calls it) the encoding is shared out; every rank gets the score.
     """
     t0 = time.perf_counter()
-    image_emb = encode_images(clip, data, indices, batch_size, device, precision, images)
+    image_emb = encode_images(clip, data, indices, batch_size, device, precision, images, ranks)
     if spec.kind == "classification":
         if class_emb is None:
             cache = classifiers if classifiers is not None else ClassifierCache()
-            class_emb = cache.get(clip, spec.classnames, spec.prompts(ensemble), batch_size, device, precision)
+            class_emb = cache.get(clip, spec.classnames, spec.prompts(ensemble), batch_size, device, precision, ranks)
         targets = torch.as_tensor(data.targets[indices], device=image_emb.device)
         metrics = topk_accuracy(image_emb, class_emb, targets)
         score = metrics["top1"]
@@ -225,7 +270,7 @@ def evaluate_dataset(
             caps = list(data.captions(i))
             texts.extend(caps)
             owner.extend([j] * len(caps))
-        text_emb = encode_texts(clip, texts, batch_size, device, precision)
+        text_emb = encode_texts(clip, texts, batch_size, device, precision, ranks)
         metrics = retrieval_recall(image_emb, text_emb, torch.as_tensor(owner, device=text_emb.device))
         score = 0.5 * (metrics["i2t_r5"] + metrics["t2i_r5"])
     return DatasetScore(spec.name, spec.kind, spec.role, score, len(indices), metrics, time.perf_counter() - t0)
@@ -275,11 +320,14 @@ class Evaluator:
         return self._subsets[spec.name]
 
     @torch.no_grad()
-    def run(self, clip: Clip, device: torch.device, subset: bool, precision: str = "fp32") -> list[DatasetScore]:
+    def run(
+        self, clip: Clip, device: torch.device, subset: bool, precision: str = "fp32", ranks: Any = None
+    ) -> list[DatasetScore]:
         """Score every dataset (model in eval mode; restored to its previous mode afterwards).
 
         Class embeddings are computed once per call and shared by datasets with the same class names and
-        templates (``self.last_cache`` keeps the counts).
+        templates (``self.last_cache`` keeps the counts). With ``ranks`` of a data-parallel run, every rank
+        calls it with the same weights: each encodes its share of every dataset, and all get the scores.
         """
         was_training = clip.model.training
         clip.model.eval()
@@ -287,11 +335,12 @@ class Evaluator:
         try:
             splits = [self.benchmark.load(spec.name, self.split) for spec in self.specs]
             indices = [self.indices(spec, subset) for spec in self.specs]
-            batches = self.image_batches(splits, indices, clip.image_size, device)  # every dataset's, in order
+            batches = self.image_batches(splits, indices, clip.image_size, device, ranks)  # every dataset's, in order
             return [
                 evaluate_dataset(
                     clip, spec, data, idx, self.batch_size, device, precision, self.ensemble,
-                    classifiers=self.last_cache, images=itertools.islice(batches, -(-len(idx) // self.batch_size)),
+                    classifiers=self.last_cache, ranks=ranks,
+                    images=itertools.islice(batches, len(own_chunks(-(-len(idx) // self.batch_size), ranks))),
                 )
                 for spec, data, idx in zip(self.specs, splits, indices)
             ]
@@ -299,10 +348,12 @@ class Evaluator:
             clip.model.train(was_training)
 
     def image_batches(
-        self, splits: Sequence[SplitData], indices: Sequence[np.ndarray], image_size: int, device: torch.device
+        self, splits: Sequence[SplitData], indices: Sequence[np.ndarray], image_size: int, device: torch.device,
+        ranks: Any = None,
     ) -> Iterator[torch.Tensor]:
         """The test-time images of every dataset's ``indices`` in chunks of ``batch_size``, dataset after
-        dataset: decoded ahead by the evaluator's workers (started at the first call), or here."""
+        dataset (with ``ranks``, only this rank's chunks: :func:`own_chunks`): decoded ahead by the
+        evaluator's workers (started at the first call), or here."""
         if self._loader is None:
             self._loader = PersistentLoader(self.num_workers, pin_memory=device.type == "cuda")
         served = self._loader.dataset
@@ -310,8 +361,9 @@ class Evaluator:
             a is b for a, b in zip(served.splits, splits))  # the workers hold copies of the splits they started with
         if not same:
             self._loader.start(SplitImages(splits, image_size))
-        keys = [(d, idx[i : i + self.batch_size]) for d, idx in enumerate(indices)
-                for i in range(0, len(idx), self.batch_size)]
+        size = self.batch_size
+        keys = [(d, idx[c * size : (c + 1) * size]) for d, idx in enumerate(indices)
+                for c in own_chunks(-(-len(idx) // size), ranks)]
         return delivered(self._loader.iterate(keys), [splits[d] for d, _ in keys])  # unreadable files reach the run
 
     def close(self) -> None:

@@ -5,6 +5,11 @@ met it (batches may be built in DataLoader workers) or, for what this process re
 task hooks), from the splits after each evaluation. Each new file is warned about once, logged as a
 ``bad_samples`` event (``summary.json`` counts them per source), kept in the run state (checkpointed),
 and more than ``data.max_bad_samples`` stop the run with the list of files.
+
+In a data-parallel run each rank decodes only its rows and its share of each evaluation, so each meets
+its own unreadable files: during a task they are recorded per rank (the cap is not checked, so that no
+rank stops alone), and after every evaluation (:func:`collect`, a collective) every rank takes the union
+of every rank's files, rank 0 logs the new ones, and all check the cap together.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ def watch(spec: RunSpec, state: RunState, batches: Iterable[Batch], task: int) -
     Raises:
         TooManyBadSamplesError: past ``data.max_bad_samples``.
     """
+    alone = spec.ranks.world_size == 1  # else the cap is checked by collect, on every rank at once
     for batch in batches:
         if batch.bad:
-            record(spec, state, task, batch.bad)
+            record(spec, state, task, batch.bad, check=alone)
         yield batch
 
 
@@ -42,10 +48,13 @@ def collect(spec: RunSpec, state: RunState, task: int) -> None:
     found = spec.benchmark.bad_samples()
     if spec.pretraining_pool is not None:
         found += [(split.spec.name, f) for split, _ in spec.pretraining_pool.segments for f in drain(split)]
+    if spec.ranks.world_size > 1:  # every rank's files, in rank order, on every rank
+        found = [(source, f) for source, files in state.bad_samples.files.items() for f in files] + found
+        found = [pair for each in spec.ranks.gather_objects(found) for pair in each]
     record(spec, state, task, found)
 
 
-def record(spec: RunSpec, state: RunState, task: int, found: Sequence[tuple[str, str]]) -> None:
+def record(spec: RunSpec, state: RunState, task: int, found: Sequence[tuple[str, str]], check: bool = True) -> None:
     """Warn about, log and count the files of ``found`` not seen before; stop past the cap.
 
     Args:
@@ -53,6 +62,7 @@ def record(spec: RunSpec, state: RunState, task: int, found: Sequence[tuple[str,
         state: the run's state (its ``bad_samples``).
         task: the task during which they were found (-1: the zero-shot evaluation).
         found: (source, file) pairs.
+        check: stop past the cap (False: a data-parallel rank mid-task; :func:`collect` checks).
 
     Raises:
         TooManyBadSamplesError: past ``data.max_bad_samples``.
@@ -66,4 +76,5 @@ def record(spec: RunSpec, state: RunState, task: int, found: Sequence[tuple[str,
                         "class where it has one)", source, where)
     if new:
         spec.emit({"event": "bad_samples", "task": task, "files": new, "total": seen.total})
+    if check:
         seen.check()

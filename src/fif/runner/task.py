@@ -6,7 +6,7 @@
 is built exactly like a fresh one. The stream loop around it: :mod:`fif.runner.stream`.
 
 Work that only rank 0 of a data-parallel run does is marked where it happens (``ranks.is_main``):
-evaluating, and removing checkpoints; everything else runs on every rank, through the collectives of
+removing checkpoints (evaluation is shared out: every rank encodes its share); everything else runs on every rank, through the collectives of
 ``spec.ranks`` (no-ops for :class:`~fif.train.distributed.Solo`).
 """
 
@@ -65,17 +65,33 @@ def deployed_weights(spec: RunSpec) -> dict[str, torch.Tensor] | None:
     return merged if merged is not None else own
 
 
-def evaluate_deployed(spec: RunSpec, task: int, full: bool) -> dict[str, float]:
-    """Evaluate the method's deployed weights and log an ``eval`` event; returns per-dataset scores."""
-    if not spec.ranks.is_main:  # rank 0 evaluates; the others wait at their next collective
-        return {}
-    clip = spec.clip
+def deployed_clip(spec: RunSpec) -> Clip:
+    """The CLIP to evaluate: the deployed weights (rank 0's, on every rank), else the model being trained.
+
+    Only rank 0 holds the temporal merger's state (:class:`~fif.runner.merger.FollowerMerger` elsewhere),
+    so the other ranks build the same architecture from their own weights and take rank 0's values.
+    """
+    ranks = spec.ranks
     weights = deployed_weights(spec)
-    if weights is not None:
-        model = deploy_model_for(spec.method, spec.clip.model, weights)  # a copy; the base architecture for adapters
-        clip = Clip(model, spec.clip.tokenizer, spec.clip.arch, spec.clip.image_size, spec.clip.mean, spec.clip.std)
+    if not ranks.broadcast(weights is not None):
+        return spec.clip
+    if weights is None:  # a follower rank: rank 0's merge arrives below
+        own = spec.method.deploy_weights()
+        weights = own if own is not None else spec.clip.model.state_dict()
+    model = deploy_model_for(spec.method, spec.clip.model, weights)  # a copy; the base architecture for adapters
+    ranks.broadcast_module_(model)
+    return Clip(model, spec.clip.tokenizer, spec.clip.arch, spec.clip.image_size, spec.clip.mean, spec.clip.std)
+
+
+def evaluate_deployed(spec: RunSpec, task: int, full: bool) -> dict[str, float]:
+    """Evaluate the method's deployed weights and log an ``eval`` event (rank 0); returns per-dataset scores.
+
+    Every rank of a data-parallel run evaluates its share of each dataset (:meth:`Evaluator.run` with the
+    run's ranks) and gets the scores.
+    """
+    clip = deployed_clip(spec)
     t0 = time.perf_counter()
-    scores = spec.evaluator.run(clip, spec.device, subset=not full, precision=eval_precision(spec))
+    scores = spec.evaluator.run(clip, spec.device, subset=not full, precision=eval_precision(spec), ranks=spec.ranks)
     spec.emit({
         "event": "eval",
         "task": task,
@@ -101,7 +117,7 @@ def evaluate_in_task(spec: RunSpec, task: int, step: int) -> float:
     seconds it took, which the caller keeps out of the task's training time.
     """
     t0 = time.perf_counter()
-    scores = spec.evaluator.run(spec.clip, spec.device, subset=True, precision=eval_precision(spec))
+    scores = spec.evaluator.run(spec.clip, spec.device, subset=True, precision=eval_precision(spec), ranks=spec.ranks)
     seconds = time.perf_counter() - t0
     spec.emit({
         "event": "eval_step", "task": task, "step": step, "full": False, "seconds": round(seconds, 3),
@@ -111,8 +127,8 @@ def evaluate_in_task(spec: RunSpec, task: int, step: int) -> float:
 
 
 class StepEvals:
-    """``eval.every_steps``: the ``on_step`` hook that evaluates inside a task (``hook`` is None when off,
-    and on ranks other than 0, which never evaluate).
+    """``eval.every_steps``: the ``on_step`` hook that evaluates inside a task (``hook`` is None when off;
+    every rank evaluates its share).
 
     Evaluates every N steps except the task's last, which the end-of-task evaluation covers, and adds up
     the seconds so the task's training time excludes them.
@@ -122,7 +138,7 @@ class StepEvals:
         self.spec, self.task, self.steps = spec, task, steps
         self.every = spec.cfg.eval.every_steps
         self.seconds = 0.0
-        self.hook = self._on_step if self.every > 0 and spec.ranks.is_main else None
+        self.hook = self._on_step if self.every > 0 else None
 
     def _on_step(self, tlog: Any) -> None:
         if tlog.steps % self.every == 0 and tlog.steps < self.steps:

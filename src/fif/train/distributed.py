@@ -174,6 +174,29 @@ class Ranks:
     def shard(self, batches: torch.utils.data.Dataset) -> "ShardedBatches":
         return ShardedBatches(batches, self.rank, self.world_size)
 
+    def gather_chunks(self, mine: list[torch.Tensor], chunks: int) -> list[torch.Tensor]:
+        """All ``chunks`` chunks in order, on this rank's device, where rank r holds chunks r, r+W, ...
+        (``mine``; e.g. the embeddings of a sharded evaluation). Exact: the tensors travel pickled.
+
+        A collective: every rank calls it with the same ``chunks``.
+        """
+        held: list[Any] = [None] * self.world_size
+        # all_gather_object: chunks of any shape and number per rank, on gloo and NCCL alike; an evaluation
+        # gathers a few MB per dataset, negligible next to encoding the images.
+        dist.all_gather_object(held, [t.cpu() for t in mine])
+        return [held[c % self.world_size][c // self.world_size].to(self.device) for c in range(chunks)]
+
+    def gather_objects(self, obj: T) -> list[T]:
+        """Every rank's ``obj`` (pickled), in rank order, on every rank."""
+        held: list[Any] = [None] * self.world_size
+        dist.all_gather_object(held, obj)
+        return held
+
+    def broadcast_module_(self, module: nn.Module) -> None:
+        """Rank 0's parameters and buffers in ``module`` on every rank (in place; the same architecture everywhere)."""
+        for t in module.state_dict().values():
+            dist.broadcast(t.data, src=0)
+
     def wrap(self, model: nn.Module) -> "DataParallelModel":
         """DDP over ``model`` for one task (build it after the task's start weights are loaded: DDP
         broadcasts rank 0's parameters and buffers to every rank, and registers the parameters that
@@ -217,6 +240,15 @@ class Solo:
 
     def shard(self, batches: D) -> D:
         return batches  # every row is this process's
+
+    def gather_chunks(self, mine: list[torch.Tensor], chunks: int) -> list[torch.Tensor]:
+        return mine
+
+    def gather_objects(self, obj: T) -> list[T]:
+        return [obj]
+
+    def broadcast_module_(self, module: nn.Module) -> None:
+        pass
 
     def wrap(self, model: M) -> M:
         return model
