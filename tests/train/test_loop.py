@@ -382,3 +382,18 @@ def test_recipe_knobs_reach_the_runner(tmp_path):
         p = ctx.clip.model.text_projection
         assert float(state.optimizer.state[p]["step"]) == sum(steps)  # moments carried across tasks
     assert all(s > 0 for s in steps)
+
+
+def test_device_ahead_hands_out_each_batch_once_in_order_on_the_device():
+    from fif.train.loop import device_ahead
+
+    pulled = []
+
+    def batches():
+        for i in range(3):
+            pulled.append(i)
+            yield Batch(torch.full((2, 3, 4, 4), float(i)), torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, dtype=torch.int8))
+
+    out = list(device_ahead(batches(), torch.device("cpu")))
+    assert [int(b.images[0, 0, 0, 0]) for b in out] == [0, 1, 2] and pulled == [0, 1, 2]
+    assert all(b.images.device.type == "cpu" for b in out)

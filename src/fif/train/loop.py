@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -158,6 +158,37 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         source=batch.source.to(device, non_blocking=True),
         labels=None if batch.labels is None else batch.labels.to(device, non_blocking=True),
     )
+
+
+def device_ahead(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
+    """The batches on ``device``; on CUDA batch k+1 is copied on a side stream while step k runs.
+
+    The copy of the next batch is issued (non-blocking, from pinned memory where the loader pins) as soon
+    as the current one is handed out, so it overlaps the step's kernels instead of queueing behind them;
+    the compute stream waits for it only when it uses it, and ``record_stream`` keeps the allocator from
+    reusing the copy's memory early. Elsewhere (CPU) a plain :func:`to_device`.
+    """
+    if device.type != "cuda":
+        yield from (to_device(b, device) for b in batches)
+        return
+    side, compute = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+
+    def issue(batch: Batch | None) -> Batch | None:
+        if batch is None:
+            return None
+        with torch.cuda.stream(side):
+            return to_device(batch, device)
+
+    source = iter(batches)
+    ahead = issue(next(source, None))
+    while ahead is not None:
+        compute.wait_stream(side)
+        current = ahead
+        for t in (current.images, current.tokens, current.source, current.labels):
+            if t is not None and t.device.type == "cuda":
+                t.record_stream(compute)
+        ahead = issue(next(source, None))
+        yield current
 
 
 FEATURE_KEYS = ("image_features", "text_features")
@@ -332,8 +363,7 @@ def train_task(
         result.stats = torch.zeros(5)
     result.stats = result.stats.to(device)
     t0 = time.perf_counter()
-    for step, batch in zip(range(start_step, steps), batches):
-        batch = to_device(batch, device)
+    for step, batch in zip(range(start_step, steps), device_ahead(batches, device)):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         if grad_accum_steps == 1:
