@@ -24,7 +24,7 @@ from fif.budget import (
     task_budgets,
     trace_step,
 )
-from fif.budget.measure import _training_only, run_real_steps
+from fif.budget.measure import Layout, _training_only, run_real_steps
 from fif.core.flops import count_flops, meta_copy
 from fif.data.batch import synthetic_batch
 from fif.methods import BaseMethod, HookCost, TaskInfo, UpdateMethod, build_method
@@ -367,3 +367,62 @@ def test_only_activations_the_graph_still_holds_count():
                             source=torch.zeros(4, dtype=torch.long))
     # only y*y's saved y (4×5 float32) is held at the end (x and the weight are the batch's and the model's)
     assert trace_step(model, DroppedBranch(), batch).activation_bytes == 4 * 5 * 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-device peak under the run's layout (ranks, micro-batches, checkpointing, sharding)
+
+
+@pytest.mark.parametrize("layout", [Layout(2), Layout(4), Layout(1, 4), Layout(2, shard="fsdp"), Layout(2, 1, True)])
+def test_the_multiplier_is_the_single_device_figure_whatever_the_layout(layout, tiny_vit_arch):
+    """FLOPs, the peak the multiplier divides and so the MAFs are those of one device at the global batch."""
+    clip = meta_clip(tiny_vit_arch)
+    ft, lnfit = build_method("finetune", {}, clip), build_method("lnfit", {}, clip)
+    alone = [measure_step_cost(clip, m, 16, "meta") for m in (ft, lnfit)]
+    laid = [measure_step_cost(clip, m, 16, "meta", layout=layout) for m in (ft, lnfit)]
+    for a, b in zip(alone, laid):
+        assert (b.flops, b.peak_memory_bytes, b.batch_size) == (a.flops, a.peak_memory_bytes, 16)
+    assert mafs_per_step(laid[1], laid[0]) == mafs_per_step(alone[1], alone[0])
+
+
+@pytest.mark.parametrize("method", ["finetune", "lnfit"])
+@pytest.mark.parametrize("layout", [Layout(2), Layout(4), Layout(1, 4)])
+def test_the_device_peak_is_taken_at_the_per_rank_micro_batch(method, layout, tiny_vit_arch):
+    """W ranks × A micro-batches: each device holds B/(W·A) samples' activations and batch, the whole
+    replicated model state; the same figure as one device at that batch (not the global batch's)."""
+    clip = meta_clip(tiny_vit_arch)
+    m = build_method(method, {}, clip)
+    cost = measure_step_cost(clip, m, 16, "meta", layout=layout)
+    micro = 16 // (layout.world_size * layout.grad_accum_steps)
+    at_micro = measure_step_cost(clip, m, micro, "meta")
+    assert cost.device_batch_size == micro and cost.device_memory_source == "estimate"
+    assert cost.device_peak_bytes == at_micro.peak_memory_bytes < cost.peak_memory_bytes
+    assert cost.device_memory_parts == at_micro.memory_parts
+
+
+def test_fsdp_shards_parameters_gradients_and_optimizer_state(tiny_vit_arch):
+    clip = meta_clip(tiny_vit_arch)
+    ft = build_method("finetune", {}, clip)
+    ddp = measure_step_cost(clip, ft, 16, "meta", layout=Layout(4)).device_memory_parts
+    fsdp = measure_step_cost(clip, ft, 16, "meta", layout=Layout(4, shard="fsdp")).device_memory_parts
+    for key in ("parameters", "gradients", "optimizer_state"):
+        assert fsdp[key] == pytest.approx(ddp[key] / 4)
+    for key in ("activations", "batch", "method_state"):
+        assert fsdp[key] == ddp[key]
+
+
+def test_checkpointing_keeps_fewer_activations_and_leaves_the_model_alone(tiny_vit_arch):
+    clip = meta_clip(tiny_vit_arch)
+    ft = build_method("finetune", {}, clip)
+    plain = measure_step_cost(clip, ft, 16, "meta", layout=Layout(2))
+    checkpointed = measure_step_cost(clip, ft, 16, "meta", layout=Layout(2, 1, True))
+    assert checkpointed.device_memory_parts["activations"] < plain.device_memory_parts["activations"] / 2
+    assert checkpointed.layout == "2 ranks, 1 micro-batch, checkpointed"
+    assert not any(getattr(m, "grad_checkpointing", False) for m in clip.model.modules())
+
+
+def test_a_bad_layout_is_a_clear_error():
+    with pytest.raises(BudgetError, match="shard='zero3'.*fsdp"):
+        Layout(2, shard="zero3")
+    with pytest.raises(BudgetError, match="world_size"):
+        Layout(0)

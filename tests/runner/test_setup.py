@@ -130,3 +130,33 @@ def test_default_run_folders_started_in_the_same_second_never_collide(tmp_path, 
     assert first.name == "20240501-120000-mini-finetune"
     assert [second.name, third.name] == [f"{first.name}-2", f"{first.name}-3"]
     assert all(p.is_dir() and not any(p.iterdir()) for p in (first, second, third))
+
+
+class RankOfTwo(Solo):
+    """Rank 0 of a world of 2, as far as setup asks."""
+
+    world_size = 2
+
+
+@pytest.mark.parametrize("extra, micro, layout", [
+    ((), 8, "1 micro-batch"),
+    (("train.grad_accum_steps=2", "train.grad_checkpointing=true"), 4, "2 micro-batches, checkpointed"),
+])
+def test_the_step_cost_has_this_layouts_device_peak_and_the_one_device_multiplier(tmp_path, extra, micro, layout):
+    """The multiplier's peak is one device at the global batch whatever the layout; the per-device peak is
+    taken at the per-rank micro-batch (a world of 2 halves it)."""
+    cfg = load_config("mini", [*SMALL_RUN, "train.batch_size=8", *extra])
+    _, alone = setup(cfg, tmp_path / "one")
+    _, two = setup(cfg, tmp_path / "two", ranks=RankOfTwo())
+    assert (alone.step_cost.device_batch_size, two.step_cost.device_batch_size) == (micro, micro // 2)
+    assert (alone.step_cost.layout, two.step_cost.layout) == (f"1 rank, {layout}", f"2 ranks, {layout}")
+    assert two.step_cost.peak_memory_bytes == alone.step_cost.peak_memory_bytes
+    assert two.step_cost.device_peak_bytes < alone.step_cost.device_peak_bytes <= alone.step_cost.peak_memory_bytes
+    assert two.ledger.tasks[0].budget_mafs == alone.ledger.tasks[0].budget_mafs
+
+
+def test_budget_memory_is_validated():
+    from fif.config import ConfigError
+
+    with pytest.raises(ConfigError, match="budget.memory: 'measure'.*Valid: auto, estimate"):
+        load_config("mini", [*SMALL_RUN, "budget.memory=measure"])

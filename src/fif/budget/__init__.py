@@ -40,7 +40,7 @@ from fif.budget.mafs import (
     steps_for_task,
     task_budgets,
 )
-from fif.budget.measure import StepTrace, estimate_peak_memory, measure_step_cost, meta_clip, trace_step
+from fif.budget.measure import SHARDINGS, Layout, StepTrace, estimate_peak_memory, measure_step_cost, meta_clip, trace_step
 from fif.core.flops import attention_backward_flops, attention_forward_flops, count_flops, flop_counting, meta_copy
 from fif.data.batch import synthetic_batch
 
@@ -48,8 +48,10 @@ __all__ = [
     "ACCOUNTINGS",
     "GIB",
     "MEMORY_SOURCES",
+    "SHARDINGS",
     "BudgetError",
     "BudgetExceededError",
+    "Layout",
     "Ledger",
     "StepCost",
     "StepTrace",

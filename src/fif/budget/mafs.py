@@ -56,6 +56,13 @@ class StepCost:
         batch_size: samples per step.
         memory_parts: bytes per term of the estimate (empty when measured).
         accounting: how ``flops`` was counted (:data:`ACCOUNTINGS`).
+        device_peak_bytes: peak memory of one device as the run lays the step out (rows per rank,
+            micro-batches, recomputation, sharding: :class:`~fif.budget.measure.Layout`); 0 = not measured.
+            What a GPU must hold; never part of the multiplier, so MAFs do not depend on the layout.
+        device_batch_size: the samples one device holds at once (per-rank micro-batch).
+        device_memory_source: how ``device_peak_bytes`` was obtained (:data:`MEMORY_SOURCES`).
+        device_memory_parts: bytes per term of the per-device estimate (empty when measured).
+        layout: the layout in words (e.g. ``"2 ranks (fsdp), 1 micro-batch, checkpointed"``).
     """
 
     flops: float
@@ -65,9 +72,16 @@ class StepCost:
     batch_size: int = 0
     memory_parts: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
     accounting: str = "exact"
+    # The per-device figures depend on the hardware layout, which a resume may change: not compared.
+    device_peak_bytes: float = field(default=0.0, compare=False)
+    device_batch_size: int = field(default=0, compare=False)
+    device_memory_source: str = field(default="", compare=False)
+    device_memory_parts: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
+    layout: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "memory_parts": dict(self.memory_parts)}
+        return {**dataclasses.asdict(self), "memory_parts": dict(self.memory_parts),
+                "device_memory_parts": dict(self.device_memory_parts)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "StepCost":

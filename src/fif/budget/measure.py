@@ -1,5 +1,10 @@
 """Measuring one training step: FLOPs with FlopCounterMode, peak memory measured (CUDA) or estimated.
 
+Two memory figures: the **single-device figure** (one device holds the whole global batch, no
+recomputation, accumulation or sharding: the paper's Tab. 4 setting), which is what the MAF multiplier
+divides, so MAFs do not depend on the number of GPUs; and the **per-device peak** at the per-rank
+micro-batch under the run's :class:`Layout`, which is what each GPU must hold.
+
 FLOP conventions (so that CPU, meta and GPU counts agree exactly):
   * a matmul of (m×k)·(k×n) is 2·m·n·k FLOPs; element-wise ops, softmax, norms and the optimizer update
     are not counted (FlopCounterMode's convention);
@@ -15,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Iterable, Iterator, Mapping
 
@@ -35,11 +41,47 @@ from fif.methods.base import (
     method_state_bytes,
     optimizer_state_bytes_of,
 )
+from fif.model.checkpointing import enable_grad_checkpointing
 from fif.model.clip import Clip, build_clip
 
 log = logging.getLogger(__name__)
 
 _EXTRAPOLATION_BATCHES = (2, 3, 4)  # fit points of the small-batch fallback; B = 5 checks the fit
+SHARDINGS = ("none", "fsdp")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run lays one optimizer step out on its devices.
+
+    Attributes:
+        world_size: data-parallel ranks; each holds ``batch_size / world_size`` rows of the global batch.
+        grad_accum_steps: micro-batches per rank per step (one micro-batch's activations at a time).
+        grad_checkpointing: transformer blocks recompute their activations in backward.
+        shard: ``"fsdp"``: parameters, gradients and optimizer state split over the ranks
+            (torch's ``fully_shard``); ``"none"``: replicated (DDP or one process).
+    """
+
+    world_size: int = 1
+    grad_accum_steps: int = 1
+    grad_checkpointing: bool = False
+    shard: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or self.grad_accum_steps < 1:
+            raise BudgetError(f"layout: world_size and grad_accum_steps must be >= 1, got {self}")
+        if self.shard not in SHARDINGS:
+            raise BudgetError(f"layout: shard={self.shard!r}: choose one of {', '.join(SHARDINGS)}")
+
+    def device_batch(self, batch_size: int) -> int:
+        """Samples one device holds at once: the per-rank micro-batch (rounded up: the largest one)."""
+        return max(1, math.ceil(batch_size / (self.world_size * self.grad_accum_steps)))
+
+    def describe(self) -> str:
+        ranks = f"{self.world_size} rank{'s' if self.world_size > 1 else ''}"
+        ranks += f" ({self.shard})" if self.shard != "none" else ""
+        micro = f"{self.grad_accum_steps} micro-batch{'es' if self.grad_accum_steps > 1 else ''}"
+        return ", ".join([ranks, micro, *(["checkpointed"] if self.grad_checkpointing else [])])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,8 +248,10 @@ def estimate_peak_memory(
 
 
 def run_real_steps(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device | str,
-                   trainable_ids: set[int], amp_dtype: torch.dtype | None = None, steps: int = 2) -> None:  # fmt: skip
-    """``steps`` real AdamW steps of a zero-weight copy of ``clip.model`` on ``device`` (the model is untouched).
+                   trainable_ids: set[int], amp_dtype: torch.dtype | None = None, steps: int = 2,
+                   grad_checkpointing: bool = False) -> None:  # fmt: skip
+    """``steps`` real AdamW steps of a zero-weight copy of ``clip.model`` on ``device`` (the model is untouched;
+    ``grad_checkpointing`` turns recomputation on in the copy).
 
     What the CUDA peak is read around: the copy's weights, gradients, optimizer state, activations and
     batch all live on ``device``; from the second step on the optimizer state is in place, as in training.
@@ -225,6 +269,8 @@ def run_real_steps(clip: Clip, method: UpdateMethod, batch_size: int, device: to
         p.requires_grad_(name in names)
         if name in names:
             trainable.append(p)
+    if grad_checkpointing:
+        enable_grad_checkpointing(model)
     freeze_batchnorm_statistics(model)
     model.train()
     if isinstance(method, BuildsOptimizer):  # the method's own optimizer (GaLore), else AdamW
@@ -242,12 +288,23 @@ def run_real_steps(clip: Clip, method: UpdateMethod, batch_size: int, device: to
 
 
 def _cuda_peak_bytes(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device, trainable_ids: set[int],
-                     amp_dtype: torch.dtype | None) -> float:  # fmt: skip
-    """torch.cuda.max_memory_allocated over :func:`run_real_steps`, less what was allocated before."""
+                     amp_dtype: torch.dtype | None, grad_checkpointing: bool = False) -> float:  # fmt: skip
+    """torch.cuda.max_memory_allocated over :func:`run_real_steps`, less what was allocated before.
+
+    Raises:
+        BudgetError: the step does not fit on the device (the message names the batch and the fix).
+    """
     torch.cuda.synchronize(device)
     baseline = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    run_real_steps(clip, method, batch_size, device, trainable_ids, amp_dtype)
+    try:
+        run_real_steps(clip, method, batch_size, device, trainable_ids, amp_dtype, grad_checkpointing=grad_checkpointing)
+    except torch.cuda.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        raise BudgetError(
+            f"method {method.name!r}: a step at batch {batch_size} does not fit on {device} to measure its peak "
+            "memory; set budget.memory=estimate (the single-device figure estimated on the meta device)"
+        ) from e
     torch.cuda.synchronize(device)  # sync point: read the peak after the kernels ran
     peak = torch.cuda.max_memory_allocated(device) - baseline
     torch.cuda.empty_cache()
@@ -260,6 +317,70 @@ def _cuda_peak_bytes(clip: Clip, method: UpdateMethod, batch_size: int, device: 
 # The public measurement
 
 
+def _trace(clip: Clip, method: UpdateMethod, batch_size: int, trainable_ids: set[int], recompute: bool,
+           grad_checkpointing: bool = False) -> StepTrace:  # fmt: skip
+    """One step traced on a meta copy of the model (the model itself if it is on meta and nothing is
+    switched on), else on its device at small batches, extrapolated.
+
+    Raises:
+        BudgetError: a loss that runs neither on meta nor on a meta-clip's device.
+    """
+    try:
+        own = clip.device.type == "meta" and not grad_checkpointing
+        model, params = (clip.model, None) if own else meta_copy(clip.model)
+        if grad_checkpointing:
+            enable_grad_checkpointing(model)  # on the copy: recomputed blocks save only their inputs
+        meta_ids = trainable_ids if params is None else {id(params[i]) for i in trainable_ids if i in params}
+        with _training_only(model, meta_ids):
+            return trace_step(model, method, synthetic_batch(clip, batch_size, "meta"), recompute)
+    except Exception as e:  # any op without a meta kernel, or a loss that mixes in real tensors
+        if clip.device.type == "meta":
+            raise BudgetError(f"method {method.name!r}: its loss does not run on the meta device ({e})") from e
+        log.info("method %r does not trace on meta (%s); extrapolating from small batches%s", method.name, e,
+                 " (without checkpointing: an upper bound)" if grad_checkpointing else "")
+        with _training_only(clip.model, trainable_ids):
+            return _trace_by_extrapolation(clip, method, batch_size, clip.device, recompute)
+
+
+def _estimate_parts(clip: Clip, method: UpdateMethod, trainable_ids: set[int], activation_bytes: int,
+                    batch_size: int) -> dict[str, float]:  # fmt: skip
+    """:func:`estimate_peak_memory`'s terms for ``clip`` and ``method`` at ``batch_size`` (one device, replicated)."""
+    trainable = [p for p in clip.model.parameters() if id(p) in trainable_ids]
+    batch = synthetic_batch(clip, batch_size, "meta")
+    return estimate_peak_memory(
+        param_bytes=_storage_bytes([*clip.model.parameters(), *clip.model.buffers()]),
+        trainable_bytes=_storage_bytes(trainable),
+        activation_bytes=activation_bytes,
+        batch_bytes=sum(t.numel() * t.element_size() for t in (batch.images, batch.tokens, batch.source)),
+        optimizer_state_bytes=optimizer_state_bytes_of(method),
+        method_state_bytes=method_state_bytes(method),
+    )
+
+
+_SHARDED_PARTS = ("parameters", "gradients", "optimizer_state")  # what fully_shard splits over the ranks
+
+
+def _device_peak(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device, layout: Layout,
+                 trainable_ids: set[int], amp_dtype: torch.dtype | None) -> tuple[float, str, dict[str, float]]:  # fmt: skip
+    """Peak memory of one device under ``layout``: (bytes, memory source, estimate terms).
+
+    The step runs (CUDA) or is traced (meta) at the per-rank micro-batch with the layout's recomputation.
+    Under FSDP each rank holds 1/W of the parameters, gradients and optimizer state; on CUDA the one-device
+    measurement is lowered by the estimated (1 - 1/W) share of those (the full parameters of the layer
+    being computed, which FSDP gathers for a moment, are left out).
+    """
+    micro = layout.device_batch(batch_size)
+    trace = _trace(clip, method, micro, trainable_ids, False, layout.grad_checkpointing)
+    parts = _estimate_parts(clip, method, trainable_ids, trace.activation_bytes, micro)
+    kept = 1.0 / layout.world_size if layout.shard == "fsdp" else 1.0
+    saved = sum(parts[k] for k in _SHARDED_PARTS) * (1.0 - kept)
+    if device.type == "cuda":
+        peak = _cuda_peak_bytes(clip, method, micro, device, trainable_ids, amp_dtype, layout.grad_checkpointing)
+        return peak - saved, "cuda_max_allocated", {}
+    parts = {k: v * kept if k in _SHARDED_PARTS else v for k, v in parts.items()}
+    return sum(parts.values()), "estimate", parts
+
+
 def measure_step_cost(
     clip: Clip,
     method: UpdateMethod,
@@ -268,6 +389,7 @@ def measure_step_cost(
     *,
     amp_dtype: torch.dtype | None = None,
     accounting: str = "exact",
+    layout: Layout | None = None,
 ) -> StepCost:
     """FLOPs and peak memory of one training step of ``method`` at ``batch_size``.
 
@@ -277,62 +399,50 @@ def measure_step_cost(
     tensors), the step is traced on the model's device at B = 2..5 and extrapolated exactly (FLOPs are
     quadratic in B: the B×B logits).
 
-    Memory: on a CUDA ``device``, ``torch.cuda.max_memory_allocated`` around two real steps
-    (``memory_source="cuda_max_allocated"``); otherwise :func:`estimate_peak_memory` from the traced
-    step (``"estimate"``).
+    Memory (the single-device figure the multiplier divides: the whole ``batch_size`` on one device, no
+    recomputation, accumulation or sharding): on a CUDA ``device``, ``torch.cuda.max_memory_allocated``
+    around two real steps (``memory_source="cuda_max_allocated"``); otherwise :func:`estimate_peak_memory`
+    from the traced step (``"estimate"``). With ``layout``, also the per-device peak at the per-rank
+    micro-batch under that layout (``device_peak_bytes``, same source), which never enters the multiplier.
 
     Args:
         clip: the model (real weights or meta; it is not modified).
         method: the method whose step is measured (its loss, trainable parameters).
-        batch_size: samples per optimizer step.
+        batch_size: samples per optimizer step (the global batch).
         device: ``"cpu"``/``"meta"`` for the estimate, ``"cuda[:i]"`` to measure the peak.
         amp_dtype: autocast dtype for the CUDA measurement (None = the model's dtype).
         accounting: ``"exact"`` (what fif computes) or ``"paper"`` (FiF Tab. 4's FLOP count: a fused
             attention backward also pays for recomputing QKᵀ; adapter methods are counted as the reference
             ran them, :func:`paper_merged_adapter_flops`; see :mod:`fif.budget.mafs` for the rest).
+        layout: the run's layout (ranks, micro-batches, checkpointing, sharding); None = no per-device figure.
 
     Raises:
-        BudgetError: bad batch size or accounting, or a loss that can be traced neither on meta nor on the device.
+        BudgetError: bad batch size or accounting, a loss that can be traced neither on meta nor on the
+            device, or (CUDA) a step that does not fit on the device.
     """
     if batch_size < 1:
         raise BudgetError(f"batch size must be >= 1, got {batch_size}")
     if accounting not in ACCOUNTINGS:
         raise BudgetError(f"budget.accounting={accounting!r}: choose one of {', '.join(ACCOUNTINGS)}")
-    recompute = accounting == "paper"
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BudgetError(f"device {str(device)!r}: CUDA is not available here; use 'cpu' for the memory estimate")
     trainable_ids = {id(p) for _, p in method.trainable_parameters()}
-    try:
-        model, params = (clip.model, None) if clip.device.type == "meta" else meta_copy(clip.model)
-        meta_ids = trainable_ids if params is None else {id(params[i]) for i in trainable_ids if i in params}
-        with _training_only(model, meta_ids):
-            trace = trace_step(model, method, synthetic_batch(clip, batch_size, "meta"), recompute)
-    except Exception as e:  # any op without a meta kernel, or a loss that mixes in real tensors
-        if clip.device.type == "meta":
-            raise BudgetError(f"method {method.name!r}: its loss does not run on the meta device ({e})") from e
-        log.info("method %r does not trace on meta (%s); extrapolating from small batches", method.name, e)
-        with _training_only(clip.model, trainable_ids):
-            trace = _trace_by_extrapolation(clip, method, batch_size, clip.device, recompute)
-
+    trace = _trace(clip, method, batch_size, trainable_ids, accounting == "paper")
     if accounting == "paper" and isinstance(method, CountedAsMergedAdapters):  # the reference's merged adapters
         flops, forward = paper_merged_adapter_flops(clip, method, batch_size)  # memory stays fif's own step's
         trace = StepTrace(flops, forward, trace.activation_bytes)
     if device.type == "cuda":
         peak = _cuda_peak_bytes(clip, method, batch_size, device, trainable_ids, amp_dtype)
-        return StepCost(trace.flops, peak, "cuda_max_allocated", trace.forward_flops, batch_size,
-                        accounting=accounting)  # fmt: skip
-    trainable = [p for p in clip.model.parameters() if id(p) in trainable_ids]
-    batch = synthetic_batch(clip, batch_size, "meta")
-    parts = estimate_peak_memory(
-        param_bytes=_storage_bytes([*clip.model.parameters(), *clip.model.buffers()]),
-        trainable_bytes=_storage_bytes(trainable),
-        activation_bytes=trace.activation_bytes,
-        batch_bytes=sum(t.numel() * t.element_size() for t in (batch.images, batch.tokens, batch.source)),
-        optimizer_state_bytes=optimizer_state_bytes_of(method),
-        method_state_bytes=method_state_bytes(method),
-    )
-    return StepCost(trace.flops, sum(parts.values()), "estimate", trace.forward_flops, batch_size, parts, accounting)
+        cost = StepCost(trace.flops, peak, "cuda_max_allocated", trace.forward_flops, batch_size, accounting=accounting)
+    else:
+        parts = _estimate_parts(clip, method, trainable_ids, trace.activation_bytes, batch_size)
+        cost = StepCost(trace.flops, sum(parts.values()), "estimate", trace.forward_flops, batch_size, parts, accounting)
+    if layout is None:
+        return cost
+    peak, source, parts = _device_peak(clip, method, batch_size, device, layout, trainable_ids, amp_dtype)
+    return replace(cost, device_peak_bytes=peak, device_batch_size=layout.device_batch(batch_size),
+                   device_memory_source=source, device_memory_parts=parts, layout=layout.describe())
 
 
 def meta_clip(arch: str) -> Clip:

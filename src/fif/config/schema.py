@@ -149,6 +149,7 @@ class TrainConfig:
 
 OPTIMIZERS = ("adamw", "sgd")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
+BUDGET_MEMORY = ("auto", "estimate")
 TEMPERATURES = ("learnable", "fixed")
 
 
@@ -162,6 +163,11 @@ class BudgetConfig:
         "How a step is priced: 'exact' (what fif computes; a task hook such as EWC's Fisher pass charged once per "
         "task) or 'paper' (FiF Tab. 4's count: a fused attention backward also recomputes QK^T, a task pass is "
         "charged to every step, adapters as the reference merged them). See docs/budget.md.", "exact"
+    )
+    memory: str = _help(
+        "Peak memory of the MAF multiplier (one device, the whole train.batch_size): 'auto' (measured on CUDA, "
+        "estimated on CPU) or 'estimate' (estimated on the meta device everywhere, e.g. when a step at the "
+        "global batch does not fit on one GPU).", "auto"
     )
 
 

@@ -14,6 +14,7 @@ import torch
 from fif.budget import ACCOUNTINGS
 from fif.config.composition import composition_problems
 from fif.config.schema import (
+    BUDGET_MEMORY,
     OPTIMIZER_IMPLS,
     OPTIMIZERS,
     TEMPERATURES,
@@ -83,6 +84,7 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"budget.mafs: {b.mafs} must be > 0")
     if b.accounting not in ACCOUNTINGS:
         p.append(f"budget.accounting: {b.accounting!r} is not one of {', '.join(ACCOUNTINGS)}")
+    p += _choice("budget.memory", b.memory, BUDGET_MEMORY)
     e = cfg.eval
     if e.batch_size < 1:
         p.append("eval.batch_size: must be >= 1")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fif.budget import Ledger, mafs_per_step, measure_step_cost, run_budget_mafs
+from fif.budget import Layout, Ledger, mafs_per_step, measure_step_cost, run_budget_mafs
 from fif.budget.mafs import steps_for_task
 from fif.config import Config
 from fif.config.components import clip_loss_from_config, eval_workers, ordering_options
@@ -259,10 +259,16 @@ def setup(
     if needs_model:  # the similarity and easy-to-hard orderings embed and score with the base model
         tasks = _tasks(cfg, benchmark, ModelScorer(clip, device, orderings), orderings)
     accounting = cfg.budget.accounting  # both steps priced alike: the multiplier and the budget stay consistent
-    reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device, accounting=accounting)
+    # The multiplier's figure is one device at the whole global batch (MAFs do not depend on the number
+    # of GPUs); ``layout`` adds what each device of this run holds (docs/budget.md, per-device peak).
+    memory_device = torch.device("meta") if cfg.budget.memory == "estimate" else device
+    layout = run_layout(cfg, ranks.world_size)
+    reference_cost = measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, memory_device,
+                                       accounting=accounting, layout=layout)
     method = build_method(cfg.method.name, cfg.method.options, clip, clip_loss_from_config(cfg.train))
     freeze_all_but(clip.model, method.trainable_parameters())
-    step_cost = measure_step_cost(clip, method, cfg.train.batch_size, device, accounting=accounting)
+    step_cost = measure_step_cost(clip, method, cfg.train.batch_size, memory_device, accounting=accounting,
+                                  layout=layout)
     if cfg.train.grad_checkpointing:  # after measuring: the budget charges the method, not the memory trick
         enable_grad_checkpointing(clip.model)
     if (warning := batchnorm_accumulation_warning(clip.model, cfg.train.grad_accum_steps)) is not None:
@@ -289,6 +295,13 @@ def setup(
         events, ranks, stop, progress and main, PersistentLoader(cfg.data.num_workers, pin_memory=device.type == "cuda"),
     )
     return spec, RunState(ledger, step_cost, reference_cost, bad_samples=BadSampleLog(cfg.data.max_bad_samples))
+
+
+def run_layout(cfg: Config, world_size: int) -> Layout:
+    """How this run lays a step out: ``world_size`` ranks (sharded under ``train.distributed=fsdp``), its
+    micro-batches and recomputation."""
+    return Layout(world_size, cfg.train.grad_accum_steps, cfg.train.grad_checkpointing,
+                  "fsdp" if cfg.train.distributed == "fsdp" else "none")
 
 
 def _tasks(cfg: Config, benchmark: Benchmark, scorer: ModelScorer | None, orderings) -> list[Task]:
