@@ -9,7 +9,8 @@ Rows (random-init weights, synthetic batches for the steps, so the step and not 
 
 - ``fif step``: fif's whole training step (:func:`fif.train.loop.train_task`: the ``finetune`` method's CLIP
   loss, fif's optimizer (fused AdamW where torch has it), the lr set per step, grad clipping, the non-finite
-  guard, the logit-scale clamp, host syncs only at the logging interval) at ``--precision``. Under
+  guard, the logit-scale clamp, host syncs only at the logging interval) at ``--precision``, with the towers
+  compiled as ``train.compile`` does (eager with ``--no-compile``). Under
   ``--ranks W``: the same with DDP, each rank on its B/W rows, CLIP features gathered (samples/s is global).
 - ``reference step``: the reference pipeline's style: eager, fp16 autocast + GradScaler, torch's AdamW.
 - ``bare step``: ``torch.compile`` of model + loss, ``--precision`` autocast, fused AdamW, nothing else.
@@ -48,7 +49,8 @@ from fif.data.sources.common import ImageFileSplit
 from fif.data.specs import DatasetSpec, InMemorySplit
 from fif.eval.zeroshot import encode_images
 from fif.methods import build_method
-from fif.model.clip import build_clip
+from fif.model.checkpointing import compile_towers_
+from fif.model.clip import Clip, build_clip
 from fif.model.loss import clip_contrastive_loss
 from fif.train.distributed import ShardedBatches, Solo, start
 from fif.train.loop import train_task
@@ -85,7 +87,11 @@ def step_flops(model: torch.nn.Module, batch: Batch) -> int:
 
 
 def fif_step(clip, batch: Batch, args, device: torch.device, ranks) -> Callable[[int], None]:
-    """fif's training step (train_task) over ``steps`` copies of this rank's rows of ``batch``."""
+    """fif's training step (train_task) over ``steps`` copies of this rank's rows of ``batch``, on a copy of
+    the model whose towers are compiled as ``train.compile`` does (unless --no-compile)."""
+    clip = Clip(copy.deepcopy(clip.model), clip.tokenizer, clip.arch, clip.image_size, clip.mean, clip.std)
+    if args.compile:
+        compile_towers_(clip.model)
     method = build_method("finetune", {}, clip)
     optimizer = build_optimizer(method.trainable_parameters(), 1e-5, OptimConfig())
     ranks.prepare_model_(clip.model)
@@ -148,7 +154,7 @@ def step_rows(clip, args, device: torch.device, ranks) -> list[dict]:
     """The three training steps: samples/s, TFLOP/s and peak memory of each."""
     batch = synthetic_batch(clip, args.batch, "cpu")
     flops = step_flops(copy.deepcopy(clip.model).to(device), Batch(batch.images.to(device), batch.tokens.to(device), batch.source))
-    candidates = {"fif step": lambda: fif_step(clip, batch, args, device, ranks)}
+    candidates = {f"fif step ({'compiled towers' if args.compile else 'eager'})": lambda: fif_step(clip, batch, args, device, ranks)}
     if ranks.world_size == 1:
         candidates["reference step (fp16+GradScaler, eager)"] = lambda: reference_step(copy.deepcopy(clip.model), batch, device)
         name = "bare step (compiled)" if args.compile else "bare step (eager)"
@@ -256,7 +262,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--precision", default=None, help="fif and bare steps: bf16 (default on CUDA) or fp32 (CPU)")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="bare step eager (the CPU smoke test)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="fif step and bare step eager (the CPU smoke test)")
     p.add_argument("--eval-images", type=int, default=2048)
     p.add_argument("--eval-batch", type=int, default=256)
     p.add_argument("--workers", type=int, default=8)

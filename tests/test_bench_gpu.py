@@ -39,4 +39,4 @@ def test_bench_gpu_runs_under_torchrun(tmp_path):
     out = tmp_path / "rows.json"
     assert bench().main([*TINY, "--ranks", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert "2 rank(s)" in result["header"] and result["rows"][0]["what"] == "fif step"
+    assert "2 rank(s)" in result["header"] and result["rows"][0]["what"] == "fif step (eager)"

@@ -160,3 +160,12 @@ def test_budget_memory_is_validated():
 
     with pytest.raises(ConfigError, match="budget.memory: 'measure'.*Valid: auto, estimate"):
         load_config("mini", [*SMALL_RUN, "budget.memory=measure"])
+
+
+@pytest.mark.parametrize("extra, compiled", [((), False), (("train.compile=true",), True)])
+def test_train_compile_compiles_the_towers_once_at_setup(tmp_path, extra, compiled):
+    """Off by default on CPU; train.compile=true compiles the image tower and text transformer of the run's
+    model (lazily: nothing runs at setup), which every task then reuses."""
+    spec, _ = setup(load_config("mini", [*SMALL_RUN, *extra]), tmp_path / "run")
+    for tower in (spec.clip.model.visual, spec.clip.model.transformer):
+        assert (tower._compiled_call_impl is not None) == compiled

@@ -132,6 +132,10 @@ class TrainConfig:
         "whole batch, then each micro-batch re-run with grad); exact except BatchNorm statistics.", 1
     )
     grad_checkpointing: bool = _help("Recompute activations in backward to save memory (open_clip towers).", False)
+    compile: bool | None = _help(
+        "torch.compile the image tower and text transformer (training and evaluation): null = on CUDA, off on "
+        "CPU (compiling takes minutes; it pays off on GPU runs).", None
+    )
     label_smoothing: float = _help("Label smoothing of the contrastive cross-entropies (0 = off).", 0.0)
     temperature: str = _help("'learnable' logit_scale (clamped at ln 100) or 'fixed' (frozen).", "learnable")
     fixed_logit_scale: float | None = _help(

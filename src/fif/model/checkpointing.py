@@ -1,7 +1,8 @@
-"""Activation checkpointing of open_clip's transformer towers (recompute activations in backward).
+"""How the towers of an open_clip model run: activation checkpointing (recompute activations in
+backward) and ``torch.compile``.
 
-Lives with the model because both the training loop and the budget's per-device memory estimate
-(:mod:`fif.budget.measure`, which lays a step out as the run will) turn it on.
+Lives with the model because the training loop, the runner and the budget's per-device memory estimate
+(:mod:`fif.budget.measure`, which lays a step out as the run will) all turn these on.
 """
 
 from __future__ import annotations
@@ -62,3 +63,30 @@ def enable_grad_checkpointing(model: nn.Module) -> None:
                 b.__class__ = block_cls
     if type(getattr(model, "visual", None)).__name__ == "ModifiedResNet":
         log.info("grad checkpointing: open_clip's ModifiedResNet image tower does not checkpoint; text tower only")
+
+
+TOWERS = ("visual", "transformer")  # open_clip's image tower and text transformer
+
+
+def compile_towers_(model: nn.Module, backend: str = "inductor") -> list[str]:
+    """``torch.compile`` the model's towers in place (``nn.Module.compile``): the image tower and the text
+    transformer, so training steps and evaluation (``encode_image``/``encode_text`` call the same modules)
+    run compiled. The state_dict keys, deep copies and the loss are unchanged; the first call of each
+    tower compiles it (and evaluation mode once more), later tasks reuse the graphs.
+
+    Args:
+        model: an open_clip CLIP.
+        backend: torch.compile's backend (``"inductor"``: generated kernels; ``"aot_eager"`` for tests).
+
+    Returns:
+        The names of the compiled towers.
+
+    Raises:
+        ValueError: the model has none of the towers.
+    """
+    names = [n for n in TOWERS if isinstance(getattr(model, n, None), nn.Module)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no visual or transformer tower to compile; set train.compile=false")
+    for name in names:
+        getattr(model, name).compile(backend=backend)
+    return names

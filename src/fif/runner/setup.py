@@ -40,6 +40,7 @@ from fif.eval.concepts import ModelScorer
 from fif.eval.zeroshot import Evaluator
 from fif.methods import build_method, freeze_all_but
 from fif.methods.finetune import Finetune
+from fif.model.checkpointing import compile_towers_
 from fif.model.clip import Clip, ModelLoadError, build_clip, resolve_weights
 from fif.results.events import EventLog
 from fif.runner.checkpoint import CHECKPOINT_DIR
@@ -271,6 +272,8 @@ def setup(
                                   layout=layout)
     if cfg.train.grad_checkpointing:  # after measuring: the budget charges the method, not the memory trick
         enable_grad_checkpointing(clip.model)
+    if compiles(cfg, device):  # after measuring (meta copies) and checkpointing; once per run, for every task
+        compile_towers_(clip.model)
     if (warning := batchnorm_accumulation_warning(clip.model, cfg.train.grad_accum_steps)) is not None:
         log.warning(warning)
     total = run_budget_mafs(cfg.budget.ft_steps, cfg.budget.mafs, reference_cost)
@@ -295,6 +298,14 @@ def setup(
         events, ranks, stop, progress and main, PersistentLoader(cfg.data.num_workers, pin_memory=device.type == "cuda"),
     )
     return spec, RunState(ledger, step_cost, reference_cost, bad_samples=BadSampleLog(cfg.data.max_bad_samples))
+
+
+def compiles(cfg: Config, device: torch.device) -> bool:
+    """``train.compile``, or by default: on CUDA, not on CPU (where compiling costs more than it saves on a
+    short run) and not under fsdp (compiled towers are not tested sharded)."""
+    if cfg.train.compile is not None:
+        return cfg.train.compile
+    return device.type == "cuda" and cfg.train.distributed != "fsdp"
 
 
 def run_layout(cfg: Config, world_size: int) -> Layout:
