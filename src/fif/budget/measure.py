@@ -357,28 +357,29 @@ def _estimate_parts(clip: Clip, method: UpdateMethod, trainable_ids: set[int], a
     )
 
 
-_SHARDED_PARTS = ("parameters", "gradients", "optimizer_state")  # what fully_shard splits over the ranks
-
-
 def _device_peak(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device, layout: Layout,
                  trainable_ids: set[int], amp_dtype: torch.dtype | None) -> tuple[float, str, dict[str, float]]:  # fmt: skip
     """Peak memory of one device under ``layout``: (bytes, memory source, estimate terms).
 
     The step runs (CUDA) or is traced (meta) at the per-rank micro-batch with the layout's recomputation.
-    Under FSDP each rank holds 1/W of the parameters, gradients and optimizer state; on CUDA the one-device
-    measurement is lowered by the estimated (1 - 1/W) share of those (the full parameters of the layer
-    being computed, which FSDP gathers for a moment, are left out).
+    Under FSDP (:mod:`fif.train.fsdp`) each rank holds 1/W of the gradients and optimizer state, and the
+    parameters twice over: the run's whole model plus its 1/W shard of the task's sharded copy. On CUDA
+    the one-device measurement is corrected by those estimated differences; the full parameters of the
+    block being computed, which FSDP gathers for a moment, are left out.
     """
     micro = layout.device_batch(batch_size)
     trace = _trace(clip, method, micro, trainable_ids, False, layout.grad_checkpointing)
     parts = _estimate_parts(clip, method, trainable_ids, trace.activation_bytes, micro)
-    kept = 1.0 / layout.world_size if layout.shard == "fsdp" else 1.0
-    saved = sum(parts[k] for k in _SHARDED_PARTS) * (1.0 - kept)
+    if layout.shard == "fsdp":
+        share = 1.0 / layout.world_size
+        sharded = {**parts, "parameters": parts["parameters"] * (1.0 + share),
+                   "gradients": parts["gradients"] * share, "optimizer_state": parts["optimizer_state"] * share}
+    else:
+        sharded = parts
     if device.type == "cuda":
         peak = _cuda_peak_bytes(clip, method, micro, device, trainable_ids, amp_dtype, layout.grad_checkpointing)
-        return peak - saved, "cuda_max_allocated", {}
-    parts = {k: v * kept if k in _SHARDED_PARTS else v for k, v in parts.items()}
-    return sum(parts.values()), "estimate", parts
+        return peak + sum(sharded.values()) - sum(parts.values()), "cuda_max_allocated", {}
+    return sum(sharded.values()), "estimate", sharded
 
 
 def measure_step_cost(

@@ -29,8 +29,8 @@ from fif.core.deps import missing_dependency_problems
 from fif.core.typed import from_dict
 from fif.data.stream import DIFFICULTY_SPLITS, ORDERINGS, REFERENCES
 from fif.merge.temporal import merge_config_problems
-from fif.methods import method_class, method_config_problems
-from fif.train.distributed import FSDP_MESSAGE, MODES
+from fif.methods import method_class, method_config_problems, shard_problem
+from fif.train.distributed import MODES
 from fif.train.schedules import ANNEAL_SHAPES, schedule_names, unknown_schedule_message
 
 
@@ -104,6 +104,7 @@ def validate(cfg: Config) -> list[str]:
     p.extend(_validate_method(cfg))
     p.extend(_validate_merge(cfg.merge))
     p.extend(composition_problems(cfg.merge, cfg.method.name))
+    p.extend(_validate_sharding(cfg))
     return p
 
 
@@ -175,8 +176,6 @@ def _validate_recipe(t: TrainConfig) -> list[str]:
 def _validate_distributed(t: TrainConfig) -> list[str]:
     """Problems with train.distributed (the device and world size are checked at launch, fif.train.distributed)."""
 
-    if t.distributed == "fsdp":
-        return [FSDP_MESSAGE]
     p = _choice("train.distributed", t.distributed, MODES)
     if t.distributed != "none" and t.grad_accum_steps > 1:
         p.append(
@@ -185,6 +184,20 @@ def _validate_distributed(t: TrainConfig) -> list[str]:
         )
     if t.dist_timeout_minutes <= 0:
         p.append(f"train.dist_timeout_minutes: {t.dist_timeout_minutes} must be > 0")
+    return p
+
+
+def _validate_sharding(cfg: Config) -> list[str]:
+    """``train.distributed=fsdp``: what a sharded task cannot do (each problem names the key and the fix)."""
+    if cfg.train.distributed != "fsdp":
+        return []
+    p = [problem] if (problem := shard_problem(cfg.method.name)) else []
+    if not cfg.train.optimizer_reset:
+        p.append("train.optimizer_reset=false with train.distributed=fsdp: each task's optimizer holds the shards "
+                 "of that task's copy; use train.optimizer_reset=true or train.distributed=ddp")
+    if "online_ema" in (cfg.merge.init, cfg.merge.deploy):
+        p.append("merge online_ema with train.distributed=fsdp: the per-step EMA reads the whole weights after every "
+                 "step, which a sharded task holds only in shards; use merge.preset=ema_merge or train.distributed=ddp")
     return p
 
 

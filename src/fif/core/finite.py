@@ -13,6 +13,8 @@ import math
 from collections.abc import Iterable, Mapping
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.nn.utils import get_total_norm
 
 
@@ -40,13 +42,20 @@ def all_finite(tensors: Iterable[object]) -> torch.Tensor:
 
     No host sync: the max-abs (inf-norm) reduction propagates NaN and inf, so the caller reads one
     value when it syncs anyway. Tensors on several devices are reduced per device by
-    :func:`torch.nn.utils.get_total_norm`.
+    :func:`torch.nn.utils.get_total_norm`. Sharded tensors (FSDP's DTensors) are checked shard by shard
+    and the answer reduced over the ranks (a collective: every rank calls it).
     """
     floats = float_tensors(tensors)
     if not floats:
         return torch.ones((), dtype=torch.bool)
+    sharded = any(isinstance(t, DTensor) for t in floats)
     with torch.no_grad():
-        return torch.isfinite(get_total_norm([t.detach() for t in floats], norm_type=math.inf))
+        local = [(t.to_local() if isinstance(t, DTensor) else t).detach() for t in floats]
+        local = [t for t in local if t.numel()]  # a rank's shard of a small tensor may be empty
+        norm = get_total_norm(local, norm_type=math.inf) if local else torch.zeros((), device=floats[0].device)
+        if sharded and dist.is_initialized():  # FSDP: every rank holds other shards; all ranks get one answer
+            dist.all_reduce(norm, op=dist.ReduceOp.MAX)
+        return torch.isfinite(norm)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:

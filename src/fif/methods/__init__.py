@@ -38,5 +38,6 @@ from fif.methods.registry import (
     method_config_problems,
     register_method,
     registered_methods,
+    shard_problem,
 )
 from fif.model.loss import ClipLoss, clip_contrastive_loss

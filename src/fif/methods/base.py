@@ -292,6 +292,9 @@ class BaseMethod:
     owns_start_weights: ClassVar[str] = ""
     # Options that differ from the defaults in FiF's own runs (`fif budget --accounting paper`, the fif preset)
     paper_options: ClassVar[dict[str, Any]] = {}
+    # True when the method can train a sharded copy of the model (train.distributed=fsdp): its loss only
+    # calls the model it is given on the step's batch, and no hook or state reads the weights mid-task.
+    shardable: ClassVar[bool] = False
     clip_loss: ClipLoss = ClipLoss()  # replaced by the runner's (build_method); read it when the loss runs
 
     def __init__(self, clip: Clip, config: Any):

@@ -21,10 +21,14 @@ def is_temperature(name: str) -> bool:
 class Finetune(BaseMethod):
     """Update every parameter with the CLIP loss on the mixed batch."""
 
+    shardable = True
+
 
 @register_method("locked_text")
 class LockedText(BaseMethod):
     """Freeze the text tower; train the image tower and the temperature (LiT's opposite)."""
+
+    shardable = True
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.clip.model.named_parameters() if is_image_tower(n) or is_temperature(n)]
@@ -33,6 +37,8 @@ class LockedText(BaseMethod):
 @register_method("locked_image")
 class LockedImage(BaseMethod):
     """Freeze the image tower; train the text tower and the temperature (LiT, Zhai et al. 2022)."""
+
+    shardable = True
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.clip.model.named_parameters() if not is_image_tower(n)]

@@ -100,6 +100,18 @@ def method_config_problems(name: str, options: dict) -> list[str]:
     return problems
 
 
+def shard_problem(name: str) -> str:
+    """Why method ``name`` cannot train sharded weights (``train.distributed=fsdp``), with the fix; "" if it can
+    (or is unknown: :func:`method_config_problems` reports that)."""
+    cls = _METHODS.get(name)
+    if cls is None or getattr(cls, "shardable", False):
+        return ""
+    can = ", ".join(n for n, c in _METHODS.items() if getattr(c, "shardable", False))
+    return (f"train.distributed=fsdp: method {name!r} cannot train sharded weights (its loss, hooks or state read "
+            f"the whole weights, or the model it is given is not the one sharded); use train.distributed=ddp, or "
+            f"one of the methods that shard: {can}")
+
+
 def build_method(name: str, options: dict, clip: Clip, clip_loss: ClipLoss | None = None) -> UpdateMethod:
     """Construct method ``name`` with validated ``options`` for ``clip``.
 

@@ -22,6 +22,8 @@ class BitFit(BaseMethod):
     """Train only bias terms (Ben Zaken et al. 2022): every ``*.bias`` and every fused bias such as
     ``nn.MultiheadAttention``'s ``in_proj_bias`` (the q, k and v biases in one tensor)."""
 
+    shardable = True
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.clip.model.named_parameters() if is_bias(n)]
 
@@ -29,6 +31,8 @@ class BitFit(BaseMethod):
 @register_method("lnfit")
 class LNFit(BaseMethod):
     """Train only the affine parameters of normalisation layers (De Min et al. 2023)."""
+
+    shardable = True
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         out = []

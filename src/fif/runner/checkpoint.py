@@ -173,6 +173,7 @@ def save_checkpoint(
     weights: dict[str, torch.Tensor],
     state: dict[str, Any],
     metadata: dict[str, Any] | None = None,
+    folders: dict[str, Path] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically under ``root`` and return its path.
 
@@ -182,6 +183,8 @@ def save_checkpoint(
         weights: the model's state_dict.
         state: the rest of the run state (see :func:`encode_tree` for what it may hold).
         metadata: JSON-able provenance stored in the manifest (config hash, seed, ...).
+        folders: finished folders (on the same filesystem) moved into the checkpoint under these names,
+            e.g. a sharded run's optimizer shards; listed in the manifest.
 
     Raises:
         TypeError: ``state`` holds something that cannot be stored without pickling.
@@ -207,11 +210,14 @@ def save_checkpoint(
             files = {name: write_synced(tmp / name, *file) for name, file in parts.items()}
         except StorageError as e:  # name the checkpoint and its whole size, not one of its files
             raise StorageError.refused(e.errno, final, needed, what="checkpoint ") from e
+        for name, folder in (folders or {}).items():
+            os.replace(folder, tmp / name)  # a rename: written by every rank before, taken in atomically here
         manifest = {
             "format": FORMAT_VERSION,
             "fif_version": __version__,
             "position": position.to_dict(),
             "files": files,
+            **({"folders": sorted(folders)} if folders else {}),
             **({"metadata": metadata} if metadata else {}),
         }
         write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -375,7 +381,7 @@ def prune(root: Path, keep_last: int) -> list[Path]:
         removed.append(path)
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith((".tmp-", ".old-")) and not p.name.endswith(f"-{os.getpid()}"):
+            if p.name.startswith((".tmp-", ".old-", ".shards-")) and not p.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(p, ignore_errors=True)
     return removed
 

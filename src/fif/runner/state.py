@@ -37,6 +37,7 @@ from fif.runner.checkpoint import (
     prune,
     save_checkpoint,
 )
+from fif.runner.sharding import SHARDS_DIR, publish_weights, write_shards
 from fif.runner.spec import RunSpec
 from fif.train.loop import TaskLog
 
@@ -75,6 +76,9 @@ class RunState:
         optimizer: the current task's optimizer, or the last task's between tasks
             (``train.optimizer_reset=false`` carries its moments into the next).
         bad_samples: the unreadable images met so far, by source, and the cap ``data.max_bad_samples``.
+        sharded: under ``train.distributed=fsdp``, the task's sharded copy of the model that ``optimizer``
+            steps (None between tasks and in other runs); checkpointed as the run model's whole weights
+            plus the optimizer's shards.
     """
 
     ledger: Ledger
@@ -83,6 +87,7 @@ class RunState:
     guard: GuardState = field(default_factory=GuardState)
     optimizer: torch.optim.Optimizer | None = None
     bad_samples: BadSampleLog = field(default_factory=lambda: BadSampleLog(cap=0))
+    sharded: torch.nn.Module | None = None  # train.distributed=fsdp: the task's sharded copy (fif.runner.sharding)
 
 
 @dataclass
@@ -131,9 +136,13 @@ def save_run_checkpoint(
     """
     keeps_optimizer = position.started or not spec.cfg.train.optimizer_reset
     optimizer = state.optimizer if keeps_optimizer else None
+    publish_weights(spec, state.sharded)  # fsdp: the whole weights into the run's model (every rank)
     # every rank checks (the weights are the same on all), so all of them roll back together
     if not bool(all_finite([*checked_tensors(spec.clip.model.state_dict()), *optimizer_tensors(optimizer)])):  # sync
         raise _Rollback(position.task, position.step, "weights")
+    shards = None
+    if state.sharded is not None and optimizer is not None:  # every rank writes its shards of the optimizer
+        shards = write_shards(spec, state.sharded, optimizer, position.name)
     if not spec.ranks.is_main:
         return None
     events = spec.events.path.read_bytes() if spec.events.path.is_file() else b""
@@ -142,7 +151,7 @@ def save_run_checkpoint(
         "costs": {"step": state.step_cost.to_dict(), "reference": state.reference_cost.to_dict()},
         "method": spec.method.state_dict(),
         "merge": spec.merger.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None and shards is None else None,
         "task_log": task_log.state_dict() if task_log is not None else None,
         "guard": {"lr_scale": state.guard.lr_scale, "rollbacks": state.guard.rollbacks},
         "bad_samples": state.bad_samples.files,
@@ -153,7 +162,8 @@ def save_run_checkpoint(
     meta = {"seed": cfg.run.seed, "method": cfg.method.name, "arch": cfg.model.arch, "tasks": len(spec.tasks),
             "config": cfg.to_dict()}  # what resume trusts over a config.yaml edited since
     root = spec.out_dir / CHECKPOINT_DIR
-    path = save_checkpoint(root, position, spec.clip.model.state_dict(), saved, meta)
+    folders = {SHARDS_DIR: shards} if shards is not None else None
+    path = save_checkpoint(root, position, spec.clip.model.state_dict(), saved, meta, folders)
     prune(root, cfg.checkpoint.keep_last)
     log.debug(f"checkpoint {path}")
     return path

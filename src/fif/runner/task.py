@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -41,11 +42,12 @@ from fif.data.mixture import (
 from fif.data.stream import Task, task_indices
 from fif.methods import HookCost, TaskInfo, deploy_model_for, freeze_all_but, optimizer_for
 from fif.model.clip import Clip
-from fif.runner import samples
+from fif.runner import samples, sharding
 from fif.runner.checkpoint import CHECKPOINT_DIR, Checkpoint, Position, latest_valid, remove_after
 from fif.runner.folder import RunInterrupted, TrainingDivergedError
 from fif.runner.spec import RunSpec
 from fif.runner.state import GuardState, RunState, TaskRun, _Rollback, save_run_checkpoint
+from fif.train.fsdp import ShardedModel
 from fif.train.loop import STAT_RUN, TaskLog, fix_temperature_, to_device, train_task
 from fif.train.schedules import task_curve
 
@@ -273,11 +275,15 @@ def start_task(spec: RunSpec, state: RunState, task: Task) -> TaskRun:
     return TaskRun(info, TaskLog())
 
 
-def task_optimizer(spec: RunSpec, state: RunState, saved: dict | None = None) -> torch.optim.Optimizer:
+def task_optimizer(
+    spec: RunSpec, state: RunState, saved: dict | None = None, shards: Path | None = None
+) -> torch.optim.Optimizer:
     """Build the task's optimizer (after fixing the temperature, which takes logit_scale out of it) and
-    make it ``state.optimizer``.
+    make it ``state.optimizer``. Under ``train.distributed=fsdp`` it steps a sharded copy of the model
+    made now (``state.sharded``).
 
-    With ``saved`` (a checkpoint's optimizer state) it is loaded; else ``train.optimizer_reset=false``
+    With ``saved`` (a checkpoint's optimizer state) it is loaded, or with ``shards`` (the folder of a
+    sharded run's mid-task checkpoint) its optimizer shards; else ``train.optimizer_reset=false``
     carries the last task's moments over.
 
     Returns:
@@ -289,8 +295,15 @@ def task_optimizer(spec: RunSpec, state: RunState, saved: dict | None = None) ->
     named, optim_cfg = spec.method.trainable_parameters(), OptimConfig(
         t.weight_decay, (t.beta1, t.beta2), t.eps, t.optimizer, t.optimizer_impl
     )
+    state.sharded = None
+    if sharding.sharded(spec):  # the same names, the copy's (sharded) parameters
+        trainable = {n for n, p in named if p.requires_grad}
+        state.sharded = sharding.shard_for_task(spec, trainable)
+        named = [(n, p) for n, p in state.sharded.named_parameters() if n in trainable]
     optimizer = optimizer_for(spec.method, named, t.lr, optim_cfg)  # the method's own (GaLore), else fif's
-    if saved is not None:
+    if shards is not None:
+        sharding.read_shards(shards, state.sharded, optimizer)
+    elif saved is not None:
         optimizer.load_state_dict(saved)
     elif not t.optimizer_reset:
         carry_optimizer_state(state.optimizer, optimizer)
@@ -317,6 +330,8 @@ def run_task(spec: RunSpec, state: RunState, task: Task, current: TaskRun | None
     if ranks.agree(spec.stop is not None and spec.stop.requested):  # signalled after the last step's check
         path = save_run_checkpoint(spec, state, Position(task.index, True, tlog.steps), tlog)
         raise RunInterrupted(spec.stop.signum, spec.out_dir, path)
+    sharding.publish_weights(spec, state.sharded)  # fsdp: the task's weights, whole, into the run's model
+    state.sharded = None
     method.end_task(info)
     spec.merger.end_task(task.index, lambda: latest_weights(spec))
     state.ledger.charge(task.index, steps=tlog.steps)
@@ -368,6 +383,8 @@ def train_steps(
         if merge_step is not None:  # first: a checkpoint of this step holds the EMA after it
             merge_step()
         if step_evals.hook is not None:  # before the checkpoint, so a resume from this step keeps its eval
+            if log.steps % step_evals.every == 0:
+                sharding.publish_weights(spec, state.sharded)  # fsdp: evaluate the weights of this step
             step_evals.hook(log)
         every = cfg.checkpoint.every_steps
         # ranks stop at the same step: they agree at logging steps (a sync point anyway); one process at once
@@ -380,8 +397,9 @@ def train_steps(
 
     if spec.stop is not None:
         spec.stop.deferred = True  # a signal now stops after the current step, with a checkpoint
-    # DDP over this rank's rows of each global batch (built now: it broadcasts rank 0's weights); as is in one process
-    model = ranks.wrap(spec.clip.model)
+    # DDP over this rank's rows of each global batch (built now: it broadcasts rank 0's weights); as is in one
+    # process; under fsdp the task's sharded copy
+    model = ShardedModel(state.sharded) if state.sharded is not None else ranks.wrap(spec.clip.model)
     try:
         tlog = train_task(
             model, spec.method, state.optimizer,
@@ -448,7 +466,7 @@ def restore_run_state(
         task_log = TaskLog.from_state_dict(saved["task_log"])
         if kept_guard is not None:  # a rollback: a fresh start for the non-finite counters
             task_log.stats[STAT_RUN:] = 0
-        task_optimizer(spec, state, saved["optimizer"])
+        task_optimizer(spec, state, saved["optimizer"], ckpt.path if sharding.sharded(spec) else None)
         current = TaskRun(info, task_log)
     elif saved["optimizer"] is not None:  # carried into the next task (train.optimizer_reset=false)
         task_optimizer(spec, state, saved["optimizer"])

@@ -52,13 +52,6 @@ T = TypeVar("T")
 D = TypeVar("D")
 M = TypeVar("M")
 
-FSDP_MESSAGE = (
-    "train.distributed=fsdp is not supported: fif shards the batch (ddp), not the weights. Sharded weights would "
-    "also need CUDA/NCCL and gathering for evaluation, merging and checkpoints. Use train.distributed=ddp: every "
-    "GPU holds the whole model, which fits up to ViT-bigG/14 (2.5B parameters, ~40 GB of fp32 weights, gradients "
-    "and AdamW moments) on an 80 GB GPU with train.precision=bf16 train.grad_checkpointing=true"
-)
-
 
 # ----------------------------------------------------------------------------------------------
 # The process group
@@ -266,7 +259,7 @@ def start(mode: str, device: str = "auto", timeout_minutes: float = 120.0) -> Ra
     """Join torchrun's process group for ``train.distributed=mode`` (nccl on CUDA, gloo on CPU).
 
     Args:
-        mode: ``none``, ``ddp`` or ``fsdp`` (refused, see :data:`FSDP_MESSAGE`).
+        mode: ``none``, ``ddp`` or ``fsdp`` (the same process group; fsdp shards the weights, :mod:`fif.train.fsdp`).
         device: ``run.device``: ``auto``, ``cuda`` or ``cpu`` (rank r uses ``cuda:LOCAL_RANK``).
         timeout_minutes: how long a rank waits in a collective (e.g. while rank 0 evaluates).
 
@@ -275,11 +268,9 @@ def start(mode: str, device: str = "auto", timeout_minutes: float = 120.0) -> Ra
         ``mode=ddp`` without torchrun (a warning) or with one process.
 
     Raises:
-        ValueError: ``fsdp``; several processes with ``mode=none``; an explicit ``cuda:N`` device.
+        ValueError: several processes with ``mode=none``; an explicit ``cuda:N`` device.
     """
     env = torchrun_env()
-    if mode == "fsdp":
-        raise ValueError(FSDP_MESSAGE)
     if mode not in MODES:
         raise ValueError(f"train.distributed={mode!r} is not one of {', '.join(MODES)}")
     if mode == "none":
@@ -390,7 +381,8 @@ def global_batchnorm_(model: nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def _global_norms() -> Iterator[None]:
+def global_norms() -> Iterator[None]:
+    """Inside: :class:`GlobalBatchNorm2d` layers normalise over the global batch (a data-parallel training step)."""
     global _SYNC_NORMS
     previous, _SYNC_NORMS = _SYNC_NORMS, True
     try:
@@ -468,18 +460,18 @@ class DataParallelModel:
         )
 
     def __call__(self, images: torch.Tensor, tokens: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        with _global_norms():
+        with global_norms():
             out = self._ddp("forward", images, tokens, *args, **kwargs)
         if isinstance(out, dict) and "image_features" in out and "text_features" in out:
             mark_rank_rows(out["image_features"], out["text_features"])
         return out
 
     def encode_image(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with _global_norms():
+        with global_norms():
             return self._ddp("encode_image", *args, **kwargs)
 
     def encode_text(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with _global_norms():
+        with global_norms():
             return self._ddp("encode_text", *args, **kwargs)
 
     def train(self, mode: bool = True) -> "DataParallelModel":

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from fif.core.device import autocast_context
 from fif.core.finite import all_finite, checked_tensors, optimizer_tensors
@@ -226,9 +227,12 @@ def accumulated_backward(
 def clip_grads_(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
     """The global L2 norm of the gradients (before clipping), as a device tensor; clips to ``max_norm`` unless None."""
     if max_norm is not None:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    grads = [p.grad for p in params if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    # FSDP's sharded gradients give a DTensor norm: made whole (a collective, no host sync), the same on every rank
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 def guarded_step_(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, bad: torch.Tensor) -> None:
