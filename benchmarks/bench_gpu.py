@@ -154,7 +154,8 @@ def step_rows(clip, args, device: torch.device, ranks) -> list[dict]:
     """The three training steps: samples/s, TFLOP/s and peak memory of each."""
     batch = synthetic_batch(clip, args.batch, "cpu")
     flops = step_flops(copy.deepcopy(clip.model).to(device), Batch(batch.images.to(device), batch.tokens.to(device), batch.source))
-    candidates = {f"fif step ({'compiled towers' if args.compile else 'eager'})": lambda: fif_step(clip, batch, args, device, ranks)}
+    fif_name = f"fif step ({'compiled towers' if args.compile else 'eager'})"
+    candidates = {fif_name: lambda: fif_step(clip, batch, args, device, ranks)}
     if ranks.world_size == 1:
         candidates["reference step (fp16+GradScaler, eager)"] = lambda: reference_step(copy.deepcopy(clip.model), batch, device)
         name = "bare step (compiled)" if args.compile else "bare step (eager)"

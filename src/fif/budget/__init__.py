@@ -40,7 +40,15 @@ from fif.budget.mafs import (
     steps_for_task,
     task_budgets,
 )
-from fif.budget.measure import SHARDINGS, Layout, StepTrace, estimate_peak_memory, measure_step_cost, meta_clip, trace_step
+from fif.budget.measure import (
+    SHARDINGS,
+    Layout,
+    StepTrace,
+    estimate_peak_memory,
+    measure_step_cost,
+    meta_clip,
+    trace_step,
+)
 from fif.core.flops import attention_backward_flops, attention_forward_flops, count_flops, flop_counting, meta_copy
 from fif.data.batch import synthetic_batch
 

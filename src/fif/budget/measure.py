@@ -298,7 +298,8 @@ def _cuda_peak_bytes(clip: Clip, method: UpdateMethod, batch_size: int, device: 
     baseline = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     try:
-        run_real_steps(clip, method, batch_size, device, trainable_ids, amp_dtype, grad_checkpointing=grad_checkpointing)
+        run_real_steps(clip, method, batch_size, device, trainable_ids, amp_dtype,
+                       grad_checkpointing=grad_checkpointing)
     except torch.cuda.OutOfMemoryError as e:
         torch.cuda.empty_cache()
         raise BudgetError(
@@ -358,7 +359,8 @@ def _estimate_parts(clip: Clip, method: UpdateMethod, trainable_ids: set[int], a
 
 
 def _device_peak(clip: Clip, method: UpdateMethod, batch_size: int, device: torch.device, layout: Layout,
-                 trainable_ids: set[int], amp_dtype: torch.dtype | None) -> tuple[float, str, dict[str, float]]:  # fmt: skip
+                 trainable_ids: set[int],
+                 amp_dtype: torch.dtype | None) -> tuple[float, str, dict[str, float]]:  # fmt: skip
     """Peak memory of one device under ``layout``: (bytes, memory source, estimate terms).
 
     The step runs (CUDA) or is traced (meta) at the per-rank micro-batch with the layout's recomputation.
@@ -435,10 +437,12 @@ def measure_step_cost(
         trace = StepTrace(flops, forward, trace.activation_bytes)
     if device.type == "cuda":
         peak = _cuda_peak_bytes(clip, method, batch_size, device, trainable_ids, amp_dtype)
-        cost = StepCost(trace.flops, peak, "cuda_max_allocated", trace.forward_flops, batch_size, accounting=accounting)
+        cost = StepCost(trace.flops, peak, "cuda_max_allocated", trace.forward_flops, batch_size,
+                        accounting=accounting)
     else:
         parts = _estimate_parts(clip, method, trainable_ids, trace.activation_bytes, batch_size)
-        cost = StepCost(trace.flops, sum(parts.values()), "estimate", trace.forward_flops, batch_size, parts, accounting)
+        cost = StepCost(trace.flops, sum(parts.values()), "estimate", trace.forward_flops, batch_size, parts,
+                        accounting)
     if layout is None:
         return cost
     peak, source, parts = _device_peak(clip, method, batch_size, device, layout, trainable_ids, amp_dtype)

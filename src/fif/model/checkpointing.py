@@ -86,7 +86,9 @@ def compile_towers_(model: nn.Module, backend: str = "inductor") -> list[str]:
     """
     names = [n for n in TOWERS if isinstance(getattr(model, n, None), nn.Module)]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no visual or transformer tower to compile; set train.compile=false")
+        raise ValueError(
+            f"{type(model).__name__} has no visual or transformer tower to compile; set train.compile=false"
+        )
     for name in names:
         getattr(model, name).compile(backend=backend)
     return names

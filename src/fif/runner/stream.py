@@ -313,8 +313,8 @@ def start_stream(spec: RunSpec, state: RunState) -> RunResult:
         "step_gflops": state.step_cost.flops / 1e9, "mafs_per_step": mafs_per_step(state.step_cost, state.reference_cost),
         "budget_total_mafs": state.ledger.total_budget_mafs, "accounting": state.ledger.accounting,
         "device": str(spec.device), "precision": spec.precision,
-        "device_peak_gib": state.step_cost.device_peak_bytes / GIB, "device_batch_size": state.step_cost.device_batch_size,
-        "layout": state.step_cost.layout,
+        "device_peak_gib": state.step_cost.device_peak_bytes / GIB,
+        "device_batch_size": state.step_cost.device_batch_size, "layout": state.step_cost.layout,
     })
     try:
         evaluate_deployed(spec, -1, full=cfg.eval.full_at_ends)

@@ -6,7 +6,8 @@
 is built exactly like a fresh one. The stream loop around it: :mod:`fif.runner.stream`.
 
 Work that only rank 0 of a data-parallel run does is marked where it happens (``ranks.is_main``):
-removing checkpoints (evaluation is shared out: every rank encodes its share); everything else runs on every rank, through the collectives of
+removing checkpoints (evaluation is shared out: every rank encodes its share); everything else runs on
+every rank, through the collectives of
 ``spec.ranks`` (no-ops for :class:`~fif.train.distributed.Solo`).
 """
 

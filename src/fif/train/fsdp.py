@@ -49,7 +49,8 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
         if isinstance(blocks, nn.ModuleList):
             units.extend(blocks)
     visual = getattr(model, "visual", None)
-    units.extend(getattr(visual, f"layer{i}") for i in range(1, 5) if isinstance(getattr(visual, f"layer{i}", None), nn.Module))
+    stages = [getattr(visual, f"layer{i}", None) for i in range(1, 5)]
+    units.extend(stage for stage in stages if isinstance(stage, nn.Module))
     return units
 
 
