@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -202,3 +204,19 @@ def test_scores_are_the_same_with_any_number_of_workers(clip, tmp_path):
     finally:
         ev.close()
     assert torch.equal(from_workers, encode_images(clip, data, idx, 8, torch.device("cpu")))  # bit for bit
+
+
+def test_evaluation_workers_decode_only_this_ranks_chunks(clip, tmp_path):
+    """Sharded evaluation with workers: rank 1 of 2 gets chunks 1 and 3 of 4 (batch 8 of 30 images), the
+    pixels one process decodes for them."""
+    bench = jpeg_benchmark(tmp_path / "jpg")
+    data, idx = bench.load("jpg_c", "test"), np.arange(30)
+    rank_one = SimpleNamespace(rank=1, world_size=2)  # image_batches only reads the place in the world
+    ev = Evaluator(bench, batch_size=8, num_workers=1)
+    try:
+        decoded = list(ev.image_batches([data], [idx], clip.image_size, torch.device("cpu"), rank_one))
+    finally:
+        ev.close()
+    assert [len(b) for b in decoded] == [8, 6]
+    for got, chunk in zip(decoded, (1, 3)):
+        assert torch.equal(got, data.images(idx[chunk * 8 : (chunk + 1) * 8], clip.image_size, train=False))
