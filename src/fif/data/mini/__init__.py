@@ -27,7 +27,7 @@ __all__ = ["MiniSizes", "build_mini", "generate_split", "split_size", "world_fin
 
 # Bump whenever a change alters generated pixels or captions. Cached base models are keyed by it and by
 # world_fingerprint(), which catches a change that forgot the bump.
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 
 SPLITS: tuple[str, ...] = ("train", "test")
 _SPLIT_CODES = {"train": 1, "test": 2}
@@ -127,9 +127,10 @@ def build_mini(
     studio_shape: float = 0.45,
     studio_position: float = 0.1,
     studio_size: float = 0.12,
+    pool_digits: float = 0.12,
     **sizes: int,
 ) -> Benchmark:
-    """The mini benchmark: a pretraining pool, 5 evaluation-only and 9 adaptation datasets.
+    """The mini benchmark: a pretraining pool, 6 evaluation-only and 11 adaptation datasets.
 
     Args:
         image_size: image side in pixels (>= 16).
@@ -141,6 +142,7 @@ def build_mini(
         single_captions: captions naming one other attribute per base-world image.
         studio_shape, studio_position, studio_size: shares of the pool drawn as studio shots in which
             only colour and that factor vary (see :class:`fif.data.mini.world.Studio`).
+        pool_digits: share of the pool that shows printed digits (the coarse version of ``mini_digits``).
         **sizes: fields of :class:`MiniSizes` (``pool_size``, ``train_per_class``, ...).
 
     Returns:
@@ -154,7 +156,7 @@ def build_mini(
     if unknown:
 
         raise ValueError(unknown_name_message("mini benchmark option (data.options)", unknown[0],
-                                              ["image_size", "seed", "letters", "full_captions", "pair_captions", "shape_captions", "single_captions", "studio_shape", "studio_position", "studio_size", *valid]))
+                                              ["image_size", "seed", "letters", "full_captions", "pair_captions", "shape_captions", "single_captions", "studio_shape", "studio_position", "studio_size", "pool_digits", *valid]))
     if not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"mini benchmark option image_size={image_size!r} must be an integer >= 16")
     counts = {"full_captions": full_captions, "pair_captions": pair_captions, "shape_captions": shape_captions,
@@ -164,7 +166,7 @@ def build_mini(
             raise ValueError(f"mini benchmark option {key}={value!r} must be an integer >= {1 if key == 'full_captions' else 0}")
     split_sizes = MiniSizes(**sizes)
     shares = {"studio_shape": studio_shape, "studio_position": studio_position, "studio_size": studio_size}
-    for key, value in shares.items():
+    for key, value in {**shares, "pool_digits": pool_digits}.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
             raise ValueError(f"mini benchmark option {key}={value!r} must be a number in [0, 1]")
     if sum(shares.values()) > 1:
@@ -172,7 +174,7 @@ def build_mini(
                          f"must be at most 1")
     studio = Studio(float(studio_shape), float(studio_position), float(studio_size))
     mix = CaptionMix(full_captions, pair_captions, shape_captions, single_captions)
-    datasets = catalogue(letters, mix, studio)
+    datasets = catalogue(letters, mix, studio, float(pool_digits))
 
     def load(spec: DatasetSpec, split: str) -> InMemorySplit:
         if spec.name not in datasets:

@@ -53,6 +53,42 @@ POOL_SINGLES: tuple[str, ...] = (
     "a shape in the {position}",
 )
 
+# Printed digits, a minority of the pool: the coarse version of the handwritten-digits domain (so the
+# base model starts above chance on mini_digits) and what mini_numbers' seven-segment digits generalise from.
+POOL_DIGITS: tuple[str, ...] = (
+    'the number "{digit}" in {color}',
+    'the number "{digit}"',
+    'a printed {color} digit "{digit}"',
+    'a {color} "{digit}"',
+)
+
+# --- evaluation-only sets: base concepts under held-out shifts (canonical caption first) ----------------
+FADED: tuple[str, ...] = (
+    "a faded {size} {color} {shape} in the {position}",
+    "a pale {color} {shape}",
+    "a {size} {color} {shape}, faded",
+)
+BLURRED: tuple[str, ...] = (
+    "a blurry {size} {color} {shape} in the {position}",
+    "a blurry photo of a {size} {shape}",
+    "a {size} {color} {shape}, out of focus",
+)
+CLUTTERED: tuple[str, ...] = (
+    "a {size} {color} {shape} in the {position} among specks",
+    "a {color} {shape} on a cluttered background",
+    "a {shape} in the {position}, with specks around it",
+)
+PAIR_SCENES: tuple[str, ...] = (
+    "a {size_a} {color_a} {shape_a} in the {position_a} and a {size_b} {color_b} {shape_b} in the {position_b}",
+    "a {size_b} {color_b} {shape_b} in the {position_b} and a {size_a} {color_a} {shape_a} in the {position_a}",
+)
+SEVEN_SEGMENT: tuple[str, ...] = (
+    'the number "{digit}" on a {color} display',
+    'a digital "{digit}"',
+    'the number "{digit}" in {color} segments',
+)
+
+# --- adaptation sets ----------------------------------------------------------------------------------
 NOVEL_SHAPES: tuple[str, ...] = (
     "a {size} {color} {shape} in the {position} on a {background} background",
     "a drawing of a {shape}",
@@ -101,10 +137,17 @@ RELATIONS: tuple[str, ...] = (
     "the red {shape_a} is {relation} the blue {shape_b}",
     "a blue {shape_b} and a red {shape_a} {relation} it",
 )
+SHADES: tuple[str, ...] = (
+    "a {shade} {shape} on a {background} background",
+    "a {shade} shape",
+    "a {size} {shape} colored {shade}",
+    "a {shape} in {shade}",
+)
+# No left / right: those words belong to the evaluation-only positions (see world.ON_PURPOSE_OVERLAPS).
 SCENES: tuple[str, ...] = (
-    "a {color_a} {shape_a} on the left and a {color_b} {shape_b} on the right",
-    "a {color_b} {shape_b} on the right of a {color_a} {shape_a}",
-    "{color_a} {shape_a} left, {color_b} {shape_b} right, on a {background} background",
+    "a {color_a} {shape_a} beside a {color_b} {shape_b}",
+    "a {color_b} {shape_b} beside a {color_a} {shape_a}",
+    "a {color_a} {shape_a} and a {color_b} {shape_b} on a {background} background",
 )
 
 PLURALS: dict[str, str] = {"cross": "crosses"}

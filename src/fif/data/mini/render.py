@@ -18,7 +18,6 @@ import math
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 F32 = np.float32
 SDF = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -61,7 +60,7 @@ def palette(color_ids: np.ndarray, rng: np.random.Generator, jitter: float = 0.0
 
 
 @functools.lru_cache(maxsize=8)
-def _axes(size: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_axes(size: int) -> tuple[np.ndarray, np.ndarray]:
     # Pixel centres in normalised coordinates, shaped to broadcast against (N, S, S).
     t = (np.arange(size, dtype=F32) + F32(0.5)) / F32(size)
     return t.reshape(1, 1, size), t.reshape(1, size, 1)
@@ -81,7 +80,7 @@ def local_coords(
     Returns:
         ``(u, v)``, each float32 (N, S, S), in units of the radius.
     """
-    x, y = _axes(size)
+    x, y = pixel_axes(size)
     inv = (1.0 / np.asarray(radius, dtype=F32)).reshape(-1, 1, 1)
     dx = (x - np.asarray(cx, dtype=F32).reshape(-1, 1, 1)) * inv
     dy = (y - np.asarray(cy, dtype=F32).reshape(-1, 1, 1)) * inv
@@ -114,7 +113,7 @@ def composite(canvas: np.ndarray, index: np.ndarray, alpha: np.ndarray, rgb: np.
 # Signed distance functions
 
 
-def _box(u: np.ndarray, v: np.ndarray, hw: float, hh: float) -> np.ndarray:
+def box_sdf(u: np.ndarray, v: np.ndarray, hw: float, hh: float) -> np.ndarray:
     return np.maximum(np.abs(u) - F32(hw), np.abs(v) - F32(hh))
 
 
@@ -148,7 +147,7 @@ def _star(u: np.ndarray, v: np.ndarray, points: int = 5, r: float = 1.0, inner: 
     return F32(normal[0]) * (px - F32(tip[0])) + F32(normal[1]) * (py - F32(tip[1]))
 
 
-def _polygon(vertices: list[tuple[float, float]]) -> SDF:
+def polygon_sdf(vertices: list[tuple[float, float]]) -> SDF:
     # Convex polygon as the intersection of half-planes (vertices in any consistent order).
     pts = np.asarray(vertices, dtype=np.float64)
     centre = pts.mean(0)
@@ -171,19 +170,19 @@ def _polygon(vertices: list[tuple[float, float]]) -> SDF:
     return sdf
 
 
-_heart_tip = _polygon([(-0.86, -0.12), (0.86, -0.12), (0.0, 0.95)])
-_arrow_head = _polygon([(0.05, -0.75), (0.05, 0.75), (0.95, 0.0)])
-_trapezoid = _polygon([(-0.95, 0.6), (0.95, 0.6), (0.5, -0.6), (-0.5, -0.6)])
-_wedge = _polygon([(-0.55, 0.85), (0.55, 0.85), (0.0, -0.95)])
+_heart_tip = polygon_sdf([(-0.86, -0.12), (0.86, -0.12), (0.0, 0.95)])
+_arrow_head = polygon_sdf([(0.05, -0.75), (0.05, 0.75), (0.95, 0.0)])
+_trapezoid = polygon_sdf([(-0.95, 0.6), (0.95, 0.6), (0.5, -0.6), (-0.5, -0.6)])
+_wedge = polygon_sdf([(-0.55, 0.85), (0.55, 0.85), (0.0, -0.95)])
 
 
 SHAPES: dict[str, SDF] = {
     # base shapes (the pretraining world)
     "circle": lambda u, v: _circle(u, v, 0.9),
-    "square": lambda u, v: _box(u, v, 0.8, 0.8),
+    "square": lambda u, v: box_sdf(u, v, 0.8, 0.8),
     "triangle": lambda u, v: _ngon(u, v - F32(0.29), 3, 1.15),
     "diamond": lambda u, v: (np.abs(u) / F32(0.62) + np.abs(v) - F32(1.0)) * F32(0.53),
-    "cross": lambda u, v: np.minimum(_box(u, v, 0.3, 0.92), _box(u, v, 0.92, 0.3)),
+    "cross": lambda u, v: np.minimum(box_sdf(u, v, 0.3, 0.92), box_sdf(u, v, 0.92, 0.3)),
     "star": lambda u, v: _star(u, v, 5, 1.05, 0.45),
     # novel shapes (adaptation)
     "heart": lambda u, v: np.minimum(
@@ -193,7 +192,7 @@ SHAPES: dict[str, SDF] = {
     "crescent": lambda u, v: np.maximum(_circle(u, v, 0.92), -_circle(u, v, 0.72, 0.45, -0.2)),
     "pentagon": lambda u, v: _ngon(u, v - F32(0.09), 5, 0.98),
     "hexagon": lambda u, v: _ngon(u, v, 6, 0.95),
-    "arrow": lambda u, v: np.minimum(_box(u + F32(0.42), v, 0.48, 0.2), _arrow_head(u, v)),
+    "arrow": lambda u, v: np.minimum(box_sdf(u + F32(0.42), v, 0.48, 0.2), _arrow_head(u, v)),
     "semicircle": lambda u, v: np.maximum(_circle(u, v, 0.98, 0.0, 0.4), v - F32(0.4)),
     "trapezoid": _trapezoid,
     # dSprites / orientation shapes
@@ -270,6 +269,7 @@ def draw_shapes(
     fills: np.ndarray | None = None,
     fill_names: tuple[str, ...] = FILLS,
     active: np.ndarray | None = None,
+    opacity: np.ndarray | None = None,
 ) -> None:
     """Draw one object per image onto ``canvas`` (in place), grouping images by shape and fill.
 
@@ -282,6 +282,8 @@ def draw_shapes(
         fills: optional (N,) indices into ``fill_names``; None = solid.
         fill_names: names of the fills (entries of :data:`FILLS`).
         active: optional (N,) bool; images where it is False are left untouched.
+        opacity: optional (N,) in [0, 1]: the object is blended over the background this much (faded
+            objects, a held-out style); None = opaque.
     """
     size = canvas.shape[-1]
     n = canvas.shape[0]
@@ -300,176 +302,19 @@ def draw_shapes(
             alpha_mul, shade = fill_pattern(fill_name, u, v, sd, px)
             alpha = alpha * alpha_mul
             colour = colour[:, :, None, None] * shade[:, None]
+        if opacity is not None:
+            alpha = alpha * np.asarray(opacity, dtype=F32)[idx].reshape(-1, 1, 1)
         composite(canvas, idx, alpha, colour)
-
-
-# ---------------------------------------------------------------------------------------------
-# Glyphs: digits (scikit-learn's bundled 8x8 handwritten digits) and letters (Pillow's bundled font)
-
-
-@functools.lru_cache(maxsize=1)
-def digit_glyphs() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 handwritten 8x8 digits as float32 (G, 8, 8) in [0, 1], and labels (G,)."""
-    from sklearn.datasets import load_digits  # heavy: only building the mini digits pays for it
-
-    d = load_digits()
-    return (d.images / 16.0).astype(F32), d.target.astype(np.int64)
-
-
-@functools.lru_cache(maxsize=4)
-def letter_glyphs(letters: str, size: int = 28) -> np.ndarray:
-    """Letters rendered once with Pillow's bundled font, regular and bold.
-
-    Args:
-        letters: the characters to render.
-        size: glyph bitmap side in pixels.
-
-    Returns:
-        float32 (2 * len(letters), size, size) in [0, 1]: ``[2 * i]`` regular, ``[2 * i + 1]`` bold,
-        each centred on its bounding box.
-    """
-
-    font = ImageFont.load_default(size=int(size * 0.85))
-    out = np.zeros((2 * len(letters), size, size), dtype=F32)
-    for i, ch in enumerate(letters):
-        for bold in (0, 1):
-            img = Image.new("L", (size * 2, size * 2), 0)
-            draw = ImageDraw.Draw(img)
-            draw.text((size // 2, size // 4), ch, fill=255, font=font, stroke_width=bold, stroke_fill=255)
-            box = img.getbbox()
-            if box is None:
-                continue
-            crop = img.crop(box)
-            w, h = crop.size
-            scale = (size - 2) / max(w, h)
-            crop = crop.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-            w, h = crop.size
-            tile = Image.new("L", (size, size), 0)
-            tile.paste(crop, ((size - w) // 2, (size - h) // 2))
-            out[2 * i + bold] = np.asarray(tile, dtype=F32) / 255.0
-    return out
-
-
-def draw_glyphs(
-    canvas: np.ndarray,
-    glyphs: np.ndarray,
-    glyph_ids: np.ndarray,
-    cx: np.ndarray,
-    cy: np.ndarray,
-    radius: np.ndarray,
-    angle: np.ndarray,
-    rgb: np.ndarray,
-) -> None:
-    """Draw one glyph per image (bilinear sampling of the glyph bitmap) onto ``canvas`` in place.
-
-    Args:
-        canvas: float32 (N, 3, S, S).
-        glyphs: float32 (G, h, w) intensity bitmaps in [0, 1].
-        glyph_ids: (N,) which glyph each image shows.
-        cx, cy, radius, angle: (N,) geometry; the glyph's square spans ``[-radius, radius]``.
-        rgb: (N, 3) ink colours.
-    """
-    size = canvas.shape[-1]
-    g, h, w = glyphs.shape
-    padded = np.zeros((g, h + 2, w + 2), dtype=F32)
-    padded[:, 1:-1, 1:-1] = glyphs  # a zero border makes out-of-glyph samples transparent
-    u, v = local_coords(size, cx, cy, radius, angle)
-    gx = np.clip((u + F32(1.0)) * F32(w / 2.0) - F32(0.5) + F32(1.0), 0.0, w + 0.999)
-    gy = np.clip((v + F32(1.0)) * F32(h / 2.0) - F32(0.5) + F32(1.0), 0.0, h + 0.999)
-    x0, y0 = gx.astype(np.int32), gy.astype(np.int32)
-    fx, fy = gx - x0, gy - y0
-    gid = np.asarray(glyph_ids, dtype=np.int64).reshape(-1, 1, 1)
-    top = padded[gid, y0, x0] * (1 - fx) + padded[gid, y0, x0 + 1] * fx
-    bottom = padded[gid, y0 + 1, x0] * (1 - fx) + padded[gid, y0 + 1, x0 + 1] * fx
-    alpha = top * (1 - fy) + bottom * fy
-    composite(canvas, np.arange(canvas.shape[0]), alpha.astype(F32), rgb)
-
-
-# ---------------------------------------------------------------------------------------------
-# Shaded solids for Shapes3D-like rooms: each solid is a few (SDF, shade) layers painted back to front.
-
-_cube_front = _polygon([(-1.0, -0.55), (0.55, -0.55), (0.55, 1.0), (-1.0, 1.0)])
-_cube_top = _polygon([(-1.0, -0.55), (0.55, -0.55), (1.0, -1.0), (-0.55, -1.0)])
-_cube_side = _polygon([(0.55, -0.55), (1.0, -1.0), (1.0, 0.55), (0.55, 1.0)])
-
-
-def _ellipse(u: np.ndarray, v: np.ndarray, ru: float, rv: float, ov: float) -> np.ndarray:
-    return (np.hypot(u / F32(ru), (v - F32(ov)) / F32(rv)) - F32(1.0)) * F32(min(ru, rv))
-
-
-def _horizontal_shade(u: np.ndarray) -> np.ndarray:
-    # Light from the upper left: brighter on the left of a curved surface.
-    return np.clip(F32(0.95) - F32(0.3) * (u + F32(1.0)), 0.35, 1.0)
-
-
-def _solid_layers(name: str, u: np.ndarray, v: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | float]]:
-    if name == "sphere":
-        return [(np.hypot(u, v) - F32(1.0), np.clip(F32(1.05) - F32(0.45) * np.hypot(u + F32(0.4), v + F32(0.4)), 0.35, 1.0))]
-    if name == "cube":
-        return [(_cube_front(u, v), 0.75), (_cube_top(u, v), 1.0), (_cube_side(u, v), 0.5)]
-    if name == "cylinder":
-        body = np.minimum(_box(u, v - F32(0.05), 0.8, 0.75), _ellipse(u, v, 0.8, 0.25, 0.8))
-        return [(body, _horizontal_shade(u / F32(0.8))), (_ellipse(u, v, 0.8, 0.25, -0.7), 1.0)]
-    if name == "capsule":
-        seg = np.hypot(u, np.maximum(np.abs(v) - F32(0.5), F32(0.0))) - F32(0.5)
-        return [(seg, _horizontal_shade(u / F32(0.5)))]
-    raise KeyError(f"unknown solid {name!r}; known: {', '.join(SOLIDS)}")
-
-
-SOLIDS: tuple[str, ...] = ("cube", "cylinder", "sphere", "capsule")
-
-
-def draw_solids(
-    canvas: np.ndarray,
-    solids: np.ndarray,
-    cx: np.ndarray,
-    cy: np.ndarray,
-    radius: np.ndarray,
-    rgb: np.ndarray,
-) -> None:
-    """Draw one shaded solid (indices into :data:`SOLIDS`) per image onto ``canvas`` in place.
-
-    Args:
-        canvas: float32 (N, 3, S, S).
-        solids: (N,) indices into :data:`SOLIDS`.
-        cx, cy: (N,) centre of the solid's bounding box; radius: (N,) its half-height.
-        rgb: (N, 3) base colours (shaded per face).
-    """
-    size = canvas.shape[-1]
-    solids = np.asarray(solids, dtype=np.int64)
-    for k in np.unique(solids):
-        idx = np.flatnonzero(solids == k)
-        u, v = local_coords(size, cx[idx], cy[idx], radius[idx], np.zeros(idx.size, dtype=F32))
-        for sd, shade in _solid_layers(SOLIDS[k], u, v):
-            colour = rgb[idx] * F32(shade) if np.isscalar(shade) else rgb[idx][:, :, None, None] * shade[:, None]
-            composite(canvas, idx, coverage(sd, radius[idx], size), colour.astype(F32))
-
-
-def room(wall_rgb: np.ndarray, floor_rgb: np.ndarray, horizon: np.ndarray, size: int) -> np.ndarray:
-    """A Shapes3D-like room: a wall above the horizon and a floor, darker towards the front.
-
-    Args:
-        wall_rgb, floor_rgb: (N, 3) colours.
-        horizon: (N,) height of the wall/floor boundary in [0, 1] (from the top).
-        size: image side S.
-
-    Returns:
-        float32 (N, 3, S, S).
-    """
-    _, y = _axes(size)
-    h = np.asarray(horizon, dtype=F32).reshape(-1, 1, 1)
-    below = np.clip(F32(0.5) + (y - h) * F32(size), 0.0, 1.0)  # anti-aliased horizon
-    floor_shade = F32(1.0) - F32(0.45) * np.clip((y - h) / (F32(1.0) - h), 0.0, 1.0)
-    wall = wall_rgb[:, :, None, None] * F32(0.85)
-    floor = floor_rgb[:, :, None, None] * floor_shade[:, None]
-    b = below[:, None]
-    return np.broadcast_to(wall * (F32(1.0) - b) + floor * b, (len(h), 3, size, size)).astype(F32)
 
 
 # ---------------------------------------------------------------------------------------------
 # Backgrounds
 
-BACKGROUNDS: tuple[str, ...] = ("plain", "noisy", "striped", "checkered", "gradient")
+BACKGROUNDS: tuple[str, ...] = ("plain", "noisy", "striped", "checkered", "gradient", "cluttered")
+# The pretraining pool's backgrounds; "cluttered" (a plain tone strewn with small specks of every palette
+# colour) is held out for evaluation-only sets, a distribution shift the base model never trained on.
+POOL_BACKGROUNDS: tuple[str, ...] = BACKGROUNDS[:5]
+CLUTTER_SPECKS = 18
 
 
 def _tones(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -498,7 +343,7 @@ def backgrounds(kinds: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     kinds = np.asarray(kinds, dtype=np.int64)
     n = kinds.shape[0]
     t1, t2 = _tones(n, rng)
-    x, y = _axes(size)
+    x, y = pixel_axes(size)
     theta = rng.uniform(0, math.pi, n).astype(F32).reshape(-1, 1, 1)
     period = (rng.uniform(4.0, 8.0, n) / size).astype(F32).reshape(-1, 1, 1)  # 4-8 pixels at any S
     noise = rng.standard_normal((n, size, size)).astype(F32)
@@ -513,7 +358,51 @@ def backgrounds(kinds: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     centre = F32(0.5) * (np.cos(theta) + np.sin(theta))
     mix = np.where(k == 4, np.clip(F32(0.5) + (proj - centre) * F32(1.3), 0, 1), mix)
     m = mix[:, None]
-    return (t1[:, :, None, None] * (F32(1.0) - m) + t2[:, :, None, None] * m).astype(F32)
+    out = (t1[:, :, None, None] * (F32(1.0) - m) + t2[:, :, None, None] * m).astype(F32)
+    cluttered = np.flatnonzero(kinds == BACKGROUNDS.index("cluttered"))
+    if cluttered.size:
+        _specks(out, cluttered, rng)
+    return out
+
+
+def _specks(canvas: np.ndarray, index: np.ndarray, rng: np.random.Generator) -> None:
+    # Small dots (0.8-1.6 px radius at any size) of random palette colours, scattered over the image.
+    size, n = canvas.shape[-1], index.size
+    sub = canvas[index]
+    for _ in range(CLUTTER_SPECKS):
+        cx, cy = rng.random(n).astype(F32), rng.random(n).astype(F32)
+        radius = (rng.uniform(0.8, 1.6, n) / size).astype(F32)
+        u, v = local_coords(size, cx, cy, radius, np.zeros(n, dtype=F32))
+        alpha = coverage(np.hypot(u, v) - F32(1.0), radius, size)
+        composite(sub, np.arange(n), alpha, palette(rng.integers(0, len(COLOR_NAMES), n), rng))
+    canvas[index] = sub
+
+
+def blur(canvas: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Gaussian blur of each image (a defocused, low-quality photo: a held-out style).
+
+    Args:
+        canvas: float32 (N, 3, S, S).
+        sigma: (N,) standard deviation as a fraction of the image side.
+
+    Returns:
+        The blurred images (float32, same shape); edges are padded by repetition.
+    """
+    size = canvas.shape[-1]
+    sigma_px = np.maximum(np.asarray(sigma, dtype=F32) * F32(size), F32(1e-3)).reshape(-1, 1, 1, 1)
+    reach = int(np.ceil(3 * sigma_px.max()))
+    taps = np.arange(-reach, reach + 1, dtype=F32)
+    weights = np.exp(-0.5 * (taps.reshape(1, -1, 1, 1) / sigma_px.reshape(-1, 1, 1, 1)) ** 2)  # (N, K, 1, 1)
+    weights /= weights.sum(axis=1, keepdims=True)
+    out = canvas
+    for axis in (2, 3):  # separable: rows, then columns
+        padded = np.pad(out, [(0, 0), (0, 0)] + [(reach, reach) if a == axis else (0, 0) for a in (2, 3)], mode="edge")
+        acc = np.zeros_like(out)
+        for k in range(taps.size):
+            window = padded[:, :, k : k + size, :] if axis == 2 else padded[:, :, :, k : k + size]
+            acc += weights[:, k].reshape(-1, 1, 1, 1) * window
+        out = acc
+    return out.astype(F32)
 
 
 def to_uint8(canvas: np.ndarray) -> np.ndarray:
