@@ -19,10 +19,14 @@ from torch import nn
 
 from fif.core.names import unknown_name_message
 from fif.model.hub import ModelLoadError, hub_model_dir, tag_weights
+from fif.model.vocab import CompactTokenizer, read_vocabulary
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# fif's own architectures (every config in CONFIG_DIR) read this compact vocabulary, not open_clip's 49,408
+# BPE tokens: see fif.model.vocab.
+COMPACT_VOCABULARY = CONFIG_DIR / "fif-mini.vocab"
 MAX_LOGIT_SCALE = math.log(100.0)  # open_clip clamps the learnable temperature at 1/100
 _registered = False
 
@@ -181,7 +185,15 @@ def build_clip(
     mean = tuple(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
     std = tuple(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
     tokenizer = open_clip.get_tokenizer(found.source)
+    if uses_compact_vocabulary(found.source):
+        vocab_size = open_clip.get_model_config(found.source)["text_cfg"]["vocab_size"]
+        tokenizer = CompactTokenizer(tokenizer, read_vocabulary(COMPACT_VOCABULARY), vocab_size)
     return Clip(model=model, tokenizer=tokenizer, arch=arch, image_size=size, mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def uses_compact_vocabulary(arch: str) -> bool:
+    """Whether ``arch`` is one of fif's own architectures, whose text tower reads :data:`COMPACT_VOCABULARY`."""
+    return "/" not in arch and (CONFIG_DIR / f"{arch}.json").is_file()
 
 
 def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
