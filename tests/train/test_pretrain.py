@@ -99,3 +99,33 @@ def test_cli_builds_what_fif_run_with_the_same_overrides_would_use(tmp_path, cap
     assert "cached:" in capsys.readouterr().out
     assert main(["pretrain", "data.optionz={}"]) == 2
     assert "data.optionz: unknown key" in capsys.readouterr().err  # with the nearest valid key
+
+
+def test_each_tiny_architecture_has_a_recipe_and_others_get_the_default():
+    from fif.train.pretrain import RECIPES, recipe_for
+
+    assert set(RECIPES) == {"fif-mini-rn32", "fif-mini-rn32-w2", "fif-mini-vit32"}
+    for arch, spec in RECIPES.items():
+        assert recipe_for(arch) == dataclasses.replace(spec, arch=arch)
+    assert recipe_for("RN50", "fif") == dataclasses.replace(PretrainSpec(), arch="RN50", benchmark="fif")
+
+
+def test_the_base_model_sees_at_least_ten_times_the_mini_streams_compute():
+    """The mini-world issue: a stream only nudges its base model (FiF's is ~4e-4 of the base's pretraining)."""
+    from fif.config import load_config
+    from fif.train.pretrain import RECIPES
+
+    cfg = load_config("mini", [])
+    stream_samples = cfg.budget.ft_steps * cfg.train.batch_size  # full fine-tuning's steps at the stream's batch
+    for arch, spec in RECIPES.items():
+        assert spec.steps * spec.batch_size >= 10 * stream_samples, arch
+    assert cfg.train.lr <= 0.1 * RECIPES[cfg.model.arch].lr  # the update lr is well below the pretraining peak
+
+
+def test_key_changes_with_the_compact_vocabulary(monkeypatch):
+    from fif.train import pretrain as P
+
+    key = TINY.key(OPTIONS)
+    real = P.read_vocabulary
+    monkeypatch.setattr(P, "read_vocabulary", lambda path: [*real(path), "zebra</w>"])
+    assert TINY.key(OPTIONS) != key

@@ -30,10 +30,10 @@ def main(args: argparse.Namespace) -> int:
 
     from fif.config import load_config
     from fif.core.device import resolve_device
-    from fif.train.pretrain import PretrainSpec, ensure_base_model
+    from fif.train.pretrain import ensure_base_model, recipe_for
 
     cfg = load_config(args.preset, args.overrides)
-    spec = PretrainSpec(arch=args.arch or cfg.model.arch, benchmark=cfg.data.benchmark)
+    spec = recipe_for(args.arch or cfg.model.arch, cfg.data.benchmark)
     if args.steps:
         spec = dataclasses.replace(spec, steps=args.steps)
     t0 = time.perf_counter()

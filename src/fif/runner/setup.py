@@ -50,7 +50,7 @@ from fif.runner.spec import EVENTS_FILE, RunEvents, RunSpec
 from fif.runner.state import RunState
 from fif.train.distributed import Ranks, Solo
 from fif.train.loop import batchnorm_accumulation_warning, enable_grad_checkpointing
-from fif.train.pretrain import PretrainSpec, ensure_base_model
+from fif.train.pretrain import ensure_base_model, recipe_for
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def load_model(
     pretrained = cfg.model.pretrained
     if pretrained == MINI_BASE:
 
-        spec = PretrainSpec(arch=cfg.model.arch, benchmark=cfg.data.benchmark)
+        spec = recipe_for(cfg.model.arch, cfg.data.benchmark)
         if on_event:
             on_event({"event": "base_model", "status": "checking", "arch": cfg.model.arch})
         bar = None
