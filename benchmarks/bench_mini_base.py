@@ -72,7 +72,8 @@ def main() -> None:
     spec = dataclasses.replace(spec, steps=args.steps or spec.steps, lr=args.lr or spec.lr)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        path, built = ensure_base_model(args.cache_dir or tmp, spec, options)
+        path, built = ensure_base_model(args.cache_dir or tmp, spec, options, on_log=lambda step, loss: print(
+            f"step {step}/{spec.steps} loss {loss:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True))
         build = time.perf_counter() - t0
         clip = build_clip(args.arch, pretrained=str(path))
     clip.model.eval()
