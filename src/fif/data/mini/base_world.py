@@ -3,8 +3,8 @@
 The pool shows single base objects (6 shapes x 8 colours x 3 sizes x 5 positions on 5 kinds of
 background, 12 colour-shape pairs held out) and a minority of printed digits. Every evaluation-only set
 reads concepts the base model learned from the pool, but under a shift the pool never shows, as FiF's
-evaluation-only sets (ImageNet-R/-S, SVHN, ...) are not in its pretraining pool: faded objects, the held-out
-colour-shape pairs on a cluttered background, blur, clutter, two objects at once, seven-segment digits.
+evaluation-only sets (ImageNet-R/-S, SVHN, ...) are not in its pretraining pool: faded objects, held-out
+colour-shape pairs, blur, clutter, two objects at once, seven-segment digits.
 So pool replay during a stream is replay of related data, not training on the test distribution.
 """
 
@@ -167,20 +167,19 @@ def faded_colors(d: Draw, targets: np.ndarray) -> Sample:
 
 
 def held_out_shapes(d: Draw, targets: np.ndarray) -> Sample:
-    """Shape of a base object in a colour the pool never gives that shape, on the cluttered background."""
+    """Shape of a base object in a colour the pool never gives that shape (a held-out colour-shape pair)."""
     n = len(targets)
     f = base_factors(d, n, {"shape": targets})
     f["color"] = HELD_OUT_COLOURS[np.asarray(targets), d.rng.integers(0, HELD_OUT_COLOURS.shape[1], n)]
-    f["background"][:] = CLUTTERED
     canvas = single_object(d, f, BASE_SHAPES)
-    return canvas, C.caption_lists(d.rng, base_fields(f), C.CLUTTERED, 3)
+    return canvas, C.caption_lists(d.rng, base_fields(f), C.POOL_FULL, 3)
 
 
 def blurred_sizes(d: Draw, targets: np.ndarray) -> Sample:
-    """Size of a base object in a blurred image (Gaussian, 0.8-1.4 px at 32 px; the pool's are sharp)."""
+    """Size of a base object in a blurred image (Gaussian, 1.6-2.6 px at 32 px; the pool's are sharp)."""
     n = len(targets)
     f = base_factors(d, n, {"size": targets})
-    canvas = R.blur(single_object(d, f, BASE_SHAPES), d.rng.uniform(0.025, 0.045, n))
+    canvas = R.blur(single_object(d, f, BASE_SHAPES), d.rng.uniform(0.05, 0.08, n))
     return canvas, C.caption_lists(d.rng, base_fields(f), C.BLURRED, 3)
 
 

@@ -87,7 +87,7 @@ def catalogue(
         ("mini_colors", "classification", "eval_only", R.COLOR_NAMES, "a {} shape", ("a {} object", "something {}"), 2012,
          B.faded_colors, "colour of a faded base shape (the pool's are opaque)"),
         ("mini_shapes", "classification", "eval_only", BASE_SHAPES, "a drawing of a {}", ("a {}", "a picture of a {}"), 2012,
-         B.held_out_shapes, "base shapes in colours the pool never gives them, on a cluttered background"),
+         B.held_out_shapes, "base shapes in colours the pool never gives them"),
         ("mini_sizes", "classification", "eval_only", tuple(SIZES), "a {} shape", ("a {} object", "something {}"), 2013,
          B.blurred_sizes, "size of a base shape in a blurred image"),
         ("mini_positions", "classification", "eval_only", tuple(POSITIONS), "a shape in the {}", ("something in the {}",), 2013,
