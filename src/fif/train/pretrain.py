@@ -66,8 +66,9 @@ class PretrainSpec:
 RECIPES: dict[str, PretrainSpec] = {
     "fif-mini-rn32": PretrainSpec(),
     "fif-mini-rn32-w2": PretrainSpec(arch="fif-mini-rn32-w2"),  # the model-scaling variant: same data and steps
-    # A ViT learns slower from scratch than a ResNet: half the peak lr and a longer warmup (10 % of the steps).
-    "fif-mini-vit32": PretrainSpec(arch="fif-mini-vit32", lr=1e-3, warmup_steps=150),
+    # A ViT from scratch wants a longer warmup (10 % of the steps); at half the peak lr (1e-3) it stayed
+    # undertrained (final loss 1.68 vs the ResNet's 1.53, shape zero-shot 74 % in distribution).
+    "fif-mini-vit32": PretrainSpec(arch="fif-mini-vit32", warmup_steps=150),
 }
 
 
