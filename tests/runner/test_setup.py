@@ -169,3 +169,23 @@ def test_train_compile_compiles_the_towers_once_at_setup(tmp_path, extra, compil
     spec, _ = setup(load_config("mini", [*SMALL_RUN, *extra]), tmp_path / "run")
     for tower in (spec.clip.model.visual, spec.clip.model.transformer):
         assert (tower._compiled_call_impl is not None) == compiled
+
+
+@pytest.mark.parametrize("arch", ["fif-mini-rn32-w2", "fif-mini-vit32"])
+def test_mini_base_of_another_architecture_is_built_by_its_own_recipe(arch, tmp_path, monkeypatch):
+    """model.pretrained=mini-base builds (or finds) the base of model.arch with that architecture's recipe."""
+    import torch
+
+    from fif.runner import setup as S
+    from fif.train.pretrain import ensure_base_model, recipe_for
+
+    seen = []
+
+    def tiny(cache_dir, spec, options, device, on_log=None):  # the recipe it asked for, built in 2 steps
+        seen.append(spec)
+        return ensure_base_model(cache_dir, dataclasses.replace(spec, steps=2, batch_size=8), options, device)
+
+    monkeypatch.setattr(S, "ensure_base_model", tiny)
+    cfg = load_config("mini", [f"model.arch={arch}", f"run.cache_dir={tmp_path}", "data.options={pool_size: 32}"])
+    clip = S.load_model(cfg, torch.device("cpu"))
+    assert seen == [recipe_for(arch, "mini")] and clip.arch == arch

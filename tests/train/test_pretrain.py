@@ -129,3 +129,12 @@ def test_key_changes_with_the_compact_vocabulary(monkeypatch):
     real = P.read_vocabulary
     monkeypatch.setattr(P, "read_vocabulary", lambda path: [*real(path), "zebra</w>"])
     assert TINY.key(OPTIONS) != key
+
+
+def test_each_tiny_architecture_has_its_own_cached_base(tmp_path):
+    """fif run and fif pretrain find an architecture's base by its recipe: one file per architecture, none shared."""
+    from fif.train.pretrain import RECIPES, recipe_for
+
+    paths = {base_model_path(tmp_path, recipe_for(arch), OPTIONS) for arch in RECIPES}
+    assert len(paths) == len(RECIPES)
+    assert all(base_model_path(tmp_path, recipe_for(arch), OPTIONS).name.startswith(f"{arch}-") for arch in RECIPES)
