@@ -37,7 +37,7 @@ def test_list_print_and_expand(tmp_path, capsys):
     assert run(["study", "mixtures", "stream.tasks=3", "--seeds", "0,1,2,3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "4 variants, seeds 0,1,2,3, 16 runs" in text and "Nothing is tuned" in text
-    assert "estimate: 16 of 16 runs to go × 720 steps" in text and f"fif study --out {out} --run" in text
+    assert "estimate: 16 of 16 runs to go × 240 steps" in text and f"fif study --out {out} --run" in text
     assert "stream.tasks=3" in read_sweep(out).overrides
     assert run(["study", "--out", str(out), "--list"]) == 0
     assert capsys.readouterr().out.count(" new ") == 16

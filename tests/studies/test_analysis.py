@@ -24,16 +24,16 @@ def _analysis(tmp_path, **kw):
 def test_grid_point_is_chosen_on_validation_not_on_test(tmp_path):
     a = _analysis(tmp_path)
     base, new = a.variant("base"), a.variant("new")
-    # base: lr=0.001 has the better test GM (sqrt(41*70) = 53.6 > sqrt(32*80) = 50.6) but validation GM 30 < 40
-    assert base.chosen.label == "lr=0.0005" and base.how == "best validation GM"
-    assert new.chosen.label == "lr=0.001"  # validation 36 > 35
-    assert [p.label for p in a.points if p.chosen] == ["lr=0.0005", "lr=0.001"]
+    # base: lr=0.0004 has the better test GM (sqrt(41*70) = 53.6 > sqrt(32*80) = 50.6) but validation GM 30 < 40
+    assert base.chosen.label == "lr=0.0002" and base.how == "best validation GM"
+    assert new.chosen.label == "lr=0.0004"  # validation 36 > 35
+    assert [p.label for p in a.points if p.chosen] == ["lr=0.0002", "lr=0.0004"]
     assert "never on the reported test scores" in a.tuning_statement
 
 
 def test_without_validation_the_best_test_point_is_compared_and_flagged(tmp_path):
     a = _analysis(tmp_path, validation=False)
-    assert a.plan.tuning == "test" and a.variant("base").chosen.label == "lr=0.001"
+    assert a.plan.tuning == "test" and a.variant("base").chosen.label == "lr=0.0004"
     assert "optimistic" in a.variant("base").how and "chosen on the reported scores" in a.tuning_statement
 
 
@@ -49,7 +49,7 @@ def test_means_intervals_and_paired_differences_by_hand(tmp_path):
     gm = base.metrics["final"]["gm"]
     assert gm.mean == pytest.approx((math.sqrt(30 * 80) + math.sqrt(32 * 80) + math.sqrt(34 * 80)) / 3)
     by_claim = {r.comparison.claim: r for r in a.comparisons}
-    # new@0.001 - base@0.0005, final A_KA per seed: 35-30, 38-32, 41-34 = 5, 6, 7 -> 6 +- 4.303/sqrt(3)
+    # new@0.0004 - base@0.0002, final A_KA per seed: 35-30, 38-32, 41-34 = 5, 6, 7 -> 6 +- 4.303/sqrt(3)
     r = by_claim["new accumulates more than base"]
     assert r.difference.per_seed == (5.0, 6.0, 7.0) and r.verdict == "reproduced"
     assert (r.difference.interval.low, r.difference.interval.high) == pytest.approx(
@@ -77,17 +77,17 @@ def test_pareto_front_of_each_variant(tmp_path):
 
 
 def test_a_partial_study_reports_what_it_has(tmp_path):
-    a = _analysis(tmp_path, skip=("new_lr=0.001_seed=2", "new_lr=0.0005_seed=2"))
-    assert a.finished == 10 and a.missing == ["new_lr=0.0005_seed=2", "new_lr=0.001_seed=2"]
+    a = _analysis(tmp_path, skip=("new_lr=0.0004_seed=2", "new_lr=0.0002_seed=2"))
+    assert a.finished == 10 and a.missing == ["new_lr=0.0002_seed=2", "new_lr=0.0004_seed=2"]
     r = next(r for r in a.comparisons if r.comparison.claim == "new accumulates more than base")
     assert r.difference.seeds == (0, 1) and r.difference.per_seed == (5.0, 6.0)
 
 
 def test_a_point_that_diverged_on_a_seed_is_not_chosen(tmp_path):
-    out = fake_study(tmp_path / "study", skip=("base_lr=0.0005_seed=2",))
+    out = fake_study(tmp_path / "study", skip=("base_lr=0.0002_seed=2",))
     plan = read_plan(out)
     records, missing = load_records(out, plan)
-    a = analyze(plan, records, missing, {"base_lr=0.0005_seed=2": "diverged"})
-    # lr=0.0005 has the better validation GM on the seeds that finished, but diverged on seed 2
-    assert a.variant("base").chosen.label == "lr=0.001" and a.missing == []
-    assert next(p for p in a.points if p.label == "lr=0.0005" and p.variant == "base").diverged == 1
+    a = analyze(plan, records, missing, {"base_lr=0.0002_seed=2": "diverged"})
+    # lr=0.0002 has the better validation GM on the seeds that finished, but diverged on seed 2
+    assert a.variant("base").chosen.label == "lr=0.0004" and a.missing == []
+    assert next(p for p in a.points if p.label == "lr=0.0002" and p.variant == "base").diverged == 1

@@ -16,18 +16,18 @@ def test_estimate_guesses_then_measures(tmp_path):
     plan, sweep = expand_study(parse_study(SMALL), "mini")
     out = write_study(plan, sweep, tmp_path / "s")
     e = estimate(plan, out)
-    # 4 ft runs of 720 steps and 4 ewc runs of 360, at 0.24 s/step (batch 128) + 15 s setup each
-    assert (e.runs, e.runs_left, e.steps_left) == (8, 8, 4 * 720 + 4 * 360)
-    assert e.seconds_left == pytest.approx(4320 * 0.24 + 8 * 15.0) and "guess" in e.source
+    # 4 ft runs of 240 steps and 4 ewc runs of 120, at 0.24 s/step (batch 128) + 15 s setup each
+    assert (e.runs, e.runs_left, e.steps_left) == (8, 8, 4 * 240 + 4 * 120)
+    assert e.seconds_left == pytest.approx(1440 * 0.24 + 8 * 15.0) and "guess" in e.source
     assert estimate(plan, out, "cuda").seconds_left is None
-    run = out / plan.runs[0].name  # a finished run that took 144 s from its config to run_end
+    run = out / plan.runs[0].name  # a finished run that took 48 s from its config to run_end
     run.mkdir()
     (run / "config.yaml").write_text((out / "configs" / f"{plan.runs[0].name}.yaml").read_text())
     began = (run / "config.yaml").stat().st_mtime
     (run / "events.jsonl").write_text(json.dumps({"event": "run_start"}) + "\n" +
-                                      json.dumps({"event": "run_end", "time": began + 144.0}) + "\n")
+                                      json.dumps({"event": "run_end", "time": began + 48.0}) + "\n")
     (run / "summary.json").write_text("{}")
     e = estimate(plan, out)
     assert e.runs_left == 7 and e.seconds_per_step == pytest.approx(0.2) and "measured" in e.source
-    assert e.seconds_left == pytest.approx((3 * 720 + 4 * 360) * 0.2)
-    assert estimate(plan, out, only=[plan.runs[1].name]).seconds_left == pytest.approx(720 * 0.2)
+    assert e.seconds_left == pytest.approx((3 * 240 + 4 * 120) * 0.2)
+    assert estimate(plan, out, only=[plan.runs[1].name]).seconds_left == pytest.approx(240 * 0.2)

@@ -25,11 +25,11 @@ def test_report_states_each_finding_with_its_numbers(tmp_path):
     claim = next(c for c in data["comparisons"] if c["claim"] == "new accumulates more than base")
     assert claim["difference"]["per_seed"] == [5.0, 6.0, 7.0] and claim["verdict"] == "reproduced"
     chosen = {v["variant"]: v["chosen"]["label"] for v in data["variants"]}
-    assert chosen == {"base": "lr=0.0005", "new": "lr=0.001"}
+    assert chosen == {"base": "lr=0.0002", "new": "lr=0.0004"}
 
 
 def test_partial_report_names_the_missing_runs(tmp_path):
-    out = fake_study(tmp_path / "study", skip=("base_lr=0.0005_seed=2",))
+    out = fake_study(tmp_path / "study", skip=("base_lr=0.0002_seed=2",))
     analysis, written = report_study(out, tmp_path / "elsewhere")
     assert written.html.parent == tmp_path / "elsewhere"
-    assert "11 of 12 runs finished; still to run: base_lr=0.0005_seed=2" in written.html.read_text()
+    assert "11 of 12 runs finished; still to run: base_lr=0.0002_seed=2" in written.html.read_text()

@@ -10,7 +10,7 @@ from study_fakes import fake_study
 
 def test_a_redone_run_loses_its_stale_validation_score(tmp_path):
     out = fake_study(tmp_path / "study")
-    name = "base_lr=0.0005_seed=0"
+    name = "base_lr=0.0002_seed=0"
     assert read_validation(out, name)["gm"] == 40.0
     time.sleep(0.01)
     (out / name / "final.safetensors").write_bytes(b"other weights")  # the run was redone

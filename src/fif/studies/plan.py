@@ -124,8 +124,9 @@ class StudyPlan:
 
 
 def mini_archs() -> list[str]:
-    """The fif-mini architectures this fif ships (model/configs/fif-mini-*.json), by width then name."""
-    names = [p.stem for p in MODEL_CONFIG_DIR.glob("fif-mini-*.json")]
+    """The model-size ladder of the fif-mini architectures this fif ships (model/configs/fif-mini-*.json): the
+    ResNet family of the default, by width then name (fif-mini-vit32 is another design, not a size of it)."""
+    names = [p.stem for p in MODEL_CONFIG_DIR.glob("fif-mini-rn*.json")]
 
     def width(name: str) -> tuple[float, str]:
         cfg = json.loads((MODEL_CONFIG_DIR / f"{name}.json").read_text())
@@ -158,7 +159,7 @@ def load_study(name_or_file: str, preset: str | None = None) -> Study:
         raise ConfigError([
             f"the models study needs at least two architectures; the {benchmark} world has "
             f"{', '.join(v['overrides'][0].split('=')[1] for v in data['variants']) or 'none'}. Add a wider fif-mini "
-            "architecture (model/configs/fif-mini-*.json, mini world v2), run it on --preset fif, or write a study "
+            "architecture (model/configs/fif-mini-rn*.json), run it on --preset fif, or write a study "
             "file with your own model variants (docs/studies.md)"
         ], "study 'models'")
     return parse_study(data, source=f"study {name_or_file!r}")
