@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fif"
 
 # Bottom to top. A module may import its own layer and those below it.
 LAYERS = ("core", "model", "data", "merge", "methods", "budget", "train", "eval", "results", "config",
-          "runner", "studies", "cli")
+          "runner", "studies", "update", "cli")
 # The public face sits above everything (fif/__init__.py, fif/__main__.py).
 TOP = len(LAYERS)
 # Third-party modules a function may import late: optional extras (an ImportError names the extra) or

@@ -12,7 +12,8 @@ import logging
 import sys
 
 # Order = order in `fif --help`. A module listed here must exist.
-COMMANDS = ["run", "pretrain", "schedule", "budget", "data", "stream", "eval", "merge", "report", "sweep", "study"]
+COMMANDS = ["run", "pretrain", "schedule", "budget", "data", "stream", "eval", "merge", "report", "sweep", "study",
+            "update"]
 
 
 class CliError(Exception):

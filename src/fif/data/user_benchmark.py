@@ -10,7 +10,7 @@ Example::
         role: adaptation                # adaptation (default) | eval_only | pretraining
         primer: "A photo of a {}, a type of bird."
         release_year: 2011              # optional (time-incremental streams need it)
-        source: folder                  # folder | manifest | wds | fif (inferred when left out)
+        source: folder                  # folder | manifest | wds | fif | benchmark (inferred when left out)
         location: birds/{split}         # relative to the YAML's folder (or data.root)
         classnames: birds.json          # optional: JSON list, JSON {label: name} or one name a line
       - name: scans
@@ -21,12 +21,19 @@ Example::
         role: pretraining
         source: wds
         location: shards/{00000..00099}.tar
+      - name: mini_colors               # a dataset of another benchmark: BENCHMARK:DATASET, where
+        role: eval_only                 # BENCHMARK is a registered name or a benchmark YAML's path
+        kind: classification
+        source: benchmark
+        location: mini:mini_colors
+        options: {options: {pool_size: 400}}   # that benchmark's own options (data.options)
 
 Every problem in the file is reported at once, naming the dataset and the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +42,7 @@ from typing import Any
 import yaml
 
 from fif.core.names import unknown_name_message
-from fif.data.registry import Benchmark, register_path_loader
+from fif.data.registry import Benchmark, get_benchmark, register_path_loader
 from fif.data.sources import folder as folder_source
 from fif.data.sources import manifest as manifest_source
 from fif.data.sources import wds as wds_source
@@ -43,7 +50,7 @@ from fif.data.sources.common import SPLIT_PLACEHOLDER, SourceError, read_classna
 from fif.data.sources.fif_layout import classnames_path, read_classnames, read_split, resolve_split, split_path
 from fif.data.specs import KINDS, ROLES, DatasetSpec, SplitData
 
-SOURCES = ("folder", "manifest", "wds", "fif")
+SOURCES = ("folder", "manifest", "wds", "fif", "benchmark")
 TOP_KEYS = ("name", "pool", "datasets", "root")
 DATASET_KEYS = ("name", "kind", "role", "primer", "templates", "release_year", "source", "location", "splits",
                 "classnames", "options", "description")
@@ -52,6 +59,7 @@ SOURCE_OPTIONS = {
     "manifest": ("image_key", "caption_key", "label_key", "image_root"),
     "wds": ("index_dir",),
     "fif": ("info_dir", "resized"),
+    "benchmark": ("options",),
 }
 
 
@@ -148,9 +156,10 @@ def load_benchmark_yaml(path: str | Path, root: str | Path | None = None, datase
                 problems.append(unknown_name_message("dataset (data.options.datasets)", name, names))
         entries = [e for e in entries if e.name in datasets]
     specs = {}
+    inner: dict[str, Benchmark] = {}  # source: benchmark — each named benchmark built once
     for entry in entries:
         try:
-            specs[entry.name] = _spec(entry)
+            specs[entry.name] = _spec(entry, inner)
         except (SourceError, ValueError) as e:
             problems.append(str(e) if str(e).startswith(f"dataset {entry.name!r}") else f"dataset {entry.name!r}: {e}")
     pool = _pool(data.get("pool"), entries, problems)
@@ -159,7 +168,7 @@ def load_benchmark_yaml(path: str | Path, root: str | Path | None = None, datase
     by_name = {e.name: e for e in entries}
 
     def load(spec: DatasetSpec, split: str) -> SplitData:
-        return load_entry(by_name[spec.name], spec, split, index_dir)
+        return load_entry(by_name[spec.name], spec, split, index_dir, inner)
 
     return Benchmark(name=str(data.get("name") or path.stem), datasets=specs, loader=load, pretraining_pool=pool)
 
@@ -247,10 +256,11 @@ def _pool(name: Any, entries: list[Entry], problems: list[str]) -> str | None:
 # Class names and loading
 
 
-def _spec(entry: Entry) -> DatasetSpec:
+def _spec(entry: Entry, inner: dict[str, Benchmark]) -> DatasetSpec:
     classnames: tuple[str, ...] = ()
     if entry.kind == "classification" and entry.role != "pretraining":
-        classnames = tuple(_classnames(entry))
+        classnames = tuple(_inner_spec(entry, inner)[1].classnames if entry.source == "benchmark" and
+                           entry.classnames is None else _classnames(entry))
     return DatasetSpec(name=entry.name, kind=entry.kind, role=entry.role, classnames=classnames, primer=entry.primer,
                        templates=entry.templates, release_year=entry.release_year, source=entry.source,
                        location=str(entry.location or entry.splits), description=entry.description)
@@ -300,12 +310,42 @@ def _fif_meta(entry: Entry) -> Path:
     return resolve(info, entry.base) / prefix.name if info else prefix
 
 
-def load_entry(entry: Entry, spec: DatasetSpec, split: str, index_dir: str | Path | None = None) -> SplitData:
+def _inner_spec(entry: Entry, inner: dict[str, Benchmark]) -> tuple[Benchmark, DatasetSpec]:
+    """The benchmark and dataset that a ``source: benchmark`` entry names (``location: BENCHMARK:DATASET``).
+
+    Raises:
+        SourceError: a malformed location, or an unknown benchmark or dataset (with the valid names).
+    """
+    name, sep, dataset = (entry.location or "").rpartition(":")
+    if not sep or not name or not dataset:
+        raise SourceError(f"source benchmark: location {entry.location!r} must be BENCHMARK:DATASET, e.g. mini:mini_digits")
+    if name.lower().endswith((".yaml", ".yml")):
+        name = str(resolve(name, entry.base))
+    options = entry.options.get("options") or {}
+    key = f"{name}|{sorted(options.items())!r}"
+    try:
+        if key not in inner:
+            inner[key] = get_benchmark(name, **options)
+        return inner[key], inner[key].spec(dataset)
+    except (KeyError, TypeError) as e:
+        raise SourceError(f"source benchmark {entry.location!r}: {e.args[0] if e.args else e}") from e
+
+
+def load_entry(entry: Entry, spec: DatasetSpec, split: str, index_dir: str | Path | None = None,
+               inner: dict[str, Benchmark] | None = None) -> SplitData:
     """Load split ``split`` of one YAML dataset through its source.
+
+    Args:
+        inner: the benchmarks ``source: benchmark`` entries have built so far (a cache; None: build afresh).
 
     Raises:
         SourceError: naming the file (and key) at fault.
     """
+    if entry.source == "benchmark":
+        bench, inner_spec = _inner_spec(entry, {} if inner is None else inner)
+        data = bench.load(inner_spec.name, split)
+        # the data under this benchmark's name and role (a dataclass split is relabelled; others keep their own)
+        return dataclasses.replace(data, spec=spec) if dataclasses.is_dataclass(data) else data
     if entry.source == "fif":
         prefix, meta = resolve(entry.location or "", entry.base), _fif_meta(entry)
         chosen = resolve_split(prefix, meta, split, bool(entry.options.get("resized", True)))
