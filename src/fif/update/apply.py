@@ -63,6 +63,8 @@ from fif.update.sources import LineageDataError, UpdateData, resolve_source, ver
 APPLY_FILE = "apply.json"
 RUN_DIR = "run"
 BENCHMARK_FILE = "benchmark.yaml"
+# What makes a rerun the same apply (it then continues the interrupted one).
+SAME_APPLY = ("version", "parent", "ft_steps", "overrides", "data")
 # Per-update overrides may change how this update trains (lr, schedule knobs, ...), not what the lineage is.
 FIXED_PER_UPDATE = tuple(p for p in FIXED_ON_RESUME if p not in ("budget.",))
 
@@ -142,7 +144,7 @@ def apply(
         saved = work / APPLY_FILE
         if saved.is_file():
             old = json.loads(saved.read_text())
-            if {k: v for k, v in old.items() if k != "started"} != {k: v for k, v in request.items() if k != "started"}:
+            if any(old.get(k) != request[k] for k in SAME_APPLY):
                 if not restart:
                     raise LineageError(
                         f"an apply of {old['data']['source']} (as {old['version']}) was interrupted in {work}; run that "
