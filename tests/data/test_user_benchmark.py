@@ -159,3 +159,28 @@ def test_pool_must_be_a_pretraining_dataset(world, tmp_path):
         {"name": "birds", "location": "birds/{split}"}]}))
     with pytest.raises(SourceError, match="role: pretraining"):
         load_benchmark_yaml(path)
+
+
+def test_a_dataset_of_another_benchmark(tmp_path):
+    """``source: benchmark`` takes a dataset of a registered benchmark (or YAML) under this benchmark's name and role."""
+    path = tmp_path / "b.yaml"
+    opts = {"pool_size": 50, "train_per_class": 2, "test_per_class": 1, "eval_size": 12}
+    path.write_text(yaml.safe_dump({"datasets": [
+        {"name": "guard", "role": "eval_only", "kind": "classification", "source": "benchmark",
+         "location": "mini:mini_colors", "options": {"options": opts}},
+        {"name": "pool", "role": "pretraining", "source": "benchmark", "location": "mini:mini_pretrain",
+         "options": {"options": opts}},
+    ]}))
+    bench = get_benchmark(str(path))
+    mini = get_benchmark("mini", **opts)
+    assert bench.spec("guard").classnames == mini.spec("mini_colors").classnames
+    assert bench.pretraining_pool == "pool" and len(bench.load("pool", "train")) == 50
+    split = bench.load("guard", "test")
+    assert split.spec.name == "guard" and split.spec.role == "eval_only"
+    assert (split.pixels == mini.load("mini_colors", "test").pixels).all()
+    path.write_text(yaml.safe_dump({"datasets": [{"name": "x", "source": "benchmark", "location": "mini:nope"}]}))
+    with pytest.raises(SourceError, match="unknown dataset 'nope'"):
+        get_benchmark(str(path))
+    path.write_text(yaml.safe_dump({"datasets": [{"name": "x", "source": "benchmark", "location": "mini"}]}))
+    with pytest.raises(SourceError, match="must be BENCHMARK:DATASET"):
+        get_benchmark(str(path))

@@ -145,6 +145,8 @@ def test_killed_apply_resumes_to_the_same_bytes(world, tmp_path):
     assert (lin / "versions/v1.3/model.safetensors").read_bytes() == \
         (world / "acme/versions/v1.3/model.safetensors").read_bytes()
     assert Lineage.open(lin).deployed == "v1.3" and not (lin / APPLY_DIR).exists()
+    resumes = Lineage.open(lin).version("v1.3")["provenance"]["resumes"]  # the seed, then the rerun mid-update
+    assert [r["checkpoint"][:13] for r in resumes] == ["task0002-star", "task0002-step"]
 
 
 def test_a_second_writer_is_refused_and_changes_nothing(world, tmp_path):

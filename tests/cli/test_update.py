@@ -1,0 +1,67 @@
+"""`fif update` prints what the library records: init, a dry run, apply, log, diff, show, export, rollback, plan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lineage_world import RECIPE, materialize_world
+from safetensors.torch import load_file
+
+from fif.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    materialize_world(root / "mat")
+    assert main(["update", "init", "--out", str(root / "acme"), "--recipe", "mini", *RECIPE,
+                 "model.pretrained=null"]) == 0
+    return root
+
+
+def test_a_lineage_through_the_cli(lineage, capsys):
+    acme, mat = str(lineage / "acme"), lineage / "mat"
+    capsys.readouterr()
+    assert main(["update", "apply", acme, "--data", str(mat / "mini_digits"), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "v1.1 (update 1, from v1.0)" in plan and "-> 6 steps at batch 8" in plan
+    assert "per batch: pretraining 4, update 4, buffer 0" in plan
+    assert not (lineage / "acme" / "versions" / "v1.1").exists()
+    assert main(["update", "apply", acme, "--data", str(mat / "mini_digits"), "--no-progress"]) == 0
+    assert "released v1.1 (deployed)" in capsys.readouterr().out
+    assert main(["update", "apply", acme, "--data", str(mat / "mini_letters"), "--dry-run", "--budget", "12"]) == 0
+    assert "buffer: mini_digits" in (out := capsys.readouterr().out) and "-> 12 steps" in out
+    assert main(["update", "log", acme]) == 0
+    log = capsys.readouterr().out.splitlines()
+    assert log[1].startswith("v1.0 ") and log[2].startswith("v1.1*") and "mini_digits" in log[2]
+    assert main(["update", "diff", acme, "v1.0", "v1.1"]) == 0
+    assert "mini_colors" in capsys.readouterr().out
+    assert main(["update", "show", acme]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == "v1.1" and shown["chain"] == ["v1.1"] and shown["gate"]["passed"]
+    out = lineage / "v11.safetensors"
+    assert main(["update", "export", acme, "v1.1", "-o", str(out)]) == 0
+    assert load_file(str(out)).keys() == load_file(str(lineage / "acme/versions/v1.1/model.safetensors")).keys()
+    assert main(["update", "plan", acme]) == 0
+    assert "next: a minor update" in capsys.readouterr().out
+    assert main(["update", "rollback", acme, "--reason", "bad day"]) == 0
+    assert capsys.readouterr().out.strip() == "deployed: v1.0"
+    assert main(["update", "rollback", acme]) == 2
+    assert "nothing to roll back to" in capsys.readouterr().err
+    assert main(["update", "promote", acme, "v1.1", "--reason", "x"]) == 2
+    assert "not a held candidate" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line(lineage, capsys):
+    acme = str(lineage / "acme")
+    assert main(["update", "apply", acme, "--data", "mini:mini_digits", "method.name=lora"]) == 2
+    assert "method.name: an update cannot change it" in capsys.readouterr().err
+    assert main(["update", "show", str(lineage / "nope")]) == 2
+    assert "is not a lineage folder" in capsys.readouterr().err
+    assert main(["update", "init", "--out", acme]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["update", "init", "--out", str(lineage / "x"), "update.max_drop=1"]) == 2
+    assert "did you mean 'update.max_zs_drop'" in capsys.readouterr().err

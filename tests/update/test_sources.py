@@ -1,0 +1,97 @@
+"""--data SOURCE: each accepted form becomes a dataset entry with a content hash; verify() catches a changed,
+missing or added file and names the version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from lineage_world import OPTS
+from PIL import Image
+
+from fif.data.registry import get_benchmark
+from fif.data.show import materialize
+from fif.update.sources import LineageDataError, UpdateData, resolve_source, verify
+
+
+def png(path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    for split in ("train", "test"):
+        for i, cls in enumerate(("cat", "dog")):
+            png(tmp_path / "pets" / split / cls / "a.png", 40 * i)
+    return tmp_path / "pets"
+
+
+def test_class_folder_tree(tree):
+    data = resolve_source(str(tree), set(), "mini", {})
+    assert data.entry["source"] == "folder" and data.name == "pets" and len(data.files) == 4
+    bench = get_benchmark_of(tree.parent, data)
+    assert bench.spec("pets").classnames == ("cat", "dog") and len(bench.load("pets", "train")) == 2
+
+
+def get_benchmark_of(where, data: UpdateData):
+    path = where / "b.yaml"
+    path.write_text(json.dumps({"datasets": [data.entry]}))
+    return get_benchmark(str(path))
+
+
+def test_fif_layout_from_materialize_and_benchmark_dataset(tmp_path):
+    materialize(get_benchmark("mini", **OPTS), tmp_path, ["mini_digits"], ["train", "test"])
+    data = resolve_source(str(tmp_path / "mini_digits"), {"x"}, "mini", OPTS)
+    assert data.entry["source"] == "fif" and "mini_digits_classnames.json" in data.files
+    direct = resolve_source("mini:mini_digits", {"mini_digits"}, "mini", OPTS)
+    assert direct.name == "mini_digits_2" and direct.entry["location"] == "mini:mini_digits" and not direct.files
+    assert direct.entry["options"] == {"options": OPTS}
+    bench = get_benchmark_of(tmp_path, direct)
+    assert bench.load("mini_digits_2", "test").spec.name == "mini_digits_2"
+    verify(direct, "v1.1")
+    with pytest.raises(LineageDataError, match="mini_colors is a eval_only dataset"):
+        resolve_source("mini:mini_colors", set(), "mini", OPTS)
+    with pytest.raises(LineageDataError, match="unknown dataset 'mini_digitz'.*mini_digits"):
+        resolve_source("mini:mini_digitz", set(), "mini", OPTS)
+
+
+def test_caption_manifest(tmp_path):
+    for split in ("train", "test"):
+        png(tmp_path / "scans" / f"{split}.png", 9)
+        (tmp_path / "scans" / f"{split}.csv").write_text(f"image,caption,label\n{split}.png,a scan,lung\n")
+    data = resolve_source(str(tmp_path / "scans"), set(), "mini", {})
+    assert data.entry["source"] == "manifest" and data.entry["location"].endswith("{split}.csv")
+    assert resolve_source(str(tmp_path / "scans" / "{split}.csv"), set(), "mini", {}).digest == data.digest
+
+
+def test_unknown_source_says_what_is_accepted(tmp_path):
+    with pytest.raises(LineageDataError, match="BENCHMARK:DATASET such as mini:mini_digits"):
+        resolve_source(str(tmp_path / "nothing"), set(), "mini", {})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LineageDataError, match="neither FiF's layout"):
+        resolve_source(str(tmp_path / "empty"), set(), "mini", {})
+
+
+def test_verify_names_the_version_and_file(tree):
+    data = resolve_source(str(tree), set(), "mini", {})
+    verify(data, "v1.1")
+    moved = UpdateData.from_record(json.loads(json.dumps(data.record())))
+    assert moved == data
+    victim = tree / "train" / "cat" / "a.png"
+    png(victim, 200)
+    with pytest.raises(LineageDataError, match=r"version v1\.1: its data file .*a\.png has changed"):
+        verify(data, "v1.1")
+    victim.unlink()
+    with pytest.raises(LineageDataError, match=r"version v1\.1: its data file .*a\.png is missing"):
+        verify(data, "v1.1")
+    png(victim, 0)
+    verify(data, "v1.1")
+    png(tree / "train" / "cat" / "b.png", 3)
+    with pytest.raises(LineageDataError, match=r"version v1\.1: file .*b\.png was added"):
+        verify(data, "v1.1")
+    shutil.rmtree(tree)
+    with pytest.raises(LineageDataError, match="is missing"):
+        verify(data, "v1.1")
