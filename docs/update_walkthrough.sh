@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Regenerates the walkthrough output shown in docs/update.md, on the mini world (no downloads).
+# Usage: docs/update_walkthrough.sh [WORKDIR]   (default: a fresh folder under /tmp; the first run on a machine
+# also builds the cached mini base model, a few minutes). Every command it runs is echoed with its output.
+set -uo pipefail
+FIF=${FIF:-fif}
+W=${1:-$(mktemp -d /tmp/fif-update-walkthrough.XXXX)}
+mkdir -p "$W" && cd "$W" || exit 1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+step() { echo "\$ fif $*"; $FIF "$@" 2>&1 | grep -v '^WARNING:root:No pretrained'; echo "(exit ${PIPESTATUS[0]})"; echo; }
+
+step data materialize mini mat --datasets mini_digits,mini_letters,mini_novel_shapes,mini_fills --splits train,test
+step update init --out models/acme --recipe mini --pretrained mini-base
+step update apply models/acme --data mat/mini_digits --dry-run
+step update apply models/acme --data mat/mini_digits --no-progress
+step update apply models/acme --data mat/mini_letters --no-progress
+step update apply models/acme --data mat/mini_novel_shapes --no-progress
+step update log models/acme
+# a destructive learning rate (100x the recipe's 5e-4): the retention gate holds the candidate
+step update apply models/acme --data mat/mini_fills --no-progress train.lr=5e-2
+step update log models/acme
+step update diff models/acme v1.3 v1.4
+step update rollback models/acme --reason "support reports misread shapes since v1.3"
+step update log models/acme
+step update plan models/acme
+step update export models/acme v1.2 -o acme-v1.2.safetensors
+# the lineage as one run: v1.3's config.yaml is the 3-task stream; its final weights equal v1.3's
+step run --no-progress --preset models/acme/versions/v1.3/config.yaml --out runs/as-one-run
+cmp models/acme/versions/v1.3/model.safetensors runs/as-one-run/final.safetensors && echo "v1.3 == the 3-task run's final.safetensors (byte for byte)"
