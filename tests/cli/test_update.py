@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from lineage_world import RECIPE, materialize_world
 from safetensors.torch import load_file
 
 from fif.cli import main
+from lineage_world import RECIPE, materialize_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,12 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-from lineage_world import OPTS
 from PIL import Image
 
 from fif.data.registry import get_benchmark
 from fif.data.show import materialize
 from fif.update.sources import LineageDataError, UpdateData, resolve_source, verify
+from lineage_world import OPTS
 
 
 def png(path, value: int) -> None:

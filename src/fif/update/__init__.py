@@ -9,15 +9,15 @@ Python API (mirrors the CLI)::
     update.rollback("models/acme"); update.promote("models/acme", "v1.2", reason="...")
     update.export("models/acme", "v1.1", "acme-v1.1.safetensors"); update.plan("models/acme")
 
-Each update is the runner's per-task path (:mod:`fif.update.apply`), so a lineage after n single updates holds
+Each update is the runner's per-task path (:mod:`fif.update.updating`), so a lineage after n single updates holds
 what a ``fif run`` of the same n-task stream deploys. The folder: :mod:`fif.update.lineage`.
 """
 
-from fif.update.apply import ApplyResult, UpdatePlan, apply
 from fif.update.create import GUIDANCE, init
 from fif.update.lineage import Lineage, LineageBusyError, LineageError, diff, export, log_rows, promote, rollback, show
 from fif.update.plan import plan, retention_gate
 from fif.update.sources import LineageDataError
+from fif.update.updating import ApplyResult, UpdatePlan, apply
 
 __all__ = [
     "GUIDANCE",

@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from lineage_world import RECIPE, base_model, materialize_world
 
 import fif
 from fif import update
 from fif.config import load_config
-from fif.update.apply import APPLY_DIR, RUN_DIR
 from fif.update.lineage import Lineage
+from fif.update.updating import APPLY_DIR, RUN_DIR
+from lineage_world import RECIPE, base_model, materialize_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
@@ -100,7 +100,7 @@ def test_changed_or_missing_buffer_data_stops_the_apply(world, tmp_path):
     for v in ("v1.1", "v1.2"):  # the copy's data lives elsewhere: point the records at it
         p = lin / "versions" / v / "data.json"
         p.write_text(p.read_text().replace(str(world / "mat"), str(mat)))
-    victim = sorted((mat / "mini_letters").rglob("*.png"))[0]
+    victim = min((mat / "mini_letters").rglob("*.png"))
     victim.write_bytes(victim.read_bytes() + b"x")
     with pytest.raises(update.LineageDataError, match=rf"version v1\.2: its data file {victim} has changed"):
         update.apply(lin, str(mat / "mini_fills"))
@@ -137,10 +137,10 @@ def test_killed_apply_resumes_to_the_same_bytes(world, tmp_path):
     assert any(ckpts.glob("task0002-step*")), "the apply never reached a mid-update checkpoint"
     assert not (lin / "versions/v1.3").exists() and Lineage.open(lin).deployed == "v1.2"
     busy = subprocess.run(cli("apply", str(lin), "--data", str(world / "mat/mini_digits")), env=ENV, capture_output=True,
-                          text=True, timeout=240)
+                          text=True, timeout=240, check=False)
     assert busy.returncode == 2 and "was interrupted" in busy.stderr  # other data: refused, nothing lost
     done = subprocess.run(cli("apply", str(lin), "--data", str(world / "mat/mini_fills"), "--no-progress"), env=ENV,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr
     assert (lin / "versions/v1.3/model.safetensors").read_bytes() == \
         (world / "acme/versions/v1.3/model.safetensors").read_bytes()
@@ -170,12 +170,37 @@ def test_two_concurrent_applies_one_is_refused(world, tmp_path):
     first.send_signal(signal.SIGSTOP)  # hold the first apply mid-way, its lock taken
     try:
         second = subprocess.run(cli("apply", str(lin), "--data", str(world / "mat/mini_fills")), env=ENV,
-                                capture_output=True, text=True, timeout=240)
+                                capture_output=True, text=True, timeout=240, check=False)
     finally:
         first.send_signal(signal.SIGCONT)
-    out, err = first.communicate(timeout=240)
+    _, err = first.communicate(timeout=240)
     assert first.returncode == 0, err
     assert second.returncode == 2 and "in use by another fif process" in second.stderr
     assert (lin / "versions/v1.3/model.safetensors").read_bytes() == \
         (world / "acme/versions/v1.3/model.safetensors").read_bytes()
     assert [v["version"] for v in Lineage.open(lin).versions] == ["v1.0", "v1.1", "v1.2", "v1.3"]
+
+
+def test_a_crash_between_release_and_cleanup_finishes_on_rerun(world, tmp_path, monkeypatch):
+    lin = fresh_copy(world, tmp_path, "v1.2")
+    import fif.update.updating as apply_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    real_pointer = apply_module.set_pointer
+    monkeypatch.setattr(apply_module, "set_pointer", crash)  # the version folder is written, the pointer not
+    with pytest.raises(KeyboardInterrupt):
+        update.apply(lin, str(world / "mat/mini_fills"))
+    assert (lin / "versions/v1.3").is_dir() and Lineage.open(lin).deployed == "v1.2" and (lin / APPLY_DIR).is_dir()
+    monkeypatch.setattr(apply_module, "set_pointer", real_pointer)
+    monkeypatch.setattr(apply_module.shutil, "rmtree", crash)  # now the pointer moves, the cleanup dies
+    with pytest.raises(KeyboardInterrupt):
+        update.apply(lin, str(world / "mat/mini_fills"))
+    assert Lineage.open(lin).deployed == "v1.3" and (lin / APPLY_DIR).is_dir()
+    monkeypatch.undo()
+    again = update.apply(lin, str(world / "mat/mini_fills"))  # the same command: done, nothing trained twice
+    assert again.version == "v1.3" and again.released and not (lin / APPLY_DIR).exists()
+    assert [v["version"] for v in Lineage.open(lin).versions] == ["v1.0", "v1.1", "v1.2", "v1.3"]
+    assert (lin / "versions/v1.3/model.safetensors").read_bytes() == \
+        (world / "acme/versions/v1.3/model.safetensors").read_bytes()

@@ -64,7 +64,7 @@ APPLY_FILE = "apply.json"
 RUN_DIR = "run"
 BENCHMARK_FILE = "benchmark.yaml"
 # What makes a rerun the same apply (it then continues the interrupted one).
-SAME_APPLY = ("version", "parent", "ft_steps", "overrides", "data")
+SAME_APPLY = ("parent", "ft_steps", "overrides", "data")
 # Per-update overrides may change how this update trains (lr, schedule knobs, ...), not what the lineage is.
 FIXED_PER_UPDATE = tuple(p for p in FIXED_ON_RESUME if p not in ("budget.",))
 
@@ -142,6 +142,14 @@ def apply(
         request, update, cfg = prepare(lin, data, budget, overrides)
         work = root / APPLY_DIR
         saved = work / APPLY_FILE
+        if saved.is_file() and lin.deployed == json.loads(saved.read_text())["version"]:
+            # killed after the release, before the apply folder was removed: the apply is done
+            old = json.loads(saved.read_text())
+            shutil.rmtree(work)
+            same_data = all(old["data"][k] == request["data"][k] for k in ("source", "digest"))
+            if same_data and all(old[k] == request[k] for k in ("ft_steps", "overrides")):
+                record = lin.version(old["version"])
+                return ApplyResult(old["version"], True, record["metrics"], record["gate"], lin.folder(old["version"]), True)
         if saved.is_file():
             old = json.loads(saved.read_text())
             if any(old.get(k) != request[k] for k in SAME_APPLY):
@@ -157,7 +165,7 @@ def apply(
             shutil.rmtree(work)
         resumed = work.exists()
         if not resumed:
-            start(lin, work, request, cfg)
+            start(lin, work, request, cfg, update)
         summary = train(lin, work, request, on_event, progress)
         return release(lin, work, request, update, summary, resumed)
 
@@ -218,30 +226,20 @@ def benchmark_doc(lin: Lineage, updates: list[dict[str, Any]]) -> dict[str, Any]
     return {"name": lin.root.name, **({"pool": s["pool"]} if s.get("pool") else {}), "datasets": entries + updates}
 
 
-def start(lin: Lineage, work: Path, request: dict[str, Any], cfg: Config) -> None:
+def start(lin: Lineage, work: Path, request: dict[str, Any], cfg: Config, update: UpdateData) -> None:
     """Make the apply folder (under a hidden name, then renamed): apply.json, the benchmark YAML and, after the
     first update, the run folder seeded with the parent version's checkpoint."""
     tmp = work.with_name(f".{work.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     chain = lin.chain_data(request["parent"])
-    new = json.loads(json.dumps(request["data"]))
-    updates = [d.entry for _, d in chain] + [_entry_for(lin, request, new)]
+    updates = [d.entry for _, d in chain] + [update.entry]
     atomic_write_text(tmp / BENCHMARK_FILE, yaml.safe_dump(benchmark_doc(lin, updates), sort_keys=False))
     atomic_write_text(tmp / "config.yaml", dump_yaml(cfg))
     if chain:
         seed_run(lin, tmp / RUN_DIR, request, cfg)
     atomic_write_json(tmp / APPLY_FILE, {**request, "entry": updates[-1]})
     tmp.rename(work)
-
-
-def _entry_for(lin: Lineage, request: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    recipe = load_config(None, [], base=read_yaml(lin.root / RECIPE))
-    taken = {d.name for _, d in lin.chain_data(request["parent"])}
-    update = resolve_source(data["source"], taken, lin.info["benchmark"], dict(recipe.data.options))
-    if update.digest != data["digest"]:
-        raise LineageDataError(f"--data {data['source']}: its content changed while the apply started; run it again")
-    return update.entry
 
 
 def seed_run(lin: Lineage, run_dir: Path, request: dict[str, Any], cfg: Config) -> None:
