@@ -79,9 +79,11 @@ def init(
     device = resolve_device(cfg.run.device)
     clip = load_model(cfg, device, on_event, progress)
     check_finite_base(cfg, clip)
-    costs = {"reference": measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device).to_dict()}
+    accounting = cfg.budget.accounting  # priced as the runner's setup prices them
+    costs = {"reference": measure_step_cost(clip, Finetune(clip, None), cfg.train.batch_size, device,
+                                            accounting=accounting).to_dict()}
     method = build_method(cfg.method.name, cfg.method.options, clip, clip_loss_from_config(cfg.train))
-    costs["step"] = measure_step_cost(clip, method, cfg.train.batch_size, device).to_dict()
+    costs["step"] = measure_step_cost(clip, method, cfg.train.batch_size, device, accounting=accounting).to_dict()
     weights = {k: v.detach().cpu().contiguous() for k, v in clip.model.state_dict().items()}
 
     tmp = out.with_name(f".{out.name}.init.tmp")
