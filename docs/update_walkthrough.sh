@@ -7,15 +7,18 @@ FIF=${FIF:-fif}
 W=${1:-$(mktemp -d /tmp/fif-update-walkthrough.XXXX)}
 mkdir -p "$W" && cd "$W" || exit 1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-step() { echo "\$ fif $*"; $FIF "$@" 2>&1 | grep -v '^WARNING:root:No pretrained'; echo "(exit ${PIPESTATUS[0]})"; echo; }
+step() { echo "\$ fif $*"; $FIF "$@" 2>&1 | grep -v '^WARNING:root:No pretrained'; LAST=${PIPESTATUS[0]}; echo "(exit $LAST)"; echo; }
 
 step data materialize mini mat --datasets mini_digits,mini_letters,mini_novel_shapes,mini_fills --splits train,test
 # the gate: A_ZS may drop at most 3 points per update (see docs/update.md for why not the default 1)
 step update init --out models/acme --recipe mini --pretrained mini-base update.max_zs_drop=3
 step update apply models/acme --data mat/mini_digits --dry-run
-step update apply models/acme --data mat/mini_digits --no-progress
-step update apply models/acme --data mat/mini_letters --no-progress
-step update apply models/acme --data mat/mini_novel_shapes --no-progress
+# three updates; a candidate the gate holds is promoted by hand, as an operator would after reading the report
+for d in mini_digits mini_letters mini_novel_shapes; do
+  step update apply models/acme --data mat/$d --no-progress
+  if [ "$LAST" = 3 ]; then step update promote models/acme "$($FIF update log models/acme --json | python3 -c \
+      'import json,sys; print(json.load(sys.stdin)[-1]["version"])')" --reason "accepted after reading the gate report"; fi
+done
 step update log models/acme
 # a destructive learning rate (100x the recipe's 5e-4): the retention gate holds the candidate
 step update apply models/acme --data mat/mini_fills --no-progress train.lr=5e-2
