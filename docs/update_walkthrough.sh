@@ -20,11 +20,11 @@ for d in mini_digits mini_letters mini_novel_shapes; do
       'import json,sys; print(json.load(sys.stdin)[-1]["version"])')" --reason "accepted after reading the gate report"; fi
 done
 step update log models/acme
-# a destructive learning rate (100x the recipe's 5e-4): the retention gate holds the candidate
+# a 100x learning rate (the recipe's is 5e-4): is the candidate held by the gate?
 step update apply models/acme --data mat/mini_fills --no-progress train.lr=5e-2
 step update log models/acme
 step update diff models/acme v1.3 v1.4
-step update rollback models/acme --reason "support reports misread shapes since v1.3"
+step update rollback models/acme --reason "v1.4 loses mini_positions"
 step update log models/acme
 step update plan models/acme
 step update export models/acme v1.2 -o acme-v1.2.safetensors

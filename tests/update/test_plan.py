@@ -44,8 +44,8 @@ def test_major_when_retention_falls_candidates_are_held_or_the_horizon_is_spent(
     base = {"metrics": {"a_zs": 60.0}}
     eroded = recommend([version("v1.1", "released", 56.0)], base, SETTINGS, "cosine")
     assert eroded["recommendation"] == "major" and "4.00 points of retention lost" in eroded["reasons"][0]
-    held = recommend([version("v1.1", "released", 60), version("v1.2", "held", 50), version("v1.3", "held", 50)],
-                     base, SETTINGS, "cosine")
+    held = recommend([version("v1.1", "released", 60)], base, SETTINGS, "cosine",
+                     since=[version("v1.2", "held", 50), version("v1.3", "held", 50)])
     assert held["recommendation"] == "major" and "last 2 candidates failed" in held["reasons"][0]
     spent = recommend([version(f"v1.{i}", "released", 60) for i in range(1, 5)], base, SETTINGS, "autoregressive_cosine")
     assert spent["recommendation"] == "major" and "9.5% of the first's" in spent["reasons"][0]
@@ -53,3 +53,11 @@ def test_major_when_retention_falls_candidates_are_held_or_the_horizon_is_spent(
 
 def test_peak_fraction_follows_the_autoregressive_cosine():
     assert [round(peak_fraction(t), 3) for t in range(4)] == [1.0, 0.5, 0.25, 0.146]
+
+
+def test_the_deployed_version_is_judged_not_a_newer_one():
+    """After a rollback, the versions past the deployed one do not count as its retention."""
+    base = {"metrics": {"a_zs": 60.0}}
+    rec = recommend([version("v1.1", "released", 59.0)], base, SETTINGS, "cosine",
+                    since=[version("v1.2", "released", 50.0)])
+    assert rec["recommendation"] == "minor" and rec["facts"]["a_zs_deployed"] == 59.0

@@ -71,22 +71,22 @@ def peak_fraction(update_index: int) -> float:
 
 
 def recommend(history: list[Mapping[str, Any]], base: Mapping[str, Any] | None, settings: Mapping[str, Any],
-              schedule: str) -> dict[str, Any]:
+              schedule: str, since: list[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Minor or major update next, with the reasons, from the deployed chain's history.
 
     Args:
-        history: version.json of every update in the deployed chain (oldest first), then every candidate made
-            since the deployed version (held ones count toward ``max_held``).
+        history: version.json of every update in the deployed chain (oldest first; the last is deployed).
         base: v1.0's record (its metrics, if measured).
         settings: the lineage's settings (``horizon``, ``major_zs_drop``, ``max_held``).
         schedule: the recipe's ``train.schedule``.
+        since: the versions made after the deployed one (the trailing held ones count toward ``max_held``).
 
     Returns:
         ``{"recommendation": "minor" | "major", "reasons": [...], "facts": {...}}``.
     """
     released = [v for v in history if v["status"] == "released"]
     held_in_a_row = 0
-    for v in reversed(history):
+    for v in reversed(list(since)):
         if v["status"] != "held":
             break
         held_in_a_row += 1
@@ -107,7 +107,7 @@ def recommend(history: list[Mapping[str, Any]], base: Mapping[str, Any] | None, 
         minor.append(f"{n} of {settings['horizon']} planned updates done")
     if zs_base is not None and zs_now is not None:
         fall = zs_base - zs_now
-        line = f"A_ZS {zs_base:.2f} (base) -> {zs_now:.2f} (deployed), {fall:+.2f} points of retention lost"
+        line = f"A_ZS {zs_base:.2f} (base) -> {zs_now:.2f} (deployed), {fall:.2f} points of retention lost"
         (major if fall >= settings["major_zs_drop"] else minor).append(
             line + (f" (>= {settings['major_zs_drop']:g}): minor updates keep eroding it" if fall >= settings[
                 "major_zs_drop"] else f" (< {settings['major_zs_drop']:g})"))
@@ -130,4 +130,4 @@ def plan(root: str | Path) -> dict[str, Any]:
     newest = max((int(v["version"].split(".")[1]) for v in chain), default=0)
     since = [v for v in lin.versions if v["version"] != BASE and int(v["version"].split(".")[1]) > newest]
     schedule = str(read_yaml(lin.root / RECIPE).get("train", {}).get("schedule", ""))
-    return recommend(chain + since, lin.version(BASE), lin.settings, schedule)
+    return recommend(chain, lin.version(BASE), lin.settings, schedule, since)
