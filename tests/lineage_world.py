@@ -1,6 +1,6 @@
 """A tiny lineage world shared by the update tests (on the test path: ``pythonpath`` in pyproject.toml): mini
 datasets materialized to disk in FiF's layout (as `fif data materialize` writes them), a base model pretrained for
-60 steps on a small mini pool (above chance on the guard sets, so a destructive update has retention to lose), and
+60 steps on a small mini pool (since mini world v3 it is at chance on the guard sets), and
 a recipe of 6 fine-tuning steps per update, a small evaluation and a checkpoint every 2 steps."""
 
 from __future__ import annotations

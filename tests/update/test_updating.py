@@ -1,5 +1,5 @@
 """`fif update apply` end to end on a tiny world: three updates equal a 3-task `fif run` byte for byte, a
-destructive learning rate is held by the retention gate, damaged buffer data or state stops an apply before
+candidate that fails the retention gate is held, damaged buffer data or state stops an apply before
 anything is released, a killed apply resumes to the same bytes, and the lineage has one writer at a time."""
 
 from __future__ import annotations
@@ -69,16 +69,18 @@ def test_three_updates_deploy_what_a_three_task_run_deploys(world, tmp_path):
     assert not (world / "acme" / APPLY_DIR).exists()
 
 
-def test_destructive_lr_is_held_and_the_deployed_version_stays(world, tmp_path):
+def test_a_candidate_the_gate_holds_is_kept_and_the_deployed_version_stays(world, tmp_path):
+    # Since mini world v3 the tiny base is at chance on the guard sets, so no learning rate can be shown to
+    # destroy retention here: the gate is set to demand +100 points, which every candidate fails. The real
+    # mini world's measurement is in docs/update.md.
     lin = fresh_copy(world, tmp_path, "v1.3")
     info = json.loads((lin / "lineage.json").read_text())
-    info["settings"]["max_zs_drop"] = 0.5
+    info["settings"]["max_zs_drop"] = -100.0
     (lin / "lineage.json").write_text(json.dumps(info))
     before = (lin / "versions/v1.3/model.safetensors").read_bytes()
     result = update.apply(lin, "mini:mini_novel_shapes", overrides=["train.lr=1.0"])
     assert not result.released and result.version == "v1.4"
-    assert result.gate["zs_drop"] > 0.5 and result.gate["regressions"]
-    assert result.gate["regressions"][0]["delta"] < 0
+    assert result.gate["zs_drop"] > -100.0 and "allows a drop of -100" in result.gate["summary"]
     now = Lineage.open(lin)
     assert now.deployed == "v1.3" and now.version("v1.4")["status"] == "held"
     assert (lin / "versions/v1.3/model.safetensors").read_bytes() == before
