@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data._utils.pin_memory import pin_memory
 
-from fif.data.batch import Batch
+from fif.data.batch import Batch, synthetic_batch
+from fif.model.clip import build_clip
 
 
 def test_pin_memory_pins_every_field(monkeypatch):
@@ -22,3 +23,12 @@ def test_pin_memory_pins_every_field(monkeypatch):
     assert isinstance(out, Batch) and len(pinned) == 4 and out.bad == batch.bad  # the unreadable files ride along
     assert all(torch.equal(getattr(out, f), getattr(batch, f)) for f in ("images", "tokens", "source", "labels"))
     assert len(pin_memory(Batch(batch.images, batch.tokens, batch.source)).images) == 2 and len(pinned) == 7
+
+
+def test_a_synthetic_batch_reads_as_known_words_on_every_tiny_model(caplog):
+    """The budget's synthetic captions are words the tiny models' compact vocabulary holds (an unknown word
+    printed a warning at the top of every default run)."""
+    for arch in ("fif-mini-rn32", "fif-mini-vit32"):
+        with caplog.at_level("WARNING", logger="fif.model.vocab"):
+            synthetic_batch(build_clip(arch), 2, "cpu")
+    assert not [r for r in caplog.records if r.name == "fif.model.vocab"]

@@ -68,7 +68,8 @@ def synthetic_batch(clip: Clip, batch_size: int, device: torch.device | str) -> 
     """
     device = torch.device(device)
     size = clip.image_size
-    tokens = clip.tokenize(["a photo of a thing"]).to(device).expand(batch_size, -1).contiguous()
+    # Words every tokenizer knows, the tiny models' compact vocabulary included (the text does not change a count).
+    tokens = clip.tokenize(["a photo of a shape"]).to(device).expand(batch_size, -1).contiguous()
     if device.type == "meta":
         images = torch.empty(batch_size, 3, size, size, device=device)
     else:
