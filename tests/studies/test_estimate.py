@@ -16,9 +16,9 @@ def test_estimate_guesses_then_measures(tmp_path):
     plan, sweep = expand_study(parse_study(SMALL), "mini")
     out = write_study(plan, sweep, tmp_path / "s")
     e = estimate(plan, out)
-    # 4 ft runs of 240 steps and 4 ewc runs of 120, at 0.24 s/step (batch 128) + 15 s setup each
+    # 4 ft runs of 240 steps and 4 ewc runs of 120, at 0.055 s/step (batch 128) + 12 s setup each
     assert (e.runs, e.runs_left, e.steps_left) == (8, 8, 4 * 240 + 4 * 120)
-    assert e.seconds_left == pytest.approx(1440 * 0.24 + 8 * 15.0) and "guess" in e.source
+    assert e.seconds_left == pytest.approx(1440 * 0.055 + 8 * 12.0) and "guess" in e.source
     assert estimate(plan, out, "cuda").seconds_left is None
     run = out / plan.runs[0].name  # a finished run that took 48 s from its config to run_end
     run.mkdir()

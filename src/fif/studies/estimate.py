@@ -16,9 +16,10 @@ from fif.runner.sweep import run_state
 from fif.studies.plan import VALIDATION_DIR, StudyPlan
 
 # Wall seconds per full fine-tuning step (training + its share of the evaluations) and per run (setup), used
-# for the estimate until a run of the study has finished: the default mini run (720 steps of batch 128, 7
-# evaluations) took 2 min 54 s on the project's idle 2-core CPU (README). None for other models and devices.
-GUESS_SECONDS = {("fif-mini-rn32", "cpu"): (0.24, 15.0)}
+# for the estimate until a run of the study has finished: on mini v3 the 12 runs of `fif study mixtures`
+# (240 steps of batch 128, 7 evaluations each) took 23-29 s each on the project's 2-core CPU under a light
+# load. None for other models and devices.
+GUESS_SECONDS = {("fif-mini-rn32", "cpu"): (0.055, 12.0)}
 GUESS_BATCH = 128
 
 
