@@ -90,7 +90,7 @@ def estimate(plan: StudyPlan, out: str | Path, device_type: str = "cpu", only: S
         return Estimate(len(plan.runs), left, steps_left, per_run)
     per_step = guess[0] * cfg.train.batch_size / GUESS_BATCH
     return Estimate(len(plan.runs), left, steps_left, per_run, per_step, guess[1],
-                    "a guess from the default mini run on an idle 2-core CPU; measured once a run has finished")
+                    "a guess from mini runs on a 2-core CPU; measured once a run of this study has finished")
 
 
 def format_duration(seconds: float | None) -> str:
