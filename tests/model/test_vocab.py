@@ -69,3 +69,11 @@ def test_a_fif_model_tokenizes_into_its_small_embedding():
     assert rows == 256 and 0 <= tokens.min() and tokens.max() == rows - 1  # the end token
     out = clip.model.encode_text(tokens)
     assert out.shape == (2, clip.model.text_projection.shape[1]) and torch.isfinite(out).all()
+
+
+def test_the_warning_names_the_unknown_piece_not_the_word(tokenizer, caplog):
+    """'circle.' is the known 'circle' and an unknown '.': the warning names '.', once for every such word."""
+    with caplog.at_level(logging.WARNING, logger="fif.model.vocab"):
+        tokenizer(["a red circle.", "a red circle in the top left."])
+    messages = [r.message for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith("'.' (in 'a red circle.')")

@@ -46,6 +46,8 @@ def test_fif_layout_from_materialize_and_benchmark_dataset(tmp_path):
     materialize(get_benchmark("mini", **OPTS), tmp_path, ["mini_digits"], ["train", "test"])
     data = resolve_source(str(tmp_path / "mini_digits"), {"x"}, "mini", OPTS)
     assert data.entry["source"] == "fif" and "mini_digits_classnames.json" in data.files
+    spec = get_benchmark("mini", **OPTS).spec("mini_digits")
+    assert (data.entry["primer"], data.entry["templates"]) == (spec.primer, list(spec.templates))  # saved by materialize
     direct = resolve_source("mini:mini_digits", {"mini_digits"}, "mini", OPTS)
     assert direct.name == "mini_digits_2" and direct.entry["location"] == "mini:mini_digits" and not direct.files
     assert direct.entry["options"] == {"options": OPTS}

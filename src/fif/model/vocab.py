@@ -77,10 +77,12 @@ class CompactTokenizer:
 
     def _warn_unknown(self, texts: str | Sequence[str]) -> None:
         for text in [texts] if isinstance(texts, str) else texts:
-            for word in text.split():
-                if word not in self._warned and any(int(self.table[i]) == self.unk_id for i in self.bpe.encode(word)):
-                    self._warned.add(word)
-                    log.warning("word %r is not in the compact vocabulary of this tiny model; it reads as unknown", word)
+            for i in self.bpe.encode(text):  # BPE pieces: "ring." is "ring" (known) and "." (maybe not)
+                piece = self.bpe.decoder[i].replace("</w>", "")
+                if int(self.table[i]) == self.unk_id and piece not in self._warned:
+                    self._warned.add(piece)
+                    log.warning("%r (in %r) is not in the compact vocabulary of this tiny model; it reads as unknown",
+                                piece, text)
 
     def encode(self, text: str) -> list[int]:
         """Compact ids of ``text`` without start and end tokens."""

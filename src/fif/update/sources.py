@@ -27,6 +27,7 @@ from typing import Any
 from fif.core.io import sha256_file
 from fif.data.registry import Benchmark, get_benchmark
 from fif.data.sources import manifest as manifest_source
+from fif.data.sources.fif_layout import read_prompts
 from fif.data.specs import InMemorySplit
 
 SPLITS = ("train", "test")
@@ -109,7 +110,8 @@ def _folder_entry(path: Path) -> tuple[str, dict, Path, dict[str, str]]:
     """A FiF-layout folder (``DIR/NAME`` + ``DIR/NAME_*.json``) or a class-folder tree (``DIR/{train,test}/``)."""
     meta = sorted(path.parent.glob(f"{path.name}_*.json"))
     if (path.parent / f"{path.name}_classnames.json").is_file():
-        entry = {"source": "fif", "location": str(path), "role": "adaptation", "kind": "classification"}
+        entry = {"source": "fif", "location": str(path), "role": "adaptation", "kind": "classification",
+                 **(read_prompts(path) or {})}  # the prompts `fif data materialize` saved, if any
         return path.name, entry, path.parent, _hash_tree(path.parent, [path, *meta])
     if all((path / s).is_dir() for s in SPLITS):
         entry = {"source": "folder", "location": str(path), "role": "adaptation", "kind": "classification"}

@@ -12,6 +12,7 @@ from fif.data.mini import build_mini
 from fif.data.sources.fif_layout import (
     LayoutError,
     classnames_path,
+    prompts_path,
     random_resized_crop,
     read_classnames,
     read_split,
@@ -63,10 +64,25 @@ def test_round_trip_keeps_images_captions_and_targets(written):
 
 
 def test_spec_is_inferred_from_the_files(written):
-    _, root = written
+    data, root = written
     back = read_split(root, "test")
     assert back.spec.kind == "classification" and back.spec.name == "mini_shapes"
     assert back.spec.classnames == tuple(read_classnames(root))
+    # the written prompts come back (a tiny model's compact vocabulary knows them; "a photo of a {}." it does not)
+    assert (back.spec.primer, back.spec.templates) == (data.spec.primer, data.spec.templates)
+
+
+def test_without_a_prompts_file_the_primer_is_the_generic_one(written):
+    _, root = written
+    prompts_path(root).unlink()
+    assert read_split(root, "test").spec.primer == "a photo of a {}."
+
+
+def test_a_malformed_prompts_file_names_it(written):
+    _, root = written
+    prompts_path(root).write_text(json.dumps({"primer": "no placeholder"}))
+    with pytest.raises(LayoutError, match="mini_shapes_prompts.json"):
+        read_split(root, "test")
 
 
 def test_retrieval_round_trip_keeps_every_caption(bench, tmp_path):

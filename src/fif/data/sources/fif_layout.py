@@ -62,6 +62,31 @@ def split_path(root: str | Path, split: str) -> Path:
     return root.with_name(f"{root.name}_{split}.json")
 
 
+def prompts_path(root: str | Path) -> Path:
+    """``ROOT_prompts.json`` for dataset prefix ``root``: the primer and templates ``write_split`` saw (optional;
+    FiF's own files have none, their prompts are in the catalogue)."""
+    root = Path(root)
+    return root.with_name(f"{root.name}_prompts.json")
+
+
+def read_prompts(root: str | Path) -> dict[str, Any] | None:
+    """The ``primer`` and ``templates`` of ``ROOT_prompts.json``, or None without that file.
+
+    Raises:
+        LayoutError: the file is malformed (naming it and what a valid one holds).
+    """
+    path = prompts_path(root)
+    if not path.is_file():
+        return None
+    data = _read_json(path, 'a mapping {"primer": "... {} ...", "templates": [...]}')
+    data = data if isinstance(data, dict) else {}
+    primer, templates = data.get("primer"), data.get("templates", [])
+    if not (isinstance(primer, str) and primer.count("{}") == 1 and isinstance(templates, list)
+            and all(isinstance(t, str) and t.count("{}") == 1 for t in templates)):
+        raise LayoutError(f'{path}: expected {{"primer": "a prompt with one {{}}", "templates": [prompts with one {{}}]}}')
+    return {"primer": primer, "templates": list(templates)}
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -142,6 +167,7 @@ def write_split(split: SplitData, root: str | Path, image_size: int | None = Non
             Image.fromarray(img).save(root / rel, optimize=False, compress_level=1)
             entries[rel] = _entry(spec, list(split.captions(int(i))), int(split.targets[i]))
     _atomic_write_json(classnames_path(root), list(spec.classnames))
+    _atomic_write_json(prompts_path(root), {"primer": spec.primer, "templates": list(spec.templates)})
     path = split_path(root, split.split)
     _atomic_write_json(path, entries)
     return path
@@ -337,8 +363,10 @@ def read_split(root: str | Path, split: str, spec: DatasetSpec | None = None,
     classnames = read_classnames(meta) if has_classes else []
     if spec is None:
         kind = "classification" if classnames else "retrieval"
+        prompts = read_prompts(meta) or {"primer": "a photo of a {}.", "templates": []}
         spec = DatasetSpec(name=root.name, kind=kind, role="adaptation", classnames=tuple(classnames),
-                           primer="a photo of a {}.", source="fif", location=str(root))
+                           primer=prompts["primer"], templates=tuple(prompts["templates"]), source="fif",
+                           location=str(root))
     index = {c: i for i, c in enumerate(classnames)}
     names_file = classnames_path(meta).name
     paths, texts, targets, own = [], [], [], 0
