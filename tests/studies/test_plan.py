@@ -62,7 +62,7 @@ def test_quick_grid_and_untuned_studies():
 
 def test_every_named_study_expands_on_both_presets(monkeypatch):
     monkeypatch.setattr(plan_mod, "equal_compute_mafs", lambda arch, batch, steps: 1e15)
-    for name in ("methods", "merging", "schedules", "mixtures", "orderings", "compute"):
+    for name in ("methods", "merging", "schedules", "mixtures", "orderings", "compute", "init_deploy"):
         for preset in ("mini", "fif"):
             plan, sweep = expand_study(load_study(name, preset), preset)
             assert len(sweep.runs) == len(plan.runs) >= 12, (name, preset)

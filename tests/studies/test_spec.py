@@ -10,7 +10,7 @@ from fif.studies.spec import Comparison, parse_study
 
 
 def test_every_named_study_parses_and_round_trips():
-    assert study_names() == ["methods", "merging", "schedules", "mixtures", "orderings", "compute", "models"]
+    assert study_names() == ["methods", "merging", "schedules", "mixtures", "orderings", "compute", "init_deploy", "models"]
     for name in study_names():
         study = parse_study(named_study(name, ["fif-mini-rn32", "fif-mini-rn32-x2"]))
         assert study.name == name and len(study.seeds) >= 3 and study.compare, name

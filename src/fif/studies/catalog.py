@@ -171,6 +171,27 @@ COMPUTE: dict[str, Any] = {
     "quick": {"variants": ["finetune_budget0.5", "finetune_budget1"], "seeds": [0, 1]},
 }
 
+# TIME's two axes of temporal merging (what each task trains from × what is deployed), named by init_deploy.
+INIT_DEPLOY_AXES = (("last", "last"), ("last", "ema"), ("zeroshot", "ema"), ("ema", "last"), ("ema", "ema"))
+
+INIT_DEPLOY: dict[str, Any] = {
+    "name": "init_deploy",
+    "description": "Temporal merging's two axes: what each task trains from (the last task's end, θ0 or the "
+                   "running EMA merge) × what is deployed (the last task's end or the EMA merge), at the "
+                   "preset's learning rate and merge weight.",
+    "paper": "§7 (after TIME): EMA as both the init and the deployed model gives the best trade-off.",
+    "variants": [
+        {"name": f"{i}_{d}", "overrides": [NO_MERGE, f"merge.init={i}", f"merge.deploy={d}"]}
+        for i, d in INIT_DEPLOY_AXES
+    ],
+    "compare": [
+        {"claim": f"EMA init + EMA deploy reaches a higher GM than {i} init + {d} deploy", "a": "ema_ema",
+         "b": f"{i}_{d}", "metric": "gm", "expect": "higher"}
+        for i, d in INIT_DEPLOY_AXES if (i, d) != ("ema", "ema")
+    ],
+    "quick": {"variants": ["last_last", "ema_ema"], "seeds": [0, 1]},
+}
+
 # Model scaling: the paper's OpenCLIP ladder on fif; on mini every fif-mini architecture there is.
 FIF_MODELS = [("vit_b32", "ViT-B-32", "laion2b_s34b_b79k"), ("vit_b16", "ViT-B-16", "laion2b_s34b_b88k"),
               ("vit_l14", "ViT-L-14", "laion2b_s32b_b82k")]
@@ -213,7 +234,7 @@ def models_study(mini_archs: list[str], benchmark: str) -> dict[str, Any]:
 
 STUDIES: dict[str, dict[str, Any] | Callable[..., dict[str, Any]]] = {
     "methods": METHODS, "merging": MERGING, "schedules": SCHEDULES, "mixtures": MIXTURES,
-    "orderings": ORDERINGS, "compute": COMPUTE, "models": models_study,
+    "orderings": ORDERINGS, "compute": COMPUTE, "init_deploy": INIT_DEPLOY, "models": models_study,
 }
 
 
