@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from fif.core.typed import ConfigError
 from fif.studies.catalog import named_study, study_names
@@ -16,6 +19,14 @@ def test_every_named_study_parses_and_round_trips():
         assert study.name == name and len(study.seeds) >= 3 and study.compare, name
         again = parse_study(study.to_dict())
         assert again.to_dict() == study.to_dict(), name
+
+
+def test_the_example_study_files_parse():
+    files = sorted((Path(__file__).parents[2] / "examples" / "studies").glob("*.yaml"))
+    assert files, "examples/studies/ holds the study files that docs/findings.md ran"
+    for path in files:
+        study = parse_study(yaml.safe_load(path.read_text()))
+        assert study.name == path.stem and study.compare, path
 
 
 def test_every_problem_at_once_with_the_fix():
