@@ -295,7 +295,8 @@ def release(lin: Lineage, work: Path, request: dict[str, Any], update: UpdateDat
     if parent["version"] == BASE and not parent.get("metrics"):  # the base is measured by the first update
         rewrite_version(lin, BASE, {**parent, "metrics": version_metrics(evals[0])})
         parent = lin.version(BASE)
-    gate = retention_gate(parent["metrics"], metrics, lin.settings["max_zs_drop"], request["parent"])
+    gate = retention_gate(parent["metrics"], metrics, lin.settings["max_zs_drop"], request["parent"],
+                          lin.settings.get("max_dataset_drop"))  # lineages made before it have no such key
     ckpt, _ = latest_valid(run_dir / CHECKPOINT_DIR)
     if ckpt is None or ckpt.position != Position(len(lin.chain(request["parent"])) + 1):
         raise LineageError(f"{run_dir}: the finished run has no checkpoint at its end; apply again with --restart")
