@@ -36,7 +36,10 @@ def test_a_lineage_through_the_cli(lineage, capsys):
     assert "buffer: mini_digits" in (out := capsys.readouterr().out) and "-> 12 steps" in out
     assert main(["update", "log", acme]) == 0
     log = capsys.readouterr().out.splitlines()
-    assert log[1].startswith("v1.0 ") and log[2].startswith("v1.1*") and "mini_digits" in log[2]
+    assert log[0].startswith("A_KA and GM on 1 update sets (mini_digits)") and "so far" in log[1]
+    assert log[2].startswith("v1.0 ") and log[3].startswith("v1.1*") and "mini_digits" in log[3]
+    assert main(["update", "eval", acme, "--versions", "v1.0,v1.1"]) == 0
+    assert "nothing to score" in capsys.readouterr().out
     assert main(["update", "diff", acme, "v1.0", "v1.1"]) == 0
     assert "mini_colors" in capsys.readouterr().out
     assert main(["update", "show", acme]) == 0
@@ -65,3 +68,7 @@ def test_bad_input_is_one_line(lineage, capsys):
     assert "exists and is not empty" in capsys.readouterr().err
     assert main(["update", "init", "--out", str(lineage / "x"), "update.max_drop=1"]) == 2
     assert "did you mean 'update.max_zs_drop'" in capsys.readouterr().err
+    assert main(["update", "init", "--out", str(lineage / "x"), "update.max_dataset_drop=lots"]) == 2
+    assert "update.max_dataset_drop='lots': give a number of points" in capsys.readouterr().err
+    assert main(["update", "eval", acme, "--versions", "v1.7"]) == 2
+    assert "unknown version 'v1.7'" in capsys.readouterr().err

@@ -51,6 +51,7 @@ from fif.update.lineage import (
     STATE_DIR,
     Lineage,
     LineageError,
+    benchmark_doc,
     lock,
     now,
     rewrite_version,
@@ -58,6 +59,7 @@ from fif.update.lineage import (
     write_version,
 )
 from fif.update.plan import retention_gate
+from fif.update.scores import backfill
 from fif.update.sources import LineageDataError, UpdateData, resolve_source, verify
 
 APPLY_FILE = "apply.json"
@@ -79,6 +81,7 @@ class ApplyResult:
     gate: dict[str, Any]
     folder: Path
     resumed: bool = False
+    backfilled: dict[str, dict[str, float]] = field(default_factory=dict)  # version -> dataset -> score
 
 
 @dataclass
@@ -149,7 +152,9 @@ def apply(
             same_data = all(old["data"][k] == request["data"][k] for k in ("source", "digest"))
             if same_data and all(old[k] == request[k] for k in ("ft_steps", "overrides")):
                 record = lin.version(old["version"])
-                return ApplyResult(old["version"], True, record["metrics"], record["gate"], lin.folder(old["version"]), True)
+                filled = _backfill(Lineage.open(root), old["version"], on_event)  # it may have died backfilling
+                return ApplyResult(old["version"], True, record["metrics"], record["gate"], lin.folder(old["version"]),
+                                   True, filled)
         if saved.is_file():
             old = json.loads(saved.read_text())
             if any(old.get(k) != request[k] for k in SAME_APPLY):
@@ -167,7 +172,7 @@ def apply(
         if not resumed:
             start(lin, work, request, cfg, update)
         summary = train(lin, work, request, on_event, progress)
-        return release(lin, work, request, update, summary, resumed)
+        return release(lin, work, request, update, summary, resumed, on_event)
 
 
 def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] | None
@@ -178,7 +183,13 @@ def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] 
     chain = lin.chain_data(parent)
     for version, old in chain:  # the buffer: every earlier update's data, as it was
         verify(old, version)
-    update = resolve_source(data, {d.name for _, d in chain}, lin.info["benchmark"], dict(recipe.data.options))
+    taken = {d.name for _, d in chain}
+    update = resolve_source(data, taken, lin.info["benchmark"], dict(recipe.data.options))
+    # a name other data holds elsewhere in the lineage (another branch) is taken too: the score table's columns
+    # are the lineage's update datasets by name
+    other = {n for n, (_, d) in lin.updates().items() if d.digest != update.digest}
+    if update.name in other:
+        update = resolve_source(data, taken | other, lin.info["benchmark"], dict(recipe.data.options))
     for text in overrides or []:
         key = ".".join(parse_override(text)[0])
         if _matches(key, FIXED_PER_UPDATE):
@@ -207,23 +218,6 @@ def run_config(lin: Lineage, recipe: Config, updates: list[UpdateData], budgets:
     raw["run"]["out"] = None
     raw["model"]["pretrained"] = str((lin.folder(BASE) / MODEL_FILE).resolve())
     return load_config(None, overrides, base=raw)
-
-
-def benchmark_doc(lin: Lineage, updates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The lineage benchmark's YAML: the guard sets (eval_only) and the pool from the recipe's benchmark, then
-    one adaptation dataset per update."""
-    s, bench = lin.settings, lin.info["benchmark"]
-    options = {"options": lin.info.get("benchmark_options") or {}}
-    inner = get_benchmark(bench, **options["options"])
-    entries = []
-    for name in s["guard"]:
-        spec = inner.spec(name)
-        entries.append({"name": name, "source": "benchmark", "location": f"{bench}:{name}", "role": "eval_only",
-                        "kind": spec.kind, "primer": spec.primer, "templates": list(spec.templates), "options": options})
-    if s.get("pool"):
-        entries.append({"name": s["pool"], "source": "benchmark", "location": f"{bench}:{s['pool']}",
-                        "role": "pretraining", "kind": "retrieval", "options": options})
-    return {"name": lin.root.name, **({"pool": s["pool"]} if s.get("pool") else {}), "datasets": entries + updates}
 
 
 def start(lin: Lineage, work: Path, request: dict[str, Any], cfg: Config, update: UpdateData) -> None:
@@ -285,8 +279,9 @@ def train(lin: Lineage, work: Path, request: dict[str, Any], on_event, progress:
 
 
 def release(lin: Lineage, work: Path, request: dict[str, Any], update: UpdateData, summary: dict[str, Any],
-            resumed: bool) -> ApplyResult:
-    """Gate the candidate, write its version folder (atomically) and move the pointer if it passed."""
+            resumed: bool, on_event: Callable[[dict], None] | None = None) -> ApplyResult:
+    """Gate the candidate, write its version folder (atomically), move the pointer if it passed, and score the
+    other versions on its data (the backfill, unless ``update.backfill=false``)."""
     run_dir, name = work / RUN_DIR, request["version"]
     events = list(read_events(run_dir / EVENTS_FILE))
     evals = [e for e in events if e.get("event") == "eval"]
@@ -325,8 +320,15 @@ def release(lin: Lineage, work: Path, request: dict[str, Any], update: UpdateDat
         record = json.loads((lin.folder(name) / "version.json").read_text())
     if record["status"] == "released" and lin.deployed != name:
         set_pointer(lin, name, "apply", f"retention gate passed: {gate['summary']}")
+    filled = _backfill(Lineage.open(lin.root), name, on_event)  # before the apply folder goes: a rerun redoes it
     shutil.rmtree(work)
-    return ApplyResult(name, record["status"] == "released", metrics, gate, lin.folder(name), resumed)
+    return ApplyResult(name, record["status"] == "released", metrics, gate, lin.folder(name), resumed, filled)
+
+
+def _backfill(lin: Lineage, name: str, on_event) -> dict[str, dict[str, float]]:
+    """The score table's new cells after ``name`` was made (:func:`fif.update.scores.backfill`), if the lineage
+    backfills (``update.backfill``; lineages made before the setting do)."""
+    return backfill(lin, name, on_event) if lin.settings.get("backfill", True) else {}
 
 
 def version_metrics(event: dict[str, Any]) -> dict[str, Any]:
