@@ -34,6 +34,10 @@ def test_a_lineage_through_the_cli(lineage, capsys):
     assert "released v1.1 (deployed)" in capsys.readouterr().out
     assert main(["update", "apply", acme, "--data", str(mat / "mini_letters"), "--dry-run", "--budget", "12"]) == 0
     assert "buffer: mini_digits" in (out := capsys.readouterr().out) and "-> 12 steps" in out
+    letters = json.loads((mat / "mini_letters_classnames.json").read_text())
+    assert main(["update", "apply", acme, "--data", str(mat / "mini_letters"), "--dry-run",
+                 "--concepts", f"{letters[1]},{letters[0]}"]) == 0
+    assert f"as mini_letters, 2 classes: {letters[0]}, {letters[1]}" in capsys.readouterr().out
     assert main(["update", "log", acme]) == 0
     log = capsys.readouterr().out.splitlines()
     assert log[0].startswith("A_KA and GM on 1 update sets (mini_digits)") and "so far" in log[1]
@@ -62,6 +66,8 @@ def test_bad_input_is_one_line(lineage, capsys):
     acme = str(lineage / "acme")
     assert main(["update", "apply", acme, "--data", "mini:mini_digits", "method.name=lora"]) == 2
     assert "method.name: an update cannot change it" in capsys.readouterr().err
+    assert main(["update", "apply", acme, "--data", str(lineage / "mat/mini_digits"), "--concepts", "zebra"]) == 2
+    assert "--concepts: 'zebra' is not a class of" in capsys.readouterr().err
     assert main(["update", "show", str(lineage / "nope")]) == 2
     assert "is not a lineage folder" in capsys.readouterr().err
     assert main(["update", "init", "--out", acme]) == 2

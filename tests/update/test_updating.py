@@ -22,7 +22,8 @@ from fif.results.events import read_events
 from fif.update.lineage import SCORES_FILE, Lineage
 from fif.update.scores import score_version
 from fif.update.updating import APPLY_DIR, RUN_DIR
-from lineage_world import RECIPE, base_model, materialize_world
+from fif.data.registry import get_benchmark
+from lineage_world import OPTS, RECIPE, base_model, materialize_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ENV = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
@@ -169,6 +170,27 @@ def test_a_candidate_the_gate_holds_is_kept_and_the_deployed_version_stays(world
     now = Lineage.open(lin)
     assert now.deployed == "v1.4" and now.version("v1.4")["promoted"]["reason"] == "the shapes team accepts the drop"
     assert update.rollback(lin) == "v1.3" and Lineage.open(lin).info["pointer_log"][-1]["action"] == "rollback"
+
+
+def test_an_update_on_some_concepts_trains_on_those_classes_only(world, tmp_path):
+    lin = fresh_copy(world, tmp_path, "v1.2")
+    names = get_benchmark("mini", **OPTS).spec("mini_fills").classnames
+    result = update.apply(lin, str(world / "mat/mini_fills"), concepts=[names[3], names[0]])
+    record = json.loads((lin / "versions/v1.3/data.json").read_text())
+    assert record["concepts"] == [names[0], names[3]] and record["entry"]["classes"] == [names[0], names[3]]
+    assert Lineage.open(lin).version("v1.3")["data"]["concepts"] == [names[0], names[3]]
+    starts = [e for e in read_events(lin / "versions/v1.3/events.jsonl") if e.get("event") == "task_start"]
+    assert starts[-1]["concepts"] == 2  # the task is the two classes, not the dataset's ten
+    assert result.metrics["scores"].keys() >= {"mini_fills"}
+    run = fif.run(load_config(str(lin / "versions/v1.3/config.yaml")), out_dir=tmp_path / "run3")  # still a run
+    assert (run.out_dir / "final.safetensors").read_bytes() == (lin / "versions/v1.3/model.safetensors").read_bytes()
+    # back on v1.2, the whole mini_fills is other data than v1.3's two classes of it: it gets a name of its own,
+    # since the score table's columns are the lineage's update datasets by name
+    update.rollback(lin, to="v1.2")
+    other = update.apply(lin, str(world / "mat/mini_fills"), dry_run=True)
+    assert other.dataset == "mini_fills_2" and other.concepts == []
+    again = update.apply(lin, str(world / "mat/mini_fills"), dry_run=True, concepts=[names[0], names[3]])
+    assert again.dataset == "mini_fills"  # the same data: the same column
 
 
 def world_scores(world: Path, version: str) -> dict[str, float]:

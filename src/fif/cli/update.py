@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="config changes for this update only")
     ap.add_argument("--data", required=True, metavar="SOURCE", help="a `fif data materialize` folder (DIR/NAME), a "
                     "class-folder tree, a caption manifest (DIR/{split}.csv), a benchmark YAML, or BENCHMARK:DATASET")
+    ap.add_argument("--concepts", metavar="A,B,...", help="train on only these classes of SOURCE (a new concept set "
+                    "out of a larger folder; not for caption manifests)")
     ap.add_argument("--budget", type=float, help="this update's budget in full fine-tuning steps")
     ap.add_argument("--dry-run", action="store_true", help="print the plan (steps, mixture, expected time) only")
     ap.add_argument("--restart", action="store_true", help="discard an interrupted apply of other data")
@@ -97,9 +99,11 @@ def main_apply(args: argparse.Namespace) -> int:
     from fif.cli.run import TablePrinter
     from fif.update import apply
 
+    concepts = [c.strip() for c in args.concepts.split(",") if c.strip()] if args.concepts else None
     if args.dry_run:
-        plan = apply(args.lineage, args.data, args.budget, args.overrides, dry_run=True)
-        print(f"{plan.version} (update {plan.update_index}, from {plan.parent}) on {plan.data} as {plan.dataset}")
+        plan = apply(args.lineage, args.data, args.budget, args.overrides, dry_run=True, concepts=concepts)
+        print(f"{plan.version} (update {plan.update_index}, from {plan.parent}) on {plan.data} as {plan.dataset}"
+              + (f", {len(plan.concepts)} classes: {', '.join(plan.concepts)}" if plan.concepts else ""))
         print(f"  budget {fmt(plan.ft_steps, 'g')} FT steps = {plan.budget_mafs:.4g} MAFs; {plan.mafs_per_step:.4g} "
               f"MAFs/step -> {plan.steps} steps at batch {plan.batch_size}")
         print("  per batch: " + ", ".join(f"{k} {v}" for k, v in plan.per_batch.items())
@@ -112,7 +116,7 @@ def main_apply(args: argparse.Namespace) -> int:
             print(f"  note: {note}")
         return 0
     result = apply(args.lineage, args.data, args.budget, args.overrides, restart=args.restart,
-                   on_event=TablePrinter(), progress=not args.no_progress)
+                   on_event=TablePrinter(), progress=not args.no_progress, concepts=concepts)
     gate = result.gate
     if result.released:
         print(f"released {result.version} (deployed): {gate['summary']}")

@@ -104,6 +104,7 @@ class UpdatePlan:
     buffer: list[str]
     expected_seconds: float | None
     notes: list[str] = field(default_factory=list)
+    concepts: list[str] = field(default_factory=list)  # the classes of the data it keeps (empty: all)
 
 
 def apply(
@@ -115,6 +116,7 @@ def apply(
     restart: bool = False,
     on_event: Callable[[dict], None] | None = None,
     progress: bool = False,
+    concepts: list[str] | None = None,
 ) -> ApplyResult | UpdatePlan:
     """Train one update of the lineage on ``data`` and release it if the retention gate passes.
 
@@ -126,6 +128,7 @@ def apply(
         dry_run: only plan (:class:`UpdatePlan`): steps, mixture counts, expected time.
         restart: discard an interrupted apply of other data instead of refusing.
         on_event / progress: as for :func:`fif.runner.stream.run`.
+        concepts: train on only these classes of ``data`` (a new concept set out of a larger folder).
 
     Returns:
         The :class:`ApplyResult` (or the :class:`UpdatePlan` for ``dry_run``).
@@ -133,16 +136,16 @@ def apply(
     Raises:
         LineageBusyError: another process writes in the lineage.
         LineageDataError: an earlier update's data is missing or changed (naming the version and file), or
-            ``data`` cannot be read; nothing is trained or released.
+            ``data`` cannot be read, or ``concepts`` are not classes of it; nothing is trained or released.
         LineageError: an interrupted apply of other data is in the way (and not ``restart``), or a bad override.
         RunInterrupted: SIGINT/SIGTERM; run the same command again to continue.
     """
     root = Path(root)
     if dry_run:
-        return plan_update(root, data, budget, overrides)
+        return plan_update(root, data, budget, overrides, concepts)
     with lock(root):
         lin = Lineage.open(root)
-        request, update, cfg = prepare(lin, data, budget, overrides)
+        request, update, cfg = prepare(lin, data, budget, overrides, concepts)
         work = root / APPLY_DIR
         saved = work / APPLY_FILE
         if saved.is_file() and lin.deployed == json.loads(saved.read_text())["version"]:
@@ -175,8 +178,8 @@ def apply(
         return release(lin, work, request, update, summary, resumed, on_event)
 
 
-def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] | None
-            ) -> tuple[dict[str, Any], UpdateData, Config]:
+def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] | None,
+            concepts: list[str] | None = None) -> tuple[dict[str, Any], UpdateData, Config]:
     """Check the lineage's data, resolve the new data and build the update's run config."""
     recipe = load_config(None, [], base=read_yaml(lin.root / RECIPE))
     parent = lin.deployed
@@ -184,12 +187,12 @@ def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] 
     for version, old in chain:  # the buffer: every earlier update's data, as it was
         verify(old, version)
     taken = {d.name for _, d in chain}
-    update = resolve_source(data, taken, lin.info["benchmark"], dict(recipe.data.options))
+    update = resolve_source(data, taken, lin.info["benchmark"], dict(recipe.data.options), concepts)
     # a name other data holds elsewhere in the lineage (another branch) is taken too: the score table's columns
     # are the lineage's update datasets by name
     other = {n for n, (_, d) in lin.updates().items() if d.digest != update.digest}
     if update.name in other:
-        update = resolve_source(data, taken | other, lin.info["benchmark"], dict(recipe.data.options))
+        update = resolve_source(data, taken | other, lin.info["benchmark"], dict(recipe.data.options), concepts)
     for text in overrides or []:
         key = ".".join(parse_override(text)[0])
         if _matches(key, FIXED_PER_UPDATE):
@@ -198,7 +201,8 @@ def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] 
     ft_steps = float(budget) if budget is not None else lin.settings["ft_steps"]
     request = {
         "version": lin.next_name(), "parent": parent, "started": now(), "ft_steps": ft_steps,
-        "overrides": list(overrides or []), "data": {"source": update.source, "name": update.name, "digest": update.digest},
+        "overrides": list(overrides or []), "data": {"source": update.source, "name": update.name, "digest": update.digest,
+                                               **({"concepts": update.concepts} if update.concepts else {})},
     }
     budgets = [lin.version(v)["budget"]["ft_steps"] for v, _ in chain] + [ft_steps]
     return request, update, run_config(lin, recipe, [d for _, d in chain] + [update], budgets, request["overrides"])
@@ -337,10 +341,11 @@ def version_metrics(event: dict[str, Any]) -> dict[str, Any]:
     return {**point, "scores": dict(event["scores"]), "roles": dict(event["roles"]), "full": event.get("full", False)}
 
 
-def plan_update(root: Path, data: str, budget: float | None, overrides: list[str] | None) -> UpdatePlan:
+def plan_update(root: Path, data: str, budget: float | None, overrides: list[str] | None,
+                concepts: list[str] | None = None) -> UpdatePlan:
     """The ``--dry-run`` plan of an apply: steps from the budget, mixture counts per source, expected time."""
     lin = Lineage.open(root)
-    request, update, cfg = prepare(lin, data, budget, overrides)
+    request, update, cfg = prepare(lin, data, budget, overrides, concepts)
     chain = lin.chain_data(request["parent"])
     notes = []
     if chain:
@@ -363,7 +368,7 @@ def plan_update(root: Path, data: str, budget: float | None, overrides: list[str
     return UpdatePlan(
         request["version"], request["parent"], len(chain) + 1, update.source, update.name, request["ft_steps"],
         budget_mafs, per_step, steps, cfg.train.batch_size, per_batch, {k: v * steps for k, v in per_batch.items()},
-        sizes, [d.name for _, d in chain], None if seconds is None else seconds * steps, notes,
+        sizes, [d.name for _, d in chain], None if seconds is None else seconds * steps, notes, update.concepts,
     )
 
 
