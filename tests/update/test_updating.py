@@ -172,6 +172,25 @@ def test_a_candidate_the_gate_holds_is_kept_and_the_deployed_version_stays(world
     assert update.rollback(lin) == "v1.3" and Lineage.open(lin).info["pointer_log"][-1]["action"] == "rollback"
 
 
+def test_a_branch_candidate_is_scored_on_the_other_branch_and_bad_data_leaves_cells_empty(world, tmp_path):
+    lin = fresh_copy(world, tmp_path, "v1.3")
+    mat = tmp_path / "mat"
+    shutil.copytree(world / "mat", mat)
+    for v in ("v1.1", "v1.2", "v1.3"):  # the copy's data lives elsewhere: point the records at it
+        p = lin / "versions" / v / "data.json"
+        p.write_text(p.read_text().replace(str(world / "mat"), str(mat)))
+    victim = min((mat / "mini_fills").rglob("*.png"))
+    victim.unlink()  # v1.3's data, on the branch the next update leaves
+    update.rollback(lin, to="v1.1")
+    result = update.apply(lin, "mini:mini_novel_shapes")  # v1.4 from v1.1: its run never saw letters or fills
+    assert result.version == "v1.4" and set(result.backfilled["v1.4"]) == {"mini_letters"}
+    assert all(cells == {"mini_novel_shapes": pytest.approx(cells["mini_novel_shapes"])}
+               for v, cells in result.backfilled.items() if v != "v1.4") and len(result.backfilled) == 5
+    assert update.missing_cells(Lineage.open(lin)) == {"v1.4": ["mini_fills"]}
+    with pytest.raises(update.LineageDataError, match=rf"version v1\.3: its data file {victim} is missing"):
+        update.evaluate(lin)
+
+
 def test_an_update_on_some_concepts_trains_on_those_classes_only(world, tmp_path):
     lin = fresh_copy(world, tmp_path, "v1.2")
     names = get_benchmark("mini", **OPTS).spec("mini_fills").classnames

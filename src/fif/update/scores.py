@@ -24,7 +24,7 @@ from fif.core.io import atomic_write_json
 from fif.core.version import __version__
 from fif.runner.evaluate import evaluate_config
 from fif.update.lineage import MODEL_FILE, RECIPE, SCORES_FILE, Lineage, benchmark_doc, lock, now
-from fif.update.sources import verify
+from fif.update.sources import LineageDataError, verify
 
 
 def missing_cells(lin: Lineage, versions: list[str] | None = None, datasets: list[str] | None = None
@@ -51,18 +51,13 @@ def score_version(lin: Lineage, version: str, datasets: list[str], on_event: Cal
                   ) -> dict[str, dict[str, Any]]:
     """Score ``version``'s weights on ``datasets`` (guard sets or update datasets of the lineage) with fif's
     evaluator, as the lineage's runs score their versions: the recipe's eval settings and seed (so the same
-    class-stratified subsets), full test sets if the version's own evaluation used them.
+    class-stratified subsets), full test sets if the version's own evaluation used them. Weights holding NaN/inf
+    are scored as the run scored them (like chance), not refused. The caller checks the data (:func:`checked`).
 
     Returns:
         dataset -> the cell: ``{"score", "role", "full", "digest", "at", "fif_version"}``.
-
-    Raises:
-        LineageDataError: an update dataset's data changed since its version was made (naming version and file).
     """
     updates = lin.updates()
-    for name in datasets:
-        if name in updates:
-            verify(updates[name][1], updates[name][0])
     recipe = read_yaml(lin.root / RECIPE)
     full = bool((lin.version(version).get("metrics") or {}).get("full", recipe["eval"].get("full_at_ends", True)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +67,8 @@ def score_version(lin: Lineage, version: str, datasets: list[str], on_event: Cal
         raw = {**recipe, "data": {**recipe["data"], "benchmark": str(bench), "options": {}, "root": None},
                "eval": {**recipe["eval"], "datasets": list(datasets)},
                "model": {**recipe["model"], "pretrained": str((lin.folder(version) / MODEL_FILE).resolve())}}
-        result = evaluate_config(load_config(None, [], base=raw), subset=not full, on_event=on_event)
+        result = evaluate_config(load_config(None, [], base=raw), subset=not full, on_event=on_event,
+                                 allow_nonfinite=True)
     # rounded as the run's eval events round them, so a cell reads the same whichever path scored it
     return {s.dataset: {"score": round(s.score, 4), "role": s.role, "full": full, "at": now(), "fif_version": __version__,
                         "digest": updates[s.dataset][1].digest if s.dataset in updates else None}
@@ -85,13 +81,41 @@ def store_cells(lin: Lineage, version: str, cells: dict[str, dict[str, Any]]) ->
                       {"version": version, "cells": {**lin.extra_cells(version), **cells}})
 
 
-def fill(lin: Lineage, wanted: dict[str, list[str]], on_event: Callable[[dict], None] | None = None
-         ) -> dict[str, dict[str, float]]:
+def checked(lin: Lineage, datasets: set[str], skip_bad: bool = False) -> set[str]:
+    """The datasets of ``datasets`` whose data is as its version recorded it (guard sets always are), each
+    checked once.
+
+    Raises:
+        LineageDataError: an update dataset's data changed or is missing (naming the version and file), unless
+            ``skip_bad``: then it is left out.
+    """
+    updates, out = lin.updates(), set()
+    for name in datasets:
+        try:
+            if name in updates:
+                verify(updates[name][1], updates[name][0])
+            out.add(name)
+        except LineageDataError:
+            if not skip_bad:
+                raise
+    return out
+
+
+def fill(lin: Lineage, wanted: dict[str, list[str]], on_event: Callable[[dict], None] | None = None,
+         skip_bad: bool = False) -> dict[str, dict[str, float]]:
     """Score and store the cells ``wanted`` (version -> datasets); the caller holds the lineage's lock.
+
+    Args:
+        skip_bad: leave the cells of data that no longer verifies empty, instead of raising.
 
     Returns:
         version -> dataset -> the score now stored.
+
+    Raises:
+        LineageDataError: without ``skip_bad``, the data of a wanted cell changed since its version was made.
     """
+    good = checked(lin, {d for datasets in wanted.values() for d in datasets}, skip_bad)
+    wanted = {v: [d for d in datasets if d in good] for v, datasets in wanted.items()}
     filled = {}
     for version, datasets in wanted.items():
         if datasets:
@@ -104,6 +128,8 @@ def fill(lin: Lineage, wanted: dict[str, list[str]], on_event: Callable[[dict], 
 def backfill(lin: Lineage, new: str, on_event: Callable[[dict], None] | None = None) -> dict[str, dict[str, float]]:
     """After ``new`` was made: score every other version on ``new``'s update dataset, and ``new`` on the update
     datasets its chain does not hold (another branch's); cells already there are kept. The caller holds the lock.
+    It runs after the release, so data that no longer verifies leaves its cells empty rather than fail the
+    apply (`fif update eval` then names the problem).
 
     Returns:
         version -> dataset -> the score now stored.
@@ -112,7 +138,7 @@ def backfill(lin: Lineage, new: str, on_event: Callable[[dict], None] | None = N
     wanted = missing_cells(lin, [v["version"] for v in lin.versions if v["version"] != new],
                            [dataset] if dataset else [])
     wanted.update(missing_cells(lin, [new]))
-    return fill(lin, wanted, on_event)
+    return fill(lin, wanted, on_event, skip_bad=True)
 
 
 def evaluate(root: str | Path, versions: list[str] | None = None, on_event: Callable[[dict], None] | None = None
