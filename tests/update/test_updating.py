@@ -18,11 +18,11 @@ import pytest
 import fif
 from fif import update
 from fif.config import load_config
+from fif.data.registry import get_benchmark
 from fif.results.events import read_events
 from fif.update.lineage import SCORES_FILE, Lineage
 from fif.update.scores import score_version
 from fif.update.updating import APPLY_DIR, RUN_DIR
-from fif.data.registry import get_benchmark
 from lineage_world import OPTS, RECIPE, base_model, materialize_world
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -171,11 +171,7 @@ def load_benchmark_yaml(path: str | Path, root: str | Path | None = None, datase
     by_name = {e.name: e for e in entries}
 
     def load(spec: DatasetSpec, split: str) -> SplitData:
-        entry = by_name[spec.name]
-        if not entry.classes:
-            return load_entry(entry, spec, split, index_dir, inner)
-        whole = dataclasses.replace(spec, classnames=entry.all_classnames)  # read as the source has it, then subset
-        return class_subset(load_entry(entry, whole, split, index_dir, inner), spec)
+        return load_classes(by_name[spec.name], spec, split, index_dir, inner)
 
     return Benchmark(name=str(data.get("name") or path.stem), datasets=specs, loader=load, pretraining_pool=pool)
 
@@ -349,6 +345,15 @@ def _inner_spec(entry: Entry, inner: dict[str, Benchmark]) -> tuple[Benchmark, D
         return inner[key], inner[key].spec(dataset)
     except (KeyError, TypeError) as e:
         raise SourceError(f"source benchmark {entry.location!r}: {e.args[0] if e.args else e}") from e
+
+
+def load_classes(entry: Entry, spec: DatasetSpec, split: str, index_dir: str | Path | None = None,
+                 inner: dict[str, Benchmark] | None = None) -> SplitData:
+    """:func:`load_entry`, then only the samples of the entry's ``classes:`` (if it keeps some)."""
+    if not entry.classes:
+        return load_entry(entry, spec, split, index_dir, inner)
+    whole = dataclasses.replace(spec, classnames=entry.all_classnames)  # read as the source has it, then subset
+    return class_subset(load_entry(entry, whole, split, index_dir, inner), spec)
 
 
 def load_entry(entry: Entry, spec: DatasetSpec, split: str, index_dir: str | Path | None = None,

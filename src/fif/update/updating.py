@@ -148,16 +148,8 @@ def apply(
         request, update, cfg = prepare(lin, data, budget, overrides, concepts)
         work = root / APPLY_DIR
         saved = work / APPLY_FILE
-        if saved.is_file() and lin.deployed == json.loads(saved.read_text())["version"]:
-            # killed after the release, before the apply folder was removed: the apply is done
-            old = json.loads(saved.read_text())
-            shutil.rmtree(work)
-            same_data = all(old["data"][k] == request["data"][k] for k in ("source", "digest"))
-            if same_data and all(old[k] == request[k] for k in ("ft_steps", "overrides")):
-                record = lin.version(old["version"])
-                filled = _backfill(Lineage.open(root), old["version"], on_event)  # it may have died backfilling
-                return ApplyResult(old["version"], True, record["metrics"], record["gate"], lin.folder(old["version"]),
-                                   True, filled)
+        if (done := _released_before(lin, work, request, on_event)) is not None:
+            return done
         if saved.is_file():
             old = json.loads(saved.read_text())
             if any(old.get(k) != request[k] for k in SAME_APPLY):
@@ -176,6 +168,21 @@ def apply(
             start(lin, work, request, cfg, update)
         summary = train(lin, work, request, on_event, progress)
         return release(lin, work, request, update, summary, resumed, on_event)
+
+
+def _released_before(lin: Lineage, work: Path, request: dict[str, Any], on_event) -> ApplyResult | None:
+    """An apply killed after its release, before the apply folder was removed, is done: the folder goes, and if
+    ``request`` is that apply, its result (the backfill finished first: it may have died in it)."""
+    saved = work / APPLY_FILE
+    if not saved.is_file() or lin.deployed != (old := json.loads(saved.read_text()))["version"]:
+        return None
+    shutil.rmtree(work)
+    same_data = all(old["data"][k] == request["data"][k] for k in ("source", "digest"))
+    if not (same_data and all(old[k] == request[k] for k in ("ft_steps", "overrides"))):
+        return None
+    record = lin.version(old["version"])
+    filled = _backfill(Lineage.open(lin.root), old["version"], on_event)
+    return ApplyResult(old["version"], True, record["metrics"], record["gate"], lin.folder(old["version"]), True, filled)
 
 
 def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] | None,
