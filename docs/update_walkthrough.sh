@@ -20,6 +20,10 @@ for d in mini_digits mini_letters mini_novel_shapes; do
       'import json,sys; print(json.load(sys.stdin)[-1]["version"])')" --reason "accepted after reading the gate report"; fi
 done
 step update log models/acme
+# the score table is full (each apply backfilled the other versions on its data): nothing left to score
+step update eval models/acme
+# an update on some classes of a folder only: the plan
+step update apply models/acme --data mat/mini_fills --concepts dotted,hatched --dry-run
 # a destructive learning rate: 1000x the mini preset's 2e-4 (100x, 2e-2, was measured on mini v3 and did not
 # harm A_ZS under the EMA merge: docs/update.md). Is the candidate held by the gate?
 step update apply models/acme --data mat/mini_fills --no-progress train.lr=2e-1

@@ -34,9 +34,16 @@ def test_a_lineage_through_the_cli(lineage, capsys):
     assert "released v1.1 (deployed)" in capsys.readouterr().out
     assert main(["update", "apply", acme, "--data", str(mat / "mini_letters"), "--dry-run", "--budget", "12"]) == 0
     assert "buffer: mini_digits" in (out := capsys.readouterr().out) and "-> 12 steps" in out
+    letters = json.loads((mat / "mini_letters_classnames.json").read_text())
+    assert main(["update", "apply", acme, "--data", str(mat / "mini_letters"), "--dry-run",
+                 "--concepts", f"{letters[1]},{letters[0]}"]) == 0
+    assert f"as mini_letters, 2 classes: {letters[0]}, {letters[1]}" in capsys.readouterr().out
     assert main(["update", "log", acme]) == 0
     log = capsys.readouterr().out.splitlines()
-    assert log[1].startswith("v1.0 ") and log[2].startswith("v1.1*") and "mini_digits" in log[2]
+    assert log[0].startswith("A_KA and GM on 1 update sets (mini_digits)") and "so far" in log[1]
+    assert log[2].startswith("v1.0 ") and log[3].startswith("v1.1*") and "mini_digits" in log[3]
+    assert main(["update", "eval", acme, "--versions", "v1.0,v1.1"]) == 0
+    assert "nothing to score" in capsys.readouterr().out
     assert main(["update", "diff", acme, "v1.0", "v1.1"]) == 0
     assert "mini_colors" in capsys.readouterr().out
     assert main(["update", "show", acme]) == 0
@@ -59,9 +66,15 @@ def test_bad_input_is_one_line(lineage, capsys):
     acme = str(lineage / "acme")
     assert main(["update", "apply", acme, "--data", "mini:mini_digits", "method.name=lora"]) == 2
     assert "method.name: an update cannot change it" in capsys.readouterr().err
+    assert main(["update", "apply", acme, "--data", str(lineage / "mat/mini_digits"), "--concepts", "zebra"]) == 2
+    assert "--concepts: 'zebra' is not a class of" in capsys.readouterr().err
     assert main(["update", "show", str(lineage / "nope")]) == 2
     assert "is not a lineage folder" in capsys.readouterr().err
     assert main(["update", "init", "--out", acme]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert main(["update", "init", "--out", str(lineage / "x"), "update.max_drop=1"]) == 2
     assert "did you mean 'update.max_zs_drop'" in capsys.readouterr().err
+    assert main(["update", "init", "--out", str(lineage / "x"), "update.max_dataset_drop=lots"]) == 2
+    assert "update.max_dataset_drop='lots': give a number of points" in capsys.readouterr().err
+    assert main(["update", "eval", acme, "--versions", "v1.7"]) == 2
+    assert "unknown version 'v1.7'" in capsys.readouterr().err

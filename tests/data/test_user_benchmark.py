@@ -184,3 +184,50 @@ def test_a_dataset_of_another_benchmark(tmp_path):
     path.write_text(yaml.safe_dump({"datasets": [{"name": "x", "source": "benchmark", "location": "mini"}]}))
     with pytest.raises(SourceError, match="must be BENCHMARK:DATASET"):
         get_benchmark(str(path))
+
+
+def test_classes_keeps_some_classes_of_a_dataset(world, tmp_path):
+    """``classes:`` keeps the samples of some classes (a concept subset), renumbered in the source's class order."""
+    root, _, _ = world
+    opts = {"pool_size": 50, "train_per_class": 2, "test_per_class": 1, "eval_size": 12}
+    digits = get_benchmark("mini", **opts).spec("mini_digits").classnames
+    chosen = [digits[3], digits[1]]
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"root": str(root), "datasets": [
+        {"name": "wrens", "location": "birds", "classes": ["wren"]},
+        {"name": "some_digits", "source": "benchmark", "location": "mini:mini_digits", "classes": chosen,
+         "options": {"options": opts}},
+    ]}))
+    bench = get_benchmark(str(path))
+    assert bench.spec("wrens").classnames == ("wren",)
+    wrens, birds = bench.load("wrens", "train"), get_benchmark(str(root / "bench.yaml")).load("birds", "train")
+    assert len(wrens) == 2 and wrens.targets.tolist() == [0, 0]
+    assert list(wrens.captions(1)) == ["A photo of a wren."]
+    assert (wrens.images([0, 1], 8) == birds.images([2, 3], 8)).all()  # the wren images, in order
+    assert bench.spec("some_digits").classnames == (digits[1], digits[3])  # the source's order, not the list's
+    some, whole = bench.load("some_digits", "test"), get_benchmark("mini", **opts).load("mini_digits", "test")
+    keep = [i for i, t in enumerate(whole.targets) if t in (1, 3)]
+    assert (some.pixels == whole.pixels[keep]).all() and some.targets.tolist() == [0 if t == 1 else 1 for t in whole.targets[keep]]
+    path.write_text(yaml.safe_dump({"root": str(root), "datasets": [
+        {"name": "wrens", "location": "birds", "classes": ["wern"]}]}))
+    with pytest.raises(SourceError, match="unknown class \\(classes:\\) 'wern' in its 2 classes; did you mean 'wren'"):
+        get_benchmark(str(path))
+
+
+def test_an_unreadable_image_in_a_class_subset_is_replaced_within_it(tmp_path):
+    colours = {}
+    for c, cls in enumerate(("finch", "robin", "wren")):  # train: finch 0-1, robin 2-3, wren 4-5
+        for i in range(2):
+            colours[cls, i] = (40 + 100 * c, 60 * i, 30)
+            for split in ("train", "test"):
+                png(tmp_path / "birds" / split / cls / f"{i}.png", colours[cls, i])
+    (tmp_path / "birds/train/robin/1.png").write_bytes(b"not a png")  # sample 3 of the whole set, 1 of the subset
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"datasets": [{"name": "two", "location": "birds", "classes": ["robin", "wren"]}]}))
+    bench = get_benchmark(str(path))
+    images = bench.load("two", "train").images([0, 1, 2, 3], 8)
+    red = [round(float(x) * 255) for x in images[:, 0, 0, 0]]
+    # robin 0 stands in for robin 1; wren 1 (subset 3, the whole set's 3) is itself, not taken for the bad one
+    assert red == [colours["robin", 0][0]] * 2 + [colours["wren", 0][0], colours["wren", 1][0]]
+    assert (images[3] != images[2]).any()
+    assert [f for _, f in bench.bad_samples()] == [str(tmp_path / "birds/train/robin/1.png")]

@@ -1,12 +1,10 @@
-"""The lineage on the real mini world (slow: the mini base model, 120-step updates at batch 128): three updates
-from `fif data materialize` folders, then a 3-task `fif run` of v1.3's config deploys the same bytes.
+"""The lineage on the real mini world (slow: the mini base model, three 40-step updates at batch 128 from
+`fif data materialize` folders; about a minute on one CPU thread): the paper's A_KA over the lineage's fixed set
+of update datasets, and a 3-task `fif run` of v1.3's config deploying the same bytes.
 
 A candidate the gate holds is promoted by hand (`fif update promote`), as an operator would after reading its
-report, so that the chain v1.1-v1.3 exists. The issue also asked for A_KA rising over v1.1-v1.3 and for a
-destructive learning rate being held. Measured once (docs/update.md's walkthrough, seed 0, gate 3 points):
-A_KA 24.17 / 29.00 / 25.64 (the mean over the lineage's own update datasets, one more each time); the second
-update was held at -3.83 points; a 100x learning rate (5e-2) for the fourth lost 1.26 points and was released,
-because the EMA merge damps it. Neither claim is asserted here: both were not reproduced.
+report, so that the chain v1.1-v1.3 exists. The issue asks for A_KA rising with every update: measured, it rises
+with the first and then stays flat (below); that check is kept as a strict expected failure.
 """
 
 from __future__ import annotations
@@ -22,15 +20,45 @@ from fif.data.show import materialize
 DATASETS = ("mini_digits", "mini_letters", "mini_novel_shapes")
 
 
-@pytest.mark.slow
-def test_three_mini_updates_deploy_what_a_three_task_run_deploys(tmp_path):
-    materialize(get_benchmark("mini"), tmp_path / "mat", list(DATASETS), ["train", "test"])
-    update.init(tmp_path / "acme", recipe="mini", pretrained="mini-base", overrides=["update.max_zs_drop=3"])
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini")
+    materialize(get_benchmark("mini"), root / "mat", list(DATASETS), ["train", "test"])
+    update.init(root / "acme", recipe="mini", pretrained="mini-base", overrides=["update.max_zs_drop=3"])
     for name in DATASETS:
-        result = update.apply(tmp_path / "acme", str(tmp_path / "mat" / name))
+        result = update.apply(root / "acme", str(root / "mat" / name))
         if not result.released:
-            update.promote(tmp_path / "acme", result.version, reason=f"accepted: {result.gate['summary']}")
-    lin = update.Lineage.open(tmp_path / "acme")
+            update.promote(root / "acme", result.version, reason=f"accepted: {result.gate['summary']}")
+    return root
+
+
+def fixed_a_ka(lineage) -> list[float]:
+    rows = update.log_rows(lineage / "acme")
+    assert [r["version"] for r in rows] == ["v1.0", "v1.1", "v1.2", "v1.3"]
+    assert all(r["update_sets"] == list(DATASETS) and r["missing"] == [] for r in rows)
+    return [r["a_ka_all"] for r in rows]
+
+
+@pytest.mark.slow
+def test_every_mini_update_knows_more_than_the_base_on_the_fixed_set(lineage):
+    a_ka = fixed_a_ka(lineage)
+    assert a_ka[1] > a_ka[0] + 3 and a_ka[3] > a_ka[0] + 3
+
+
+# Measured once (seed 0, mini v3, 40 steps per update, 2026-12-05): A_KA on the fixed set 18.01 / 23.35 / 23.35 /
+# 23.11 for v1.0-v1.3. The first update adds 5.3 points; the second (mini_letters, scored below chance, 5.0,
+# after it) and the third do not add more. Not tuned; strict: the day it rises, this fails and the docs change.
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not reproduced on mini v3: A_KA on the fixed set 18.01 < 23.35 = 23.35 > 23.11")
+def test_a_ka_on_the_fixed_set_rises_with_every_mini_update(lineage):
+    a_ka = fixed_a_ka(lineage)
+    assert a_ka[0] < a_ka[1] < a_ka[2] < a_ka[3]
+
+
+@pytest.mark.slow
+def test_three_mini_updates_deploy_what_a_three_task_run_deploys(lineage, tmp_path):
+    lin = update.Lineage.open(lineage / "acme")
     assert lin.deployed == "v1.3" and lin.chain("v1.3") == ["v1.1", "v1.2", "v1.3"]
-    run = fif.run(load_config(str(tmp_path / "acme/versions/v1.3/config.yaml")), out_dir=tmp_path / "run3")
-    assert (run.out_dir / "final.safetensors").read_bytes() == (tmp_path / "acme/versions/v1.3/model.safetensors").read_bytes()
+    run = fif.run(load_config(str(lineage / "acme/versions/v1.3/config.yaml")), out_dir=tmp_path / "run3")
+    assert (run.out_dir / "final.safetensors").read_bytes() == \
+        (lineage / "acme/versions/v1.3/model.safetensors").read_bytes()

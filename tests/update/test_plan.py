@@ -26,6 +26,23 @@ def test_gate_passes_within_the_threshold_and_reports_regressions():
     assert retention_gate(metrics(50, 60, 90), metrics(50, 60, 0), 0.0, "v1.0")["passed"]
 
 
+def test_per_set_threshold_holds_a_candidate_that_one_guard_set_drops_too_far():
+    # pass: the mean drops 0.5, the worst set 1.5, both within their thresholds
+    ok = retention_gate(metrics(50, 60), metrics(48.5, 60.5), 1.0, "v1.2", max_dataset_drop=2.0)
+    assert ok["passed"] and ok["dataset_failures"] == [] and ok["max_dataset_drop"] == 2.0
+    # fail on the mean only: both sets drop 1.5 (each within 2), the mean drops 1.5 (> 1)
+    mean = retention_gate(metrics(50, 60), metrics(48.5, 58.5), 1.0, "v1.2", max_dataset_drop=2.0)
+    assert not mean["passed"] and mean["dataset_failures"] == []
+    # fail on one set only: g1 drops 6, g2 gains 5.5, so the mean drops 0.25 (within 1) but g1 is past 5
+    one = retention_gate(metrics(50, 60), metrics(44, 65.5), 1.0, "v1.2", max_dataset_drop=5.0)
+    assert not one["passed"] and one["zs_drop"] == pytest.approx(0.25)
+    assert one["dataset_failures"] == [{"dataset": "g1", "before": 50, "after": 44, "delta": -6.0}]
+    assert "1 guard set(s) dropped more than the 5 points allowed per set: g1 -6.00" in one["summary"]
+    # off (None, the default), the same candidate passes; a drop exactly at the threshold passes
+    assert retention_gate(metrics(50, 60), metrics(44, 65.5), 1.0, "v1.2")["passed"]
+    assert retention_gate(metrics(50, 60), metrics(44, 66), 1.0, "v1.2", max_dataset_drop=6.0)["passed"]
+
+
 def test_gate_needs_a_common_guard_set():
     with pytest.raises(ValueError, match="no guard set"):
         retention_gate({"scores": {}, "roles": {}}, metrics(1, 2), 1.0, "v1.0")

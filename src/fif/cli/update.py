@@ -17,8 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     init = actions.add_parser("init", help="create a lineage folder: base weights (v1.0), recipe, manifest")
     init.add_argument("overrides", nargs="*", metavar="section.key=value",
-                      help="recipe overrides, and update.KEY=value lineage settings (ft_steps, max_zs_drop, guard, "
-                      "pool, horizon, major_zs_drop, max_held)")
+                      help="recipe overrides, and update.KEY=value lineage settings (ft_steps, max_zs_drop, "
+                      "max_dataset_drop, guard, pool, horizon, major_zs_drop, max_held, backfill)")
     init.add_argument("--out", required=True, help="the new lineage folder")
     init.add_argument("--model", help="model.arch (default: the recipe's)")
     init.add_argument("--pretrained", help="model.pretrained: an open_clip tag, a weights file, or mini-base")
@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="config changes for this update only")
     ap.add_argument("--data", required=True, metavar="SOURCE", help="a `fif data materialize` folder (DIR/NAME), a "
                     "class-folder tree, a caption manifest (DIR/{split}.csv), a benchmark YAML, or BENCHMARK:DATASET")
+    ap.add_argument("--concepts", metavar="A,B,...", help="train on only these classes of SOURCE (a new concept set "
+                    "out of a larger folder; not for caption manifests)")
     ap.add_argument("--budget", type=float, help="this update's budget in full fine-tuning steps")
     ap.add_argument("--dry-run", action="store_true", help="print the plan (steps, mixture, expected time) only")
     ap.add_argument("--restart", action="store_true", help="discard an interrupted apply of other data")
@@ -41,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("lineage")
     lg.add_argument("--json", action="store_true")
     lg.set_defaults(func=main_log)
+    ev = actions.add_parser("eval", help="score versions on every update dataset and guard set they lack a score on")
+    ev.add_argument("lineage")
+    ev.add_argument("--versions", help="comma-separated versions (default: all)")
+    ev.set_defaults(func=main_eval)
     sh = actions.add_parser("show", help="everything recorded about one version (default: the deployed one)")
     sh.add_argument("lineage")
     sh.add_argument("version", nargs="?")
@@ -93,9 +99,11 @@ def main_apply(args: argparse.Namespace) -> int:
     from fif.cli.run import TablePrinter
     from fif.update import apply
 
+    concepts = [c.strip() for c in args.concepts.split(",") if c.strip()] if args.concepts else None
     if args.dry_run:
-        plan = apply(args.lineage, args.data, args.budget, args.overrides, dry_run=True)
-        print(f"{plan.version} (update {plan.update_index}, from {plan.parent}) on {plan.data} as {plan.dataset}")
+        plan = apply(args.lineage, args.data, args.budget, args.overrides, dry_run=True, concepts=concepts)
+        print(f"{plan.version} (update {plan.update_index}, from {plan.parent}) on {plan.data} as {plan.dataset}"
+              + (f", {len(plan.concepts)} classes: {', '.join(plan.concepts)}" if plan.concepts else ""))
         print(f"  budget {fmt(plan.ft_steps, 'g')} FT steps = {plan.budget_mafs:.4g} MAFs; {plan.mafs_per_step:.4g} "
               f"MAFs/step -> {plan.steps} steps at batch {plan.batch_size}")
         print("  per batch: " + ", ".join(f"{k} {v}" for k, v in plan.per_batch.items())
@@ -108,7 +116,7 @@ def main_apply(args: argparse.Namespace) -> int:
             print(f"  note: {note}")
         return 0
     result = apply(args.lineage, args.data, args.budget, args.overrides, restart=args.restart,
-                   on_event=TablePrinter(), progress=not args.no_progress)
+                   on_event=TablePrinter(), progress=not args.no_progress, concepts=concepts)
     gate = result.gate
     if result.released:
         print(f"released {result.version} (deployed): {gate['summary']}")
@@ -127,14 +135,31 @@ def main_log(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'version':8s} {'status':9s} {'parent':7s} {'A_KA':>7s} {'A_ZS':>7s} {'GM':>7s} {'steps':>6s} "
-          f"{'MAFs':>10s}  data")
+    sets = rows[0]["update_sets"]
+    print(f"A_KA and GM on {len(sets)} update sets ({', '.join(sets) or 'none yet'}), the same for every version; "
+          "A_KA so far: on the version's own updates")
+    print(f"{'version':8s} {'status':9s} {'parent':7s} {'A_KA':>7s} {'so far':>7s} {'A_ZS':>7s} {'GM':>7s} "
+          f"{'steps':>6s} {'MAFs':>10s}  data")
     for r in rows:
         mark = "*" if r["deployed"] else " "
-        print(f"{r['version'] + mark:8s} {r['status']:9s} {r['parent'] or '-':7s} {fmt(r['a_ka']):>7s} "
-              f"{fmt(r['a_zs']):>7s} {fmt(r['gm']):>7s} {fmt(r['steps'], 'd'):>6s} {fmt(r['spent_mafs'], '.3e'):>10s}"
-              f"  {r['data'] or '-'}")
-    print("* deployed")
+        print(f"{r['version'] + mark:8s} {r['status']:9s} {r['parent'] or '-':7s} {fmt(r['a_ka_all']):>7s} "
+              f"{fmt(r['a_ka']):>7s} {fmt(r['a_zs']):>7s} {fmt(r['gm_all']):>7s} {fmt(r['steps'], 'd'):>6s} "
+              f"{fmt(r['spent_mafs'], '.3e'):>10s}  {r['data'] or '-'}")
+    print("* deployed" + ("; - : a score is missing (fill it with: fif update eval "
+                          f"{args.lineage})" if any(r["missing"] for r in rows) else ""))
+    return 0
+
+
+def main_eval(args: argparse.Namespace) -> int:
+    from fif.cli.run import TablePrinter
+    from fif.update import evaluate
+
+    versions = [v.strip() for v in args.versions.split(",") if v.strip()] if args.versions else None
+    filled = evaluate(args.lineage, versions, on_event=TablePrinter())
+    if not filled:
+        print("nothing to score: every version has a score on every update dataset and guard set")
+    for version, cells in filled.items():
+        print(f"{version}: " + ", ".join(f"{d} {s:.2f}" for d, s in cells.items()))
     return 0
 
 

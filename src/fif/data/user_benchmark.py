@@ -13,6 +13,7 @@ Example::
         source: folder                  # folder | manifest | wds | fif | benchmark (inferred when left out)
         location: birds/{split}         # relative to the YAML's folder (or data.root)
         classnames: birds.json          # optional: JSON list, JSON {label: name} or one name a line
+        classes: [wren, robin]          # optional: keep only these classes' samples (a concept subset)
       - name: scans
         source: manifest
         splits: {train: scans/train.csv, test: scans/test.csv}
@@ -46,14 +47,14 @@ from fif.data.registry import Benchmark, get_benchmark, register_path_loader
 from fif.data.sources import folder as folder_source
 from fif.data.sources import manifest as manifest_source
 from fif.data.sources import wds as wds_source
-from fif.data.sources.common import SPLIT_PLACEHOLDER, SourceError, read_classnames_file, resolve
+from fif.data.sources.common import SPLIT_PLACEHOLDER, SourceError, class_subset, read_classnames_file, resolve
 from fif.data.sources.fif_layout import classnames_path, read_classnames, read_split, resolve_split, split_path
 from fif.data.specs import KINDS, ROLES, DatasetSpec, SplitData
 
 SOURCES = ("folder", "manifest", "wds", "fif", "benchmark")
 TOP_KEYS = ("name", "pool", "datasets", "root")
 DATASET_KEYS = ("name", "kind", "role", "primer", "templates", "release_year", "source", "location", "splits",
-                "classnames", "options", "description")
+                "classnames", "options", "description", "classes")
 SOURCE_OPTIONS = {
     "folder": (),
     "manifest": ("image_key", "caption_key", "label_key", "image_root"),
@@ -80,7 +81,9 @@ class Entry:
     options: dict[str, Any]
     description: str
     base: Path
+    classes: tuple[str, ...] = ()
     label_map: dict[str, str] | None = field(default=None, repr=False)
+    all_classnames: tuple[str, ...] = field(default=(), repr=False)  # before ``classes`` kept some of them
 
     def where(self, split: str) -> Path | str:
         """The split's file, folder or shard pattern (absolute)."""
@@ -168,7 +171,7 @@ def load_benchmark_yaml(path: str | Path, root: str | Path | None = None, datase
     by_name = {e.name: e for e in entries}
 
     def load(spec: DatasetSpec, split: str) -> SplitData:
-        return load_entry(by_name[spec.name], spec, split, index_dir, inner)
+        return load_classes(by_name[spec.name], spec, split, index_dir, inner)
 
     return Benchmark(name=str(data.get("name") or path.stem), datasets=specs, loader=load, pretraining_pool=pool)
 
@@ -222,11 +225,18 @@ def _entry(item: Any, i: int, base: Path, problems: list[str]) -> Entry | None:
     classnames = item.get("classnames")
     if classnames is not None and not isinstance(classnames, str):
         problems.append(f"{label}: 'classnames' must be a path to a class-names file")
+    classes = item.get("classes") or []
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        problems.append(f"{label}: 'classes' must be a list of class names to keep")
+        classes = []
+    elif classes and kind != "classification":
+        problems.append(f"{label}: 'classes' keeps some classes of a classification dataset; {kind} has none")
     if len(problems) > n0:
         return None
     return Entry(name=name, kind=kind, role=role, primer=str(item.get("primer", "A photo of a {}.")),
                  templates=tuple(templates), release_year=year, source=source, location=location, splits=dict(splits),
-                 classnames=classnames, options=dict(options), description=str(item.get("description", "")), base=base)
+                 classnames=classnames, options=dict(options), description=str(item.get("description", "")), base=base,
+                 classes=tuple(classes))
 
 
 def _infer_source(location: str, base: Path) -> str:
@@ -261,6 +271,12 @@ def _spec(entry: Entry, inner: dict[str, Benchmark]) -> DatasetSpec:
     if entry.kind == "classification" and entry.role != "pretraining":
         classnames = tuple(_inner_spec(entry, inner)[1].classnames if entry.source == "benchmark" and
                            entry.classnames is None else _classnames(entry))
+    if entry.classes:
+        entry.all_classnames = classnames
+        if unknown := [c for c in entry.classes if c not in classnames]:
+            raise SourceError(f"dataset {entry.name!r}: " + unknown_name_message(
+                "class (classes:)", unknown[0], classnames, where=f"its {len(classnames)} classes"))
+        classnames = tuple(c for c in classnames if c in entry.classes)  # the source's order
     return DatasetSpec(name=entry.name, kind=entry.kind, role=entry.role, classnames=classnames, primer=entry.primer,
                        templates=entry.templates, release_year=entry.release_year, source=entry.source,
                        location=str(entry.location or entry.splits), description=entry.description)
@@ -329,6 +345,15 @@ def _inner_spec(entry: Entry, inner: dict[str, Benchmark]) -> tuple[Benchmark, D
         return inner[key], inner[key].spec(dataset)
     except (KeyError, TypeError) as e:
         raise SourceError(f"source benchmark {entry.location!r}: {e.args[0] if e.args else e}") from e
+
+
+def load_classes(entry: Entry, spec: DatasetSpec, split: str, index_dir: str | Path | None = None,
+                 inner: dict[str, Benchmark] | None = None) -> SplitData:
+    """:func:`load_entry`, then only the samples of the entry's ``classes:`` (if it keeps some)."""
+    if not entry.classes:
+        return load_entry(entry, spec, split, index_dir, inner)
+    whole = dataclasses.replace(spec, classnames=entry.all_classnames)  # read as the source has it, then subset
+    return class_subset(load_entry(entry, whole, split, index_dir, inner), spec)
 
 
 def load_entry(entry: Entry, spec: DatasetSpec, split: str, index_dir: str | Path | None = None,

@@ -127,7 +127,7 @@ def lineage_settings(cfg: Config, overrides: list[str], bench_options: dict) -> 
     settings: dict[str, Any] = {
         "ft_steps": float(cfg.budget.ft_steps) / tasks, "max_zs_drop": 1.0, "guard": guard,
         "pool": (cfg.data.mixture.pool or bench.pretraining_pool) if cfg.data.mixture.pretraining > 0 else None,
-        "horizon": tasks, "major_zs_drop": 3.0, "max_held": 2,
+        "horizon": tasks, "major_zs_drop": 3.0, "max_held": 2, "max_dataset_drop": None, "backfill": True,
     }
     for text in overrides:
         path, value = parse_override(text)
@@ -141,4 +141,10 @@ def lineage_settings(cfg: Config, overrides: list[str], bench_options: dict) -> 
                                                     where=f"the eval-only datasets of {cfg.data.benchmark}"))
     if not settings["guard"]:
         raise LineageError(f"benchmark {cfg.data.benchmark} has no eval-only dataset to guard retention with")
+    per_set = settings["max_dataset_drop"]
+    if per_set is not None and (isinstance(per_set, bool) or not isinstance(per_set, (int, float))):
+        raise LineageError(f"update.max_dataset_drop={per_set!r}: give a number of points (e.g. 5), or null for no "
+                           "per-set threshold")
+    if not isinstance(settings["backfill"], bool):
+        raise LineageError(f"update.backfill={settings['backfill']!r}: give true or false")
     return settings

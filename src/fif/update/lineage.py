@@ -10,6 +10,8 @@ Layout::
       versions/v1.N/        model.safetensors    the deployed weights (a plain open_clip state dict)
                             version.json         status (released | held), parent, metrics, gate, budget, provenance
                             data.json            the update's data: source, entry, content hash, every file's sha256
+                            scores.json          the version's scores on datasets its own apply did not score
+                                                 (update datasets added later or on other branches): the score table
                             state/               the run checkpoint after the update: what the next update resumes
                             events.jsonl, summary.json, history/   the run's log, summary and merge history so far
       apply/                the apply in progress (apply.json + the run folder it trains in); gone once it ends
@@ -30,6 +32,8 @@ from typing import Any
 
 from fif.core.io import atomic_write_json, fsync_dir
 from fif.core.names import unknown_name_message
+from fif.data.registry import get_benchmark
+from fif.eval.metrics import geometric_mean, macro_mean
 from fif.runner.folder import RunFolderInUseError, RunLock
 from fif.update.sources import UpdateData
 
@@ -43,6 +47,7 @@ MODEL_FILE = "model.safetensors"
 VERSION_FILE = "version.json"
 DATA_FILE = "data.json"
 STATE_DIR = "state"
+SCORES_FILE = "scores.json"
 _VERSION = re.compile(r"^v1\.(\d+)$")
 
 
@@ -132,6 +137,63 @@ class Lineage:
         return [(v, UpdateData.from_record(json.loads((self.folder(v) / DATA_FILE).read_text())))
                 for v in self.chain(name)]
 
+    def updates(self) -> dict[str, tuple[str, UpdateData]]:
+        """Every update dataset the lineage knows, released or held, on any branch: name -> (the version that
+        introduced it, its data), in the order the versions were made. The fixed set of the score table."""
+        out: dict[str, tuple[str, UpdateData]] = {}
+        for v in self.versions:
+            path = self.folder(v["version"]) / DATA_FILE
+            if path.is_file():
+                data = UpdateData.from_record(json.loads(path.read_text()))
+                out.setdefault(data.name, (v["version"], data))
+        return out
+
+    def extra_cells(self, name: str) -> dict[str, dict[str, Any]]:
+        """The cells of ``name``'s scores.json: dataset -> {score, role, full, digest, at}."""
+        path = self.folder(name) / SCORES_FILE
+        return json.loads(path.read_text())["cells"] if path.is_file() else {}
+
+    def row(self, name: str) -> dict[str, float]:
+        """Version ``name``'s row of the score table (percent): its own apply's scores, then scores.json's."""
+        row = {d: cell["score"] for d, cell in self.extra_cells(name).items()}
+        row.update((self.version(name).get("metrics") or {}).get("scores") or {})  # its own run's eval comes first
+        return row
+
+    def roles(self) -> dict[str, str]:
+        """The score table's columns: the guard sets (eval_only), then the update datasets (adaptation)."""
+        return {**{g: "eval_only" for g in self.settings["guard"]}, **{n: "adaptation" for n in self.updates()}}
+
+
+def fixed_set_point(row: dict[str, float], updates: list[str], guard: list[str]) -> dict[str, Any]:
+    """A_KA over the fixed set ``updates`` (every update dataset of the lineage, as the paper scores every
+    checkpoint on all adaptation datasets), A_ZS over ``guard`` and their geometric mean GM = sqrt(A_KA * A_ZS);
+    a mean is None while one of its cells is missing.
+
+    Returns:
+        ``{"a_ka", "a_zs", "gm", "missing": [datasets without a cell]}``.
+    """
+    missing = [n for n in [*guard, *updates] if n not in row]
+    a_ka = macro_mean(row, updates) if updates and not set(updates) & set(missing) else None
+    a_zs = macro_mean(row, guard) if not set(guard) & set(missing) else None
+    return {"a_ka": a_ka, "a_zs": a_zs, "gm": geometric_mean(a_ka, a_zs), "missing": missing}
+
+
+def benchmark_doc(lin: Lineage, updates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lineage benchmark's YAML: the guard sets (eval_only) and the pool from the recipe's benchmark, then
+    one adaptation dataset per update (``updates``: their entries)."""
+    s, bench = lin.settings, lin.info["benchmark"]
+    options = {"options": lin.info.get("benchmark_options") or {}}
+    inner = get_benchmark(bench, **options["options"])
+    entries = []
+    for name in s["guard"]:
+        spec = inner.spec(name)
+        entries.append({"name": name, "source": "benchmark", "location": f"{bench}:{name}", "role": "eval_only",
+                        "kind": spec.kind, "primer": spec.primer, "templates": list(spec.templates), "options": options})
+    if s.get("pool"):
+        entries.append({"name": s["pool"], "source": "benchmark", "location": f"{bench}:{s['pool']}",
+                        "role": "pretraining", "kind": "retrieval", "options": options})
+    return {"name": lin.root.name, **({"pool": s["pool"]} if s.get("pool") else {}), "datasets": entries + updates}
+
 
 def lock(root: Path) -> RunLock:
     """Take the lineage's writer lock.
@@ -199,58 +261,71 @@ def rewrite_version(lineage: Lineage, name: str, record: dict[str, Any]) -> None
 
 
 def log_rows(root: str | Path) -> list[dict[str, Any]]:
-    """One row per version, oldest first: version, status, parent, data, A_KA / A_ZS / GM, budget, deployed.
+    """One row per version, oldest first: version, status, parent, data, budget, deployed, and the metrics:
+    ``a_ka`` / ``gm`` over the version's own updates so far (what its apply measured), ``a_ka_all`` / ``gm_all``
+    over every update dataset of the lineage (the fixed set, ``update_sets``; None while a cell is missing, listed
+    in ``missing``: ``fif update eval`` fills them) and ``a_zs`` over the guard sets.
 
     Raises:
         FileNotFoundError: not a lineage folder.
     """
     lin = Lineage.open(root)
+    updates, guard = list(lin.updates()), list(lin.settings["guard"])
     rows = []
     for v in lin.versions:
         m = v.get("metrics") or {}
+        fixed = fixed_set_point(lin.row(v["version"]), updates, guard)
         rows.append({"version": v["version"], "status": v["status"], "parent": v.get("parent"),
                      "deployed": v["version"] == lin.deployed, "data": (v.get("data") or {}).get("source"),
-                     "a_ka": m.get("a_ka"), "a_zs": m.get("a_zs"), "gm": m.get("gm"),
+                     "a_ka_all": fixed["a_ka"], "a_ka": m.get("a_ka"), "a_zs": m.get("a_zs", fixed["a_zs"]),
+                     "gm_all": fixed["gm"], "gm": m.get("gm"), "update_sets": updates, "missing": fixed["missing"],
                      "steps": (v.get("budget") or {}).get("steps"),
                      "spent_mafs": (v.get("budget") or {}).get("spent_mafs"), "created": v.get("created")})
     return rows
 
 
 def show(root: str | Path, version: str | None = None) -> dict[str, Any]:
-    """Everything recorded about ``version`` (default: the deployed one), with ``deployed`` and ``chain``.
+    """Everything recorded about ``version`` (default: the deployed one), with ``deployed``, ``chain``, its row of
+    the score table (``table``: dataset -> percent) and the fixed-set point (``fixed``: a_ka, a_zs, gm, missing).
 
     Raises:
         LineageError: no such version.
     """
     lin = Lineage.open(root)
     name = version or lin.deployed
-    return {**lin.version(name), "deployed": name == lin.deployed, "chain": lin.chain(name)}
+    row = lin.row(name)
+    return {**lin.version(name), "deployed": name == lin.deployed, "chain": lin.chain(name),
+            "table": {d: row[d] for d in lin.roles() if d in row},
+            "fixed": fixed_set_point(row, list(lin.updates()), list(lin.settings["guard"]))}
 
 
 def diff(root: str | Path, a: str, b: str) -> list[dict[str, Any]]:
-    """Per-dataset scores of versions ``a`` and ``b`` (percent) and ``b - a``; None where one was not evaluated.
+    """Per-dataset scores of versions ``a`` and ``b`` (percent, their rows of the score table) and ``b - a``;
+    None where one was not scored.
 
     Raises:
-        LineageError: no such version, or one without metrics.
+        LineageError: no such version, or one with no score yet.
     """
     lin = Lineage.open(root)
-    sa, sb = (_scores(lin.version(v)) for v in (a, b))
+    sa, sb = (_scores(lin, v) for v in (a, b))
+    roles = lin.roles()
+    for v in (a, b):
+        roles.update({n: r for n, r in ((lin.version(v).get("metrics") or {}).get("roles") or {}).items()
+                      if n not in roles})
     rows = []
-    for name in dict.fromkeys([*sa, *sb]):
+    for name in dict.fromkeys([*[n for n in roles if n in sa or n in sb], *sa, *sb]):
         x, y = sa.get(name), sb.get(name)
-        role = (lin.version(b).get("metrics") or {}).get("roles", {}).get(name) or \
-            (lin.version(a).get("metrics") or {}).get("roles", {}).get(name)
-        rows.append({"dataset": name, "role": role, a: x, b: y,
+        rows.append({"dataset": name, "role": roles.get(name), a: x, b: y,
                      "delta": None if x is None or y is None else round(y - x, 4)})
     return rows
 
 
-def _scores(record: dict[str, Any]) -> dict[str, float]:
-    m = record.get("metrics")
-    if not m or "scores" not in m:
-        raise LineageError(f"version {record['version']} has no metrics yet (the base model is measured by the "
-                           "first update)")
-    return m["scores"]
+def _scores(lin: Lineage, name: str) -> dict[str, float]:
+    row = lin.row(name)
+    if not row:
+        raise LineageError(f"version {name} has no scores yet (the base model is measured by the first update, or "
+                           f"by fif update eval {lin.root})")
+    return row
 
 
 def rollback(root: str | Path, to: str | None = None, reason: str = "") -> str:

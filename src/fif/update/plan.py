@@ -23,27 +23,37 @@ from fif.update.lineage import BASE, RECIPE, Lineage
 SETTINGS = {
     "ft_steps": "budget of one update in full fine-tuning steps (default: the recipe's budget.ft_steps / stream.tasks)",
     "max_zs_drop": "retention gate: the largest A_ZS drop (points) vs the deployed version that still releases",
+    "max_dataset_drop": "retention gate: the largest drop (points) of any one guard set vs the deployed version "
+                        "that still releases (null: off)",
     "guard": "the held-out datasets the gate watches (default: the recipe benchmark's eval-only datasets)",
     "pool": "the pretraining pool replayed in every update (default: the recipe benchmark's)",
     "horizon": "updates the meta schedule is planned for (default: the recipe's stream.tasks)",
     "major_zs_drop": "plan: recommend a major update once A_ZS has fallen this many points below the base",
     "max_held": "plan: recommend a major update after this many candidates in a row were held",
+    "backfill": "after each apply, score the existing versions on its new dataset (true | false; fif update eval "
+                "fills the cells later)",
 }
 
 
-def retention_gate(before: Mapping[str, Any], after: Mapping[str, Any], max_zs_drop: float, against: str
-                   ) -> dict[str, Any]:
+def retention_gate(before: Mapping[str, Any], after: Mapping[str, Any], max_zs_drop: float, against: str,
+                   max_dataset_drop: float | None = None) -> dict[str, Any]:
     """Whether a candidate keeps the guard sets' zero-shot accuracy (A_ZS, their mean) within ``max_zs_drop``
-    points of the version it would replace, and what regressed.
+    points of the version it would replace, and (with ``max_dataset_drop``) every guard set within
+    ``max_dataset_drop`` points of its own score; and what regressed.
 
     Args:
         before / after: the two versions' metrics (``scores`` in percent and ``roles`` per dataset).
         max_zs_drop: the largest allowed drop of A_ZS, in points.
         against: the name of the version compared with.
+        max_dataset_drop: the largest allowed drop of any one guard set, in points (None: not checked).
 
     Returns:
-        ``{"passed", "against", "a_zs_before", "a_zs_after", "zs_drop", "max_zs_drop", "regressions": [{dataset,
-        before, after, delta}, ...] (worst first), "summary"}``.
+        ``{"passed", "against", "a_zs_before", "a_zs_after", "zs_drop", "max_zs_drop", "max_dataset_drop",
+        "regressions": [{dataset, before, after, delta}, ...] (worst first), "dataset_failures": [{dataset, before,
+        after, delta}, ...] (the guard sets past ``max_dataset_drop``, worst first), "summary"}``.
+
+    Raises:
+        ValueError: no guard set was scored on both versions.
     """
     guard = [n for n, r in after["roles"].items() if r == "eval_only" and n in before.get("scores", {})]
     if not guard:
@@ -57,11 +67,16 @@ def retention_gate(before: Mapping[str, Any], after: Mapping[str, Any], max_zs_d
          if after["scores"][g] < before["scores"][g]),
         key=lambda r: r["delta"],
     )
-    passed = drop <= max_zs_drop
+    failures = [] if max_dataset_drop is None else [r for r in regressions if -r["delta"] > max_dataset_drop]
+    passed = drop <= max_zs_drop and not failures
     summary = (f"A_ZS {b:.2f} -> {a:.2f} ({a - b:+.2f} points vs {against}; the gate allows a drop of "
                f"{max_zs_drop:g})")
+    if failures:
+        summary += (f"; {len(failures)} guard set(s) dropped more than the {max_dataset_drop:g} points allowed per "
+                    "set: " + ", ".join(f"{r['dataset']} {r['delta']:+.2f}" for r in failures))
     return {"passed": passed, "against": against, "a_zs_before": round(b, 4), "a_zs_after": round(a, 4),
-            "zs_drop": round(drop, 4), "max_zs_drop": max_zs_drop, "regressions": regressions, "summary": summary}
+            "zs_drop": round(drop, 4), "max_zs_drop": max_zs_drop, "max_dataset_drop": max_dataset_drop,
+            "regressions": regressions, "dataset_failures": failures, "summary": summary}
 
 
 def peak_fraction(update_index: int) -> float:

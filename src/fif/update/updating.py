@@ -51,6 +51,7 @@ from fif.update.lineage import (
     STATE_DIR,
     Lineage,
     LineageError,
+    benchmark_doc,
     lock,
     now,
     rewrite_version,
@@ -58,6 +59,7 @@ from fif.update.lineage import (
     write_version,
 )
 from fif.update.plan import retention_gate
+from fif.update.scores import backfill
 from fif.update.sources import LineageDataError, UpdateData, resolve_source, verify
 
 APPLY_FILE = "apply.json"
@@ -79,6 +81,7 @@ class ApplyResult:
     gate: dict[str, Any]
     folder: Path
     resumed: bool = False
+    backfilled: dict[str, dict[str, float]] = field(default_factory=dict)  # version -> dataset -> score
 
 
 @dataclass
@@ -101,6 +104,7 @@ class UpdatePlan:
     buffer: list[str]
     expected_seconds: float | None
     notes: list[str] = field(default_factory=list)
+    concepts: list[str] = field(default_factory=list)  # the classes of the data it keeps (empty: all)
 
 
 def apply(
@@ -112,6 +116,7 @@ def apply(
     restart: bool = False,
     on_event: Callable[[dict], None] | None = None,
     progress: bool = False,
+    concepts: list[str] | None = None,
 ) -> ApplyResult | UpdatePlan:
     """Train one update of the lineage on ``data`` and release it if the retention gate passes.
 
@@ -123,6 +128,7 @@ def apply(
         dry_run: only plan (:class:`UpdatePlan`): steps, mixture counts, expected time.
         restart: discard an interrupted apply of other data instead of refusing.
         on_event / progress: as for :func:`fif.runner.stream.run`.
+        concepts: train on only these classes of ``data`` (a new concept set out of a larger folder).
 
     Returns:
         The :class:`ApplyResult` (or the :class:`UpdatePlan` for ``dry_run``).
@@ -130,26 +136,20 @@ def apply(
     Raises:
         LineageBusyError: another process writes in the lineage.
         LineageDataError: an earlier update's data is missing or changed (naming the version and file), or
-            ``data`` cannot be read; nothing is trained or released.
+            ``data`` cannot be read, or ``concepts`` are not classes of it; nothing is trained or released.
         LineageError: an interrupted apply of other data is in the way (and not ``restart``), or a bad override.
         RunInterrupted: SIGINT/SIGTERM; run the same command again to continue.
     """
     root = Path(root)
     if dry_run:
-        return plan_update(root, data, budget, overrides)
+        return plan_update(root, data, budget, overrides, concepts)
     with lock(root):
         lin = Lineage.open(root)
-        request, update, cfg = prepare(lin, data, budget, overrides)
+        request, update, cfg = prepare(lin, data, budget, overrides, concepts)
         work = root / APPLY_DIR
         saved = work / APPLY_FILE
-        if saved.is_file() and lin.deployed == json.loads(saved.read_text())["version"]:
-            # killed after the release, before the apply folder was removed: the apply is done
-            old = json.loads(saved.read_text())
-            shutil.rmtree(work)
-            same_data = all(old["data"][k] == request["data"][k] for k in ("source", "digest"))
-            if same_data and all(old[k] == request[k] for k in ("ft_steps", "overrides")):
-                record = lin.version(old["version"])
-                return ApplyResult(old["version"], True, record["metrics"], record["gate"], lin.folder(old["version"]), True)
+        if (done := _released_before(lin, work, request, on_event)) is not None:
+            return done
         if saved.is_file():
             old = json.loads(saved.read_text())
             if any(old.get(k) != request[k] for k in SAME_APPLY):
@@ -167,18 +167,39 @@ def apply(
         if not resumed:
             start(lin, work, request, cfg, update)
         summary = train(lin, work, request, on_event, progress)
-        return release(lin, work, request, update, summary, resumed)
+        return release(lin, work, request, update, summary, resumed, on_event)
 
 
-def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] | None
-            ) -> tuple[dict[str, Any], UpdateData, Config]:
+def _released_before(lin: Lineage, work: Path, request: dict[str, Any], on_event) -> ApplyResult | None:
+    """An apply killed after its release, before the apply folder was removed, is done: the folder goes, and if
+    ``request`` is that apply, its result (the backfill finished first: it may have died in it)."""
+    saved = work / APPLY_FILE
+    if not saved.is_file() or lin.deployed != (old := json.loads(saved.read_text()))["version"]:
+        return None
+    shutil.rmtree(work)
+    same_data = all(old["data"][k] == request["data"][k] for k in ("source", "digest"))
+    if not (same_data and all(old[k] == request[k] for k in ("ft_steps", "overrides"))):
+        return None
+    record = lin.version(old["version"])
+    filled = _backfill(Lineage.open(lin.root), old["version"], on_event)
+    return ApplyResult(old["version"], True, record["metrics"], record["gate"], lin.folder(old["version"]), True, filled)
+
+
+def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] | None,
+            concepts: list[str] | None = None) -> tuple[dict[str, Any], UpdateData, Config]:
     """Check the lineage's data, resolve the new data and build the update's run config."""
     recipe = load_config(None, [], base=read_yaml(lin.root / RECIPE))
     parent = lin.deployed
     chain = lin.chain_data(parent)
     for version, old in chain:  # the buffer: every earlier update's data, as it was
         verify(old, version)
-    update = resolve_source(data, {d.name for _, d in chain}, lin.info["benchmark"], dict(recipe.data.options))
+    taken = {d.name for _, d in chain}
+    update = resolve_source(data, taken, lin.info["benchmark"], dict(recipe.data.options), concepts)
+    # a name other data holds elsewhere in the lineage (another branch) is taken too: the score table's columns
+    # are the lineage's update datasets by name
+    other = {n for n, (_, d) in lin.updates().items() if d.digest != update.digest}
+    if update.name in other:
+        update = resolve_source(data, taken | other, lin.info["benchmark"], dict(recipe.data.options), concepts)
     for text in overrides or []:
         key = ".".join(parse_override(text)[0])
         if _matches(key, FIXED_PER_UPDATE):
@@ -187,7 +208,8 @@ def prepare(lin: Lineage, data: str, budget: float | None, overrides: list[str] 
     ft_steps = float(budget) if budget is not None else lin.settings["ft_steps"]
     request = {
         "version": lin.next_name(), "parent": parent, "started": now(), "ft_steps": ft_steps,
-        "overrides": list(overrides or []), "data": {"source": update.source, "name": update.name, "digest": update.digest},
+        "overrides": list(overrides or []), "data": {"source": update.source, "name": update.name, "digest": update.digest,
+                                               **({"concepts": update.concepts} if update.concepts else {})},
     }
     budgets = [lin.version(v)["budget"]["ft_steps"] for v, _ in chain] + [ft_steps]
     return request, update, run_config(lin, recipe, [d for _, d in chain] + [update], budgets, request["overrides"])
@@ -207,23 +229,6 @@ def run_config(lin: Lineage, recipe: Config, updates: list[UpdateData], budgets:
     raw["run"]["out"] = None
     raw["model"]["pretrained"] = str((lin.folder(BASE) / MODEL_FILE).resolve())
     return load_config(None, overrides, base=raw)
-
-
-def benchmark_doc(lin: Lineage, updates: list[dict[str, Any]]) -> dict[str, Any]:
-    """The lineage benchmark's YAML: the guard sets (eval_only) and the pool from the recipe's benchmark, then
-    one adaptation dataset per update."""
-    s, bench = lin.settings, lin.info["benchmark"]
-    options = {"options": lin.info.get("benchmark_options") or {}}
-    inner = get_benchmark(bench, **options["options"])
-    entries = []
-    for name in s["guard"]:
-        spec = inner.spec(name)
-        entries.append({"name": name, "source": "benchmark", "location": f"{bench}:{name}", "role": "eval_only",
-                        "kind": spec.kind, "primer": spec.primer, "templates": list(spec.templates), "options": options})
-    if s.get("pool"):
-        entries.append({"name": s["pool"], "source": "benchmark", "location": f"{bench}:{s['pool']}",
-                        "role": "pretraining", "kind": "retrieval", "options": options})
-    return {"name": lin.root.name, **({"pool": s["pool"]} if s.get("pool") else {}), "datasets": entries + updates}
 
 
 def start(lin: Lineage, work: Path, request: dict[str, Any], cfg: Config, update: UpdateData) -> None:
@@ -285,8 +290,9 @@ def train(lin: Lineage, work: Path, request: dict[str, Any], on_event, progress:
 
 
 def release(lin: Lineage, work: Path, request: dict[str, Any], update: UpdateData, summary: dict[str, Any],
-            resumed: bool) -> ApplyResult:
-    """Gate the candidate, write its version folder (atomically) and move the pointer if it passed."""
+            resumed: bool, on_event: Callable[[dict], None] | None = None) -> ApplyResult:
+    """Gate the candidate, write its version folder (atomically), move the pointer if it passed, and score the
+    other versions on its data (the backfill, unless ``update.backfill=false``)."""
     run_dir, name = work / RUN_DIR, request["version"]
     events = list(read_events(run_dir / EVENTS_FILE))
     evals = [e for e in events if e.get("event") == "eval"]
@@ -295,7 +301,8 @@ def release(lin: Lineage, work: Path, request: dict[str, Any], update: UpdateDat
     if parent["version"] == BASE and not parent.get("metrics"):  # the base is measured by the first update
         rewrite_version(lin, BASE, {**parent, "metrics": version_metrics(evals[0])})
         parent = lin.version(BASE)
-    gate = retention_gate(parent["metrics"], metrics, lin.settings["max_zs_drop"], request["parent"])
+    gate = retention_gate(parent["metrics"], metrics, lin.settings["max_zs_drop"], request["parent"],
+                          lin.settings.get("max_dataset_drop"))  # lineages made before it have no such key
     ckpt, _ = latest_valid(run_dir / CHECKPOINT_DIR)
     if ckpt is None or ckpt.position != Position(len(lin.chain(request["parent"])) + 1):
         raise LineageError(f"{run_dir}: the finished run has no checkpoint at its end; apply again with --restart")
@@ -324,8 +331,15 @@ def release(lin: Lineage, work: Path, request: dict[str, Any], update: UpdateDat
         record = json.loads((lin.folder(name) / "version.json").read_text())
     if record["status"] == "released" and lin.deployed != name:
         set_pointer(lin, name, "apply", f"retention gate passed: {gate['summary']}")
+    filled = _backfill(Lineage.open(lin.root), name, on_event)  # before the apply folder goes: a rerun redoes it
     shutil.rmtree(work)
-    return ApplyResult(name, record["status"] == "released", metrics, gate, lin.folder(name), resumed)
+    return ApplyResult(name, record["status"] == "released", metrics, gate, lin.folder(name), resumed, filled)
+
+
+def _backfill(lin: Lineage, name: str, on_event) -> dict[str, dict[str, float]]:
+    """The score table's new cells after ``name`` was made (:func:`fif.update.scores.backfill`), if the lineage
+    backfills (``update.backfill``; lineages made before the setting do)."""
+    return backfill(lin, name, on_event) if lin.settings.get("backfill", True) else {}
 
 
 def version_metrics(event: dict[str, Any]) -> dict[str, Any]:
@@ -334,10 +348,11 @@ def version_metrics(event: dict[str, Any]) -> dict[str, Any]:
     return {**point, "scores": dict(event["scores"]), "roles": dict(event["roles"]), "full": event.get("full", False)}
 
 
-def plan_update(root: Path, data: str, budget: float | None, overrides: list[str] | None) -> UpdatePlan:
+def plan_update(root: Path, data: str, budget: float | None, overrides: list[str] | None,
+                concepts: list[str] | None = None) -> UpdatePlan:
     """The ``--dry-run`` plan of an apply: steps from the budget, mixture counts per source, expected time."""
     lin = Lineage.open(root)
-    request, update, cfg = prepare(lin, data, budget, overrides)
+    request, update, cfg = prepare(lin, data, budget, overrides, concepts)
     chain = lin.chain_data(request["parent"])
     notes = []
     if chain:
@@ -360,7 +375,7 @@ def plan_update(root: Path, data: str, budget: float | None, overrides: list[str
     return UpdatePlan(
         request["version"], request["parent"], len(chain) + 1, update.source, update.name, request["ft_steps"],
         budget_mafs, per_step, steps, cfg.train.batch_size, per_batch, {k: v * steps for k, v in per_batch.items()},
-        sizes, [d.name for _, d in chain], None if seconds is None else seconds * steps, notes,
+        sizes, [d.name for _, d in chain], None if seconds is None else seconds * steps, notes, update.concepts,
     )
 
 

@@ -1,5 +1,5 @@
 """Pieces every file-backed source shares: the error type, image decoding and transforms, a split of
-image files, class-name files, and ``{split}`` locations.
+image files, class-name files, ``{split}`` locations, and a split restricted to some of its classes.
 
 Sources never unpickle anything: pickles (and torch files, which are pickles) are refused by name
 before they are opened, and numpy files are read with ``allow_pickle=False``.
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from fif.data.sources.fif_layout import decode_failure, random_resized_crop, resize_center_crop
-from fif.data.specs import BadSampleError, DatasetSpec
+from fif.data.specs import BadSampleError, DatasetSpec, InMemorySplit, SplitData
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -186,3 +186,64 @@ class ImageFileSplit:
 def class_captions(spec: DatasetSpec, target: int) -> list[str]:
     """The default caption of a classification sample without its own: the primer with its class."""
     return [spec.primer.format(spec.classnames[target])]
+
+
+@dataclass
+class ClassSubsetSplit:
+    """The samples of some classes of a split (a benchmark YAML's ``classes:``), targets renumbered to the
+    subset's class order. Reads go through the wrapped split; an unreadable sample is reported by its index
+    here, so the benchmark's guard (:mod:`fif.data.bad_samples`) replaces it within the subset.
+
+    Attributes:
+        spec: the subset's spec (its classnames are the kept classes).
+        split: split name.
+        inner: the whole split.
+        keep: the kept samples' indices in ``inner``, ascending.
+        targets: class id per kept sample, in ``spec.classnames``.
+    """
+
+    spec: DatasetSpec
+    split: str
+    inner: SplitData
+    keep: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def captions(self, index: int) -> Sequence[str]:
+        return self.inner.captions(int(self.keep[index]))
+
+    def images(self, indices: np.ndarray, size: int, train: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """The wrapped split's images of samples ``indices`` (of the subset).
+
+        Raises:
+            BadSampleError: as the wrapped split raises it, with the subset's index of the sample.
+        """
+        try:
+            return self.inner.images(self.keep[np.asarray(indices, dtype=np.int64)], size, train, generator)
+        except BadSampleError as e:
+            e.index = int(np.searchsorted(self.keep, e.index))
+            raise
+
+
+def class_subset(data: SplitData, spec: DatasetSpec) -> SplitData:
+    """The samples of ``data`` (a classification split of all its classes) whose class is in ``spec.classnames``,
+    with targets renumbered to that order. In-memory splits stay in memory (a new :class:`InMemorySplit`).
+
+    Raises:
+        SourceError: a class of ``spec`` that ``data`` does not have.
+    """
+    full = list(data.spec.classnames)
+    missing = [c for c in spec.classnames if c not in full]
+    if missing:
+        raise SourceError(f"dataset {spec.name!r}: class {missing[0]!r} is not one of its {len(full)} classes")
+    new_id = np.full(len(full) + 1, -1, dtype=np.int64)  # old id -> new id; the extra slot maps target -1
+    new_id[[full.index(c) for c in spec.classnames]] = np.arange(len(spec.classnames))
+    keep = np.flatnonzero(new_id[np.asarray(data.targets, dtype=np.int64)] >= 0)
+    targets = new_id[np.asarray(data.targets, dtype=np.int64)[keep]]
+    if isinstance(data, InMemorySplit):
+        return InMemorySplit(spec, data.split, data.pixels[torch.as_tensor(keep)], [data.texts[i] for i in keep],
+                             targets)
+    return ClassSubsetSplit(spec, data.split, data, keep, targets)
