@@ -35,6 +35,19 @@ def test_run_prints_a_row_per_evaluation_and_where_results_went(tmp_path, capsys
     assert f"results: {out}" in text and "summary.json" in text
 
 
+def test_the_run_line_names_merge_axes_set_by_hand_without_a_preset():
+    from io import StringIO
+
+    from fif.cli.run import TablePrinter
+
+    out = StringIO()
+    event = {"event": "run_start", "tasks": 6, "method": "finetune", "step_gflops": 1.0, "mafs_per_step": 1e9,
+             "budget_total_mafs": 1e12, "device": "cpu", "precision": "fp32",
+             "merge": {"preset": "none", "init": "ema", "deploy": "last"}}
+    TablePrinter(out)(event)
+    assert "6 tasks, method finetune + merge (init ema, deploy last)" in out.getvalue()
+
+
 def test_print_config_is_the_resolved_yaml_and_runs_nothing(tmp_path, capsys):
     assert main(["run", "--print-config", "--preset", "mini", "--out", str(tmp_path / "x"), "train.lr=1e-3"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)

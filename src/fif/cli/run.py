@@ -54,7 +54,8 @@ class TablePrinter:
             print(f"base model {event['status']}: {event['path']}", file=self.out)
         elif kind == "run_start":
             merge = event.get("merge") or {}
-            merging = (f" + {merge.get('preset') or 'merge'} (init {merge['init']}, deploy {merge['deploy']})"
+            name = merge.get("preset") if merge.get("preset") not in (None, "none") else "merge"  # axes set by hand
+            merging = (f" + {name} (init {merge['init']}, deploy {merge['deploy']})"
                        if merge and (merge.get("init"), merge.get("deploy")) != ("last", "last") else "")
             print(
                 f"{event['tasks']} tasks, method {event['method']}{merging}, {event['step_gflops']:.2f} GFLOPs/step, "
