@@ -4,7 +4,10 @@ of update datasets, and a 3-task `fif run` of v1.3's config deploying the same b
 
 A candidate the gate holds is promoted by hand (`fif update promote`), as an operator would after reading its
 report, so that the chain v1.1-v1.3 exists. The issue asks for A_KA rising with every update: measured, it rises
-with the first and then stays flat (below); that check is kept as a strict expected failure.
+with the first and then stays flat under the paper's guidance recipe (FT + EMA merge + autoregressive cosine;
+kept as a strict expected failure), and with every update under plain fine-tuning with a per-task cosine (the
+control: the studies measured that on mini the merge and the meta schedule only slow accumulation,
+docs/findings.md).
 """
 
 from __future__ import annotations
@@ -20,16 +23,19 @@ from fif.data.show import materialize
 DATASETS = ("mini_digits", "mini_letters", "mini_novel_shapes")
 
 
-@pytest.fixture(scope="module")
-def lineage(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mini")
+def three_updates(root, overrides: list[str]):
     materialize(get_benchmark("mini"), root / "mat", list(DATASETS), ["train", "test"])
-    update.init(root / "acme", recipe="mini", pretrained="mini-base", overrides=["update.max_zs_drop=3"])
+    update.init(root / "acme", recipe="mini", pretrained="mini-base", overrides=["update.max_zs_drop=3", *overrides])
     for name in DATASETS:
         result = update.apply(root / "acme", str(root / "mat" / name))
         if not result.released:
             update.promote(root / "acme", result.version, reason=f"accepted: {result.gate['summary']}")
     return root
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory):
+    return three_updates(tmp_path_factory.mktemp("mini"), [])
 
 
 def fixed_a_ka(lineage) -> list[float]:
@@ -52,6 +58,14 @@ def test_every_mini_update_knows_more_than_the_base_on_the_fixed_set(lineage):
 @pytest.mark.xfail(strict=True, reason="not reproduced on mini v3: A_KA on the fixed set 18.01 < 23.35 = 23.35 > 23.11")
 def test_a_ka_on_the_fixed_set_rises_with_every_mini_update(lineage):
     a_ka = fixed_a_ka(lineage)
+    assert a_ka[0] < a_ka[1] < a_ka[2] < a_ka[3]
+
+
+# The control, measured once (seed 0, mini v3, 2026-12-05): plain fine-tuning, per-task cosine, no merge:
+# 18.01 / 25.37 / 27.78 / 42.90 for v1.0-v1.3.
+@pytest.mark.slow
+def test_a_ka_on_the_fixed_set_rises_with_every_plain_fine_tuning_update(tmp_path):
+    a_ka = fixed_a_ka(three_updates(tmp_path, ["merge.preset=none", "train.schedule=cosine"]))
     assert a_ka[0] < a_ka[1] < a_ka[2] < a_ka[3]
 
 
