@@ -138,3 +138,26 @@ def test_each_tiny_architecture_has_its_own_cached_base(tmp_path):
     paths = {base_model_path(tmp_path, recipe_for(arch), OPTIONS) for arch in RECIPES}
     assert len(paths) == len(RECIPES)
     assert all(base_model_path(tmp_path, recipe_for(arch), OPTIONS).name.startswith(f"{arch}-") for arch in RECIPES)
+
+
+def test_the_cache_key_sees_a_change_in_how_batches_are_drawn(monkeypatch):
+    """A code change that draws other pretraining batches (same data, same recipe, same fif version) must
+    not reuse a base built by the old code: the key hashes the first step as the code makes it."""
+    import fif.train.pretrain as P
+
+    before = TINY.key(OPTIONS)
+    real = P.MixtureSampler
+    monkeypatch.setattr(P, "MixtureSampler", lambda counts, update, seed, task: real(counts, update=update,
+                                                                                      seed=seed + 1, task=task))
+    assert TINY.key(OPTIONS) != before
+    monkeypatch.setattr(P, "MixtureSampler", real)
+    assert TINY.key(OPTIONS) == before
+
+
+def test_the_cache_key_sees_the_initial_weights_and_leaves_the_global_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    key = TINY.key(OPTIONS)
+    assert torch.equal(torch.rand(4), expected)  # computing the key drew nothing from the global generator
+    assert dataclasses.replace(TINY, seed=1).key(OPTIONS) != key  # another seed: other initial weights and batches

@@ -42,7 +42,7 @@ from fif.methods.base import (
     optimizer_state_bytes_of,
 )
 from fif.model.checkpointing import enable_grad_checkpointing
-from fif.model.clip import Clip, build_clip
+from fif.model.clip import Clip, build_clip, quiet_open_clip
 
 log = logging.getLogger(__name__)
 
@@ -455,14 +455,5 @@ def meta_clip(arch: str) -> Clip:
     well under a second even for large models; enough for :func:`measure_step_cost`.
     """
 
-    class _NoWeightsWarning(logging.Filter):  # open_clip warns "No pretrained weights loaded" on the root logger
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "No pretrained weights" not in record.getMessage()
-
-    root, quiet = logging.getLogger(), _NoWeightsWarning()
-    root.addFilter(quiet)
-    try:
-        with torch.device("meta"):
-            return build_clip(arch, device="meta")
-    finally:
-        root.removeFilter(quiet)
+    with quiet_open_clip(), torch.device("meta"):
+        return build_clip(arch, device="meta")

@@ -275,7 +275,7 @@ def fitting_archs(shapes: dict[str, tuple[int, ...]]) -> list[str]:
         want = custom if cfg.get("custom_text") else shapes
         if probe is None or probe[0] != kind or any(want.get(k) != v for k, v in probe[1].items()):
             continue
-        with _quiet_open_clip(), torch.device("meta"):
+        with quiet_open_clip(), torch.device("meta"):
             model = open_clip.create_model(arch, device="meta")
         if {k: tuple(v.shape) for k, v in model.state_dict().items()} == want:
             fits.append(arch)
@@ -307,14 +307,15 @@ def infer_arch(path: str | Path, prefer: str | None = None) -> str:
     )
 
 
-class _quiet_open_clip(logging.Filter):
-    """Context manager: drop the root-logger warnings open_clip logs while candidate models are built
-    ("No pretrained weights loaded ...", once per candidate)."""
+class quiet_open_clip(logging.Filter):
+    """Context manager: drop the root-logger warnings open_clip logs while models are built that are meant to
+    have random weights ("No pretrained weights loaded ...": candidate models, shape-only and fingerprint
+    builds)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "open_clip" not in record.pathname
 
-    def __enter__(self) -> "_quiet_open_clip":
+    def __enter__(self) -> "quiet_open_clip":
         logging.getLogger().addFilter(self)
         return self
 

@@ -2,7 +2,8 @@
 
 The mini benchmark has no downloadable CLIP, so ``fif pretrain`` (and ``fif run`` on first use) trains
 the tiny architecture on the mini pretraining pool with the CLIP loss and caches the result, keyed by
-everything that determines it (architecture, recipe, benchmark options, world version, fif version).
+everything that determines it (architecture, recipe, benchmark options, world version, the first step as the
+code makes it, fif version).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from safetensors.torch import save
 
@@ -24,8 +26,15 @@ from fif.core.version import __version__
 from fif.data import mini
 from fif.data.mixture import MixedBatches, MixtureCounts, MixtureSampler, Pool
 from fif.data.registry import Benchmark, get_benchmark
+from fif.data.specs import SplitData
 from fif.methods.finetune import Finetune
-from fif.model.clip import COMPACT_VOCABULARY, build_clip, register_fif_models, uses_compact_vocabulary
+from fif.model.clip import (
+    COMPACT_VOCABULARY,
+    build_clip,
+    quiet_open_clip,
+    register_fif_models,
+    uses_compact_vocabulary,
+)
 from fif.model.vocab import read_vocabulary
 from fif.train.loop import TrainingDivergedError, train_task
 from fif.train.schedules import ScheduleSpec, task_curve
@@ -56,7 +65,8 @@ class PretrainSpec:
 
         world: dict = {}
         if self.benchmark == "mini":
-            world = {"version": mini.WORLD_VERSION, "fingerprint": mini.world_fingerprint(**benchmark_options)}
+            world = {"version": mini.WORLD_VERSION, "fingerprint": mini.world_fingerprint(**benchmark_options),
+                     "first_step": first_step_fingerprint(self, mini.pool_sample(**benchmark_options))}
         payload = json.dumps({"spec": asdict(self), "arch": architecture_config(self.arch), "options": benchmark_options,
                               "world": world, "fif": __version__}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -91,6 +101,28 @@ def architecture_config(arch: str) -> dict | None:
     return config
 
 
+def first_step_fingerprint(spec: PretrainSpec, pool_data: SplitData) -> str:
+    """A hash of what the recipe's first step starts from, as this fif's code makes it: the seeded initial
+    weights of ``spec.arch`` and a first batch (pixels and token ids) drawn from ``pool_data`` the way
+    :func:`pretrain` draws its batches. Part of the cache key, so that a code change which alters the
+    initialisation, the batch draw, the augmentation or the tokenizer within one fif version builds a new
+    base instead of reusing a stale one (the data itself is keyed by the world fingerprint). The global
+    RNG is left as it was.
+    """
+    digest = hashlib.sha256()
+    with torch.random.fork_rng(devices=[]), quiet_open_clip():
+        torch.manual_seed(spec.seed)
+        clip = build_clip(spec.arch, pretrained=None, device=torch.device("cpu"))
+    for name, tensor in clip.model.state_dict().items():
+        digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+    pool = Pool([(pool_data, np.arange(len(pool_data)))])
+    sampler = MixtureSampler(MixtureCounts(0, min(spec.batch_size, len(pool_data)), 0), update=pool, seed=spec.seed,
+                             task=0)
+    batch = MixedBatches(sampler, clip.tokenize, clip.normalize, clip.image_size, 1)[0]
+    digest.update(batch.images.numpy().tobytes() + batch.tokens.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def pretrain(
     spec: PretrainSpec,
     benchmark: Benchmark,
@@ -109,7 +141,8 @@ def pretrain(
     if not benchmark.pretraining_pool:
         raise ValueError(f"benchmark {benchmark.name!r} has no pretraining pool to build a base model from")
     torch.manual_seed(spec.seed)
-    clip = build_clip(spec.arch, pretrained=None, device=device)
+    with quiet_open_clip():  # random init is the point here: open_clip's "no pretrained weights" is noise
+        clip = build_clip(spec.arch, pretrained=None, device=device)
     method = Finetune(clip, None)
     pool_data = benchmark.load(benchmark.pretraining_pool, "train")
     pool = Pool([(pool_data, torch.arange(len(pool_data)).numpy())])

@@ -189,16 +189,21 @@ def build_mini(
     )
 
 
+def pool_sample(**options) -> InMemorySplit:
+    """A small sample of the pretraining pool under ``options`` (the ``mini`` benchmark options): 256 images
+    with the same seed, image size and caption options, whatever the options' split sizes."""
+    options = {k: v for k, v in options.items() if k not in {f.name for f in fields(MiniSizes)}}
+    return build_mini(**options, pool_size=256).load(POOL_NAME, "train")
+
+
 def world_fingerprint(**options) -> str:
     """A hash of the pretraining pool's generator under ``options`` (the ``mini`` benchmark options).
 
-    It draws a small pool sample (256 images, same seed, size and caption options) and hashes its pixels
-    and captions, so any change to rendering or captions changes it. Cached base models are keyed by it.
+    It hashes the pixels and captions of :func:`pool_sample`, so any change to rendering or captions
+    changes it. Cached base models are keyed by it.
     """
 
-    options = {k: v for k, v in options.items() if k not in {f.name for f in fields(MiniSizes)}}
-    bench = build_mini(**options, pool_size=256)
-    pool = bench.load(POOL_NAME, "train")
+    pool = pool_sample(**options)
     digest = hashlib.sha256(pool.pixels.numpy().tobytes())
     for caps in pool.texts:
         digest.update("\x1f".join(caps).encode() + b"\x1e")
