@@ -60,6 +60,12 @@ def test_a_lineage_through_the_cli(lineage, capsys):
     assert "nothing to roll back to" in capsys.readouterr().err
     assert main(["update", "promote", acme, "v1.1", "--reason", "x"]) == 2
     assert "not a held candidate" in capsys.readouterr().err
+    # an update from v1.0 (rolled back to): the apply scores the other versions on its data, and itself on the
+    # data of the other branch (v1.1's), and says so
+    assert main(["update", "apply", acme, "--data", str(mat / "mini_letters"), "--no-progress"]) in (0, 3)
+    filled = [line.split() for line in capsys.readouterr().out.splitlines() if "score table:" in line]
+    assert [(f[2], f[4]) for f in filled] == [("v1.0", "mini_letters"), ("v1.1", "mini_letters"),
+                                              ("v1.2", "mini_digits")]
 
 
 def test_bad_input_is_one_line(lineage, capsys):

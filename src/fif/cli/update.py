@@ -120,12 +120,20 @@ def main_apply(args: argparse.Namespace) -> int:
     gate = result.gate
     if result.released:
         print(f"released {result.version} (deployed): {gate['summary']}")
+        _print_backfill(result.backfilled)
         return 0
     print(f"held {result.version} (not deployed): {gate['summary']}")
+    _print_backfill(result.backfilled)
     for r in gate["regressions"]:
         print(f"  {r['dataset']:24s} {r['before']:7.2f} -> {r['after']:7.2f}  ({r['delta']:+.2f})")
     print(f"promote it by hand with: fif update promote {args.lineage} {result.version} --reason '...'")
     return 3
+
+
+def _print_backfill(filled: dict[str, dict[str, float]]) -> None:
+    """The score table's cells the apply filled: earlier versions scored on the new data (percent)."""
+    for version, scores in filled.items():
+        print(f"  score table: {version} on " + ", ".join(f"{d} {s:.2f}" for d, s in sorted(scores.items())))
 
 
 def main_log(args: argparse.Namespace) -> int:
