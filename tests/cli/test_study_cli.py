@@ -81,3 +81,12 @@ def test_overrides_may_follow_the_flags(tmp_path, capsys):
     out = tmp_path / "m"
     assert main(["study", "mixtures", "--seeds", "0", "--out", str(out), "stream.tasks=3"]) == 0
     assert "stream.tasks=3" in read_sweep(out).overrides and "4 runs" in capsys.readouterr().out
+
+
+def test_help_names_every_named_study(capsys):
+    from fif.studies.catalog import STUDIES
+
+    with pytest.raises(SystemExit):
+        run(["study", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in STUDIES), [name for name in STUDIES if name not in text]

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "study",
         help="run one of the paper's studies (variants x seeds x lr grid) and report it",
-        description="Expand a named study (methods, merging, schedules, mixtures, orderings, compute, models) or a "
+        description="Expand a named study (methods, merging, schedules, mixtures, orderings, compute, init_deploy, models) or a "
         "study YAML file into runs (variants x tuning grid x seeds, equal budget in MAFs) under --out, a sweep folder "
         "with study.yaml beside it. --run runs them here one after another (finished runs are skipped, started ones "
         "resumed), scores each on a validation signal that is not the test scores, and writes OUT/report/study.html; "

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fif.data.mini import base_world as B
-from fif.data.mini import build_mini
+from fif.data.mini import build_mini, world_fingerprint
 from fif.data.mini import render as R
-from fif.data.mini.factors import BASE_SHAPES, HELD_OUT_COLOURS, POOL_COLOURS
+from fif.data.mini.factors import BASE_SHAPES, HELD_OUT_COLOURS, LOWER_CASE, POOL_COLOURS
 
 SMALL = dict(pool_size=3000, eval_size=120, retrieval_test=60, train_per_class=4, test_per_class=4, retrieval_train=8)
 HELD_OUT = {(BASE_SHAPES[s], R.COLOR_NAMES[c]) for s, row in enumerate(HELD_OUT_COLOURS) for c in row}
@@ -32,14 +32,42 @@ def test_held_out_pairs_leave_every_shape_six_colours_and_every_colour_four_shap
     assert (len(BASE_SHAPES) - shapes_per_colour >= 4).all()  # colour still does not give the shape away
 
 
-def test_pool_never_shows_a_held_out_pair_and_a_share_of_it_is_printed_digits(bench):
+def test_pool_never_shows_a_held_out_pair_and_shares_of_it_are_printed_digits_and_letters(bench):
     pool = bench.load(bench.pretraining_pool, "train")
     objects = _objects(pool.texts)
     pairs = {(shape, colour) for _, colour, shape, _ in objects}
     assert not pairs & HELD_OUT and len(pairs) == 36  # every other pair occurs
-    digits = sum(t[0].startswith("the number") for t in pool.texts) / len(pool)
-    assert len(objects) + round(digits * len(pool)) == len(pool)
-    assert 0.09 < digits < 0.15  # pool_digits = 0.12
+    digits = sum(t[0].startswith("the number") for t in pool.texts)
+    letters = [m.group(1) for t in pool.texts if (m := re.fullmatch(r'the letter "(\w)" in \w+', t[0]))]
+    assert len(objects) + digits + len(letters) == len(pool)
+    assert 0.09 < digits / len(pool) < 0.15  # pool_digits = 0.12
+    assert 0.04 < len(letters) / len(pool) < 0.08  # pool_letters = 0.06
+    assert set(letters) == set(LOWER_CASE)  # every lower-case letter, never a capital (mini_letters' domain)
+
+
+def test_pool_without_letters_is_world_v3s_pool():
+    # The letters' share draws from the same uniform as the digits', so pool_letters=0 gives v3's bytes:
+    # v3's fingerprint, recorded when v4 was made.
+    assert world_fingerprint(pool_letters=0) == "607eebdc98fa0d68"
+    assert world_fingerprint() != "607eebdc98fa0d68"
+
+
+def test_the_tokenizer_reads_a_printed_letter_and_its_capital_alike():
+    # The coarse prior rests on this: 'the letter "a"' (pool) and 'the letter "A"' (mini_letters' prompt).
+    import open_clip
+
+    from fif.model.clip import COMPACT_VOCABULARY, register_fif_models
+    from fif.model.vocab import CompactTokenizer, read_vocabulary
+
+    register_fif_models()
+    tok = CompactTokenizer(open_clip.get_tokenizer("fif-mini-rn32"), read_vocabulary(COMPACT_VOCABULARY), 256)
+    assert tok('the letter "a"').tolist() == tok('the letter "A"').tolist()
+    assert tok('the letter "a"').tolist() != tok('the letter "b"').tolist()
+
+
+def test_pool_letters_and_digits_cannot_exceed_the_pool():
+    with pytest.raises(ValueError, match="pool_digits \\+ pool_letters"):
+        build_mini(pool_digits=0.6, pool_letters=0.5)
 
 
 def test_pool_never_draws_the_cluttered_background(monkeypatch):

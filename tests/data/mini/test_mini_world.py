@@ -91,6 +91,8 @@ def test_pool_captions_name_every_factor_in_the_first_caption(bench):
     for texts in pool.texts[:50]:
         if texts[0].startswith("the number"):  # a printed digit
             assert re.fullmatch(r'the number "\d" in \w+', texts[0]) and len(texts) == 4, texts
+        elif texts[0].startswith("the letter"):  # a printed lower-case letter
+            assert re.fullmatch(r'the letter "[a-z]" in \w+', texts[0]) and len(texts) == 4, texts
         else:
             assert re.fullmatch(r"an? \w+ \w+ \w+ in the [\w ]+", texts[0]), texts[0]
             assert len(texts) == 6  # 4 full-attribute, 1 shape alone, 1 one other attribute

@@ -27,7 +27,7 @@ __all__ = ["MiniSizes", "build_mini", "generate_split", "split_size", "world_fin
 
 # Bump whenever a change alters generated pixels or captions. Cached base models are keyed by it and by
 # world_fingerprint(), which catches a change that forgot the bump.
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 
 SPLITS: tuple[str, ...] = ("train", "test")
 _SPLIT_CODES = {"train": 1, "test": 2}
@@ -128,6 +128,7 @@ def build_mini(
     studio_position: float = 0.1,
     studio_size: float = 0.12,
     pool_digits: float = 0.12,
+    pool_letters: float = 0.06,
     **sizes: int,
 ) -> Benchmark:
     """The mini benchmark: a pretraining pool, 6 evaluation-only and 11 adaptation datasets.
@@ -143,6 +144,8 @@ def build_mini(
         studio_shape, studio_position, studio_size: shares of the pool drawn as studio shots in which
             only colour and that factor vary (see :class:`fif.data.mini.world.Studio`).
         pool_digits: share of the pool that shows printed digits (the coarse version of ``mini_digits``).
+        pool_letters: share of the pool that shows printed lower-case letters (the coarse version of
+            ``mini_letters``' capitals; 0 gives world v3's pool).
         **sizes: fields of :class:`MiniSizes` (``pool_size``, ``train_per_class``, ...).
 
     Returns:
@@ -156,7 +159,7 @@ def build_mini(
     if unknown:
 
         raise ValueError(unknown_name_message("mini benchmark option (data.options)", unknown[0],
-                                              ["image_size", "seed", "letters", "full_captions", "pair_captions", "shape_captions", "single_captions", "studio_shape", "studio_position", "studio_size", "pool_digits", *valid]))
+                                              ["image_size", "seed", "letters", "full_captions", "pair_captions", "shape_captions", "single_captions", "studio_shape", "studio_position", "studio_size", "pool_digits", "pool_letters", *valid]))
     if not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"mini benchmark option image_size={image_size!r} must be an integer >= 16")
     counts = {"full_captions": full_captions, "pair_captions": pair_captions, "shape_captions": shape_captions,
@@ -166,15 +169,17 @@ def build_mini(
             raise ValueError(f"mini benchmark option {key}={value!r} must be an integer >= {1 if key == 'full_captions' else 0}")
     split_sizes = MiniSizes(**sizes)
     shares = {"studio_shape": studio_shape, "studio_position": studio_position, "studio_size": studio_size}
-    for key, value in {**shares, "pool_digits": pool_digits}.items():
+    for key, value in {**shares, "pool_digits": pool_digits, "pool_letters": pool_letters}.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
             raise ValueError(f"mini benchmark option {key}={value!r} must be a number in [0, 1]")
     if sum(shares.values()) > 1:
         raise ValueError(f"mini benchmark options studio_shape + studio_position + studio_size = {sum(shares.values()):.3g} "
                          f"must be at most 1")
+    if pool_digits + pool_letters > 1:
+        raise ValueError(f"mini benchmark options pool_digits + pool_letters = {pool_digits + pool_letters:.3g} must be at most 1")
     studio = Studio(float(studio_shape), float(studio_position), float(studio_size))
     mix = CaptionMix(full_captions, pair_captions, shape_captions, single_captions)
-    datasets = catalogue(letters, mix, studio, float(pool_digits))
+    datasets = catalogue(letters, mix, studio, float(pool_digits), float(pool_letters))
 
     def load(spec: DatasetSpec, split: str) -> InMemorySplit:
         if spec.name not in datasets:

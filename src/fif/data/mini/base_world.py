@@ -1,7 +1,7 @@
 """The pretraining world (the pool the base model learns from) and the evaluation-only sets.
 
 The pool shows single base objects (6 shapes x 8 colours x 3 sizes x 5 positions on 5 kinds of
-background, 12 colour-shape pairs held out) and a minority of printed digits. Every evaluation-only set
+background, 12 colour-shape pairs held out) and a minority of printed digits and lower-case letters. Every evaluation-only set
 reads concepts the base model learned from the pool, but under a shift the pool never shows, as FiF's
 evaluation-only sets (ImageNet-R/-S, SVHN, ...) are not in its pretraining pool: faded objects, held-out
 colour-shape pairs, blur, clutter, two objects at once, seven-segment digits.
@@ -22,6 +22,7 @@ from fif.data.mini.factors import (
     DIGITS,
     F32,
     HELD_OUT_COLOURS,
+    LOWER_CASE,
     POOL_COLOURS,
     POSITIONS,
     QUADRANTS,
@@ -122,13 +123,24 @@ def printed_digits(d: Draw, digits: np.ndarray) -> Sample:
     return canvas, C.caption_lists(d.rng, fields, C.POOL_DIGITS, len(C.POOL_DIGITS))
 
 
-def pool(mix: CaptionMix = CaptionMix(), studio: Studio = Studio(), digits: float = 0.12) -> Sampler:
-    """Sampler of the pretraining pool: single base objects and, a ``digits`` share, printed digits.
+def printed_letters(d: Draw, letters: np.ndarray) -> Sample:
+    """Lower-case letters a-z printed in Pillow's bundled font (regular weight), in colour on calm backgrounds."""
+    glyphs = G.letter_glyphs(LOWER_CASE)
+    canvas, color, _ = glyph_scene(d, glyphs, 2 * np.asarray(letters))
+    fields = {"letter": names(tuple(LOWER_CASE), letters), "color": names(R.COLOR_NAMES, color)}
+    return canvas, C.caption_lists(d.rng, fields, C.POOL_LETTERS, len(C.POOL_LETTERS))
+
+
+def pool(mix: CaptionMix = CaptionMix(), studio: Studio = Studio(), digits: float = 0.12, letters: float = 0.06) -> Sampler:
+    """Sampler of the pretraining pool: single base objects, a ``digits`` share of printed digits and a
+    ``letters`` share of printed lower-case letters.
 
     Args:
         mix: captions per object image of each kind.
         studio: shares of the object images drawn as studio shots (see :class:`Studio`).
         digits: share of printed digits (the coarse version of the handwritten-digits domain).
+        letters: share of printed lower-case letters (the coarse version of ``mini_letters``' capitals).
+            With 0 the pool is world v3's, byte for byte.
 
     Returns:
         The sampler (targets ignored).
@@ -136,16 +148,21 @@ def pool(mix: CaptionMix = CaptionMix(), studio: Studio = Studio(), digits: floa
 
     def sample(d: Draw, targets: np.ndarray) -> Sample:
         n = len(targets)
-        is_digit = d.rng.random(n) < digits
+        u = d.rng.random(n)
+        is_digit, is_letter = u < digits, (u >= digits) & (u < digits + letters)
         canvas = np.empty((n, 3, d.size, d.size), dtype=F32)
         caps: list[list[str]] = [[] for _ in range(n)]
-        for rows, part in ((np.flatnonzero(~is_digit), "objects"), (np.flatnonzero(is_digit), "digits")):
+        parts = ((np.flatnonzero(~is_digit & ~is_letter), "objects"), (np.flatnonzero(is_digit), "digits"),
+                 (np.flatnonzero(is_letter), "letters"))
+        for rows, part in parts:
             if not rows.size:
                 continue
             if part == "objects":
                 images, texts = _pool_objects(d, rows.size, mix, studio)
-            else:
+            elif part == "digits":
                 images, texts = printed_digits(d, d.rng.integers(0, len(DIGITS), rows.size))
+            else:
+                images, texts = printed_letters(d, d.rng.integers(0, len(LOWER_CASE), rows.size))
             canvas[rows] = images
             for r, t in zip(rows.tolist(), texts):
                 caps[r] = t

@@ -62,6 +62,16 @@ POOL_DIGITS: tuple[str, ...] = (
     'a {color} "{digit}"',
 )
 
+# Printed lower-case letters, a smaller minority of the pool: the coarse version of mini_letters' capitals
+# (the tokenizer lower-cases, so 'the letter "a"' and 'the letter "A"' read the same; some capitals look
+# like their lower case, c/C, s/S, x/X, most do not), as printed digits are of handwritten ones.
+POOL_LETTERS: tuple[str, ...] = (
+    'the letter "{letter}" in {color}',
+    'the letter "{letter}"',
+    'a printed {color} letter "{letter}"',
+    'a {color} "{letter}"',
+)
+
 # --- evaluation-only sets: base concepts under held-out shifts (canonical caption first) ----------------
 FADED: tuple[str, ...] = (
     "a faded {size} {color} {shape} in the {position}",

@@ -61,7 +61,8 @@ def concept_words(classname: str) -> set[str]:
 
 
 def catalogue(
-    letters_alphabet: str = DEFAULT_LETTERS, mix: CaptionMix = CaptionMix(), studio: Studio = Studio(), pool_digits: float = 0.12
+    letters_alphabet: str = DEFAULT_LETTERS, mix: CaptionMix = CaptionMix(), studio: Studio = Studio(), pool_digits: float = 0.12,
+    pool_letters: float = 0.06,
 ) -> dict[str, MiniDataset]:
     """Every mini-world dataset by name: the pool, then eval-only, then adaptation sets.
 
@@ -70,6 +71,7 @@ def catalogue(
         mix: captions per pool object image of each kind.
         studio: shares of the pool's object images drawn as studio shots (see :class:`Studio`).
         pool_digits: share of the pool that shows printed digits.
+        pool_letters: share of the pool that shows printed lower-case letters.
 
     Returns:
         name → :class:`MiniDataset`, in a stable order.
@@ -81,9 +83,9 @@ def catalogue(
         raise ValueError(f"mini benchmark option letters={letters_alphabet!r}: give distinct letters, e.g. {DEFAULT_LETTERS!r}")
     sets = [
         # (name, kind, role, classes, primer, templates, year, sampler, description)
-        (POOL_NAME, "retrieval", "pretraining", (), "a {}", (), 2009, B.pool(mix, studio, pool_digits),
+        (POOL_NAME, "retrieval", "pretraining", (), "a {}", (), 2009, B.pool(mix, studio, pool_digits, pool_letters),
          "the base world: 6 shapes x 8 colours x 3 sizes x 5 positions (12 colour-shape pairs held out) on 5 "
-         "(unnamed) backgrounds, and printed digits"),
+         "(unnamed) backgrounds, and printed digits and lower-case letters"),
         ("mini_colors", "classification", "eval_only", R.COLOR_NAMES, "a {} shape", ("a {} object", "something {}"), 2012,
          B.faded_colors, "colour of a faded base shape (the pool's are opaque)"),
         ("mini_shapes", "classification", "eval_only", BASE_SHAPES, "a drawing of a {}", ("a {}", "a picture of a {}"), 2012,
