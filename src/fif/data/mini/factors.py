@@ -6,6 +6,7 @@ A *sampler* draws a chunk of images and captions for given class targets from a 
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,7 +32,7 @@ POSITIONS: dict[str, tuple[float, float]] = {
 COUNTS: tuple[str, ...] = ("one", "two", "three", "four", "five", "six")
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 DEFAULT_LETTERS = "ABCEHKMRSX"  # visually distinct at 32 px
-LOWER_CASE = "abcdefghijklmnopqrstuvwxyz"  # the pool's printed letters (every one, whatever mini_letters' classes)
+LOWER_CASE = string.ascii_lowercase  # the pool's printed letters (every one, whatever mini_letters' classes)
 SPRITES: tuple[str, ...] = ("square", "ellipse", "heart")
 QUADRANTS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
 RELATIONS: tuple[str, ...] = ("above", "below", "beside", "inside")
